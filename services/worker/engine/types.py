@@ -1,0 +1,130 @@
+"""Plain data shared by the engine's parts (scheduler, runner, job processes, block sources).
+
+Everything here is picklable and protobuf-free: job processes receive StepInput over local IPC and
+return StepOutput. The head-wise KV pool layout is defined in `pool.py` (the one place); this module
+only carries block ids as plain `list[int]`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        """Raise InvalidRequestError naming the bad field."""
+        if self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class SeqStep:
+    """One sequence's share of a step: compute `token_ids` at positions start_pos.. and maybe sample.
+
+    block_table lists the sequence's head-wise block ids in pool.py's order and covers at least
+    start_pos + len(token_ids) tokens. sample_index is how many tokens the sequence has generated
+    before this step (it seeds reproducible sampling, so any process gives the same draw).
+    """
+
+    seq_id: int
+    token_ids: list[int]
+    start_pos: int
+    block_table: list[int]
+    sampling: SamplingParams
+    sample_index: int = 0
+    want_sample: bool = True
+
+
+@dataclass
+class StepInput:
+    """One job dispatch: a batch of sequences of one LLM (prefill chunks and/or decode tokens)."""
+
+    llm: str
+    seqs: list[SeqStep]
+    return_logits: bool = False
+
+
+@dataclass
+class StepOutput:
+    """token_ids[i] is the token sampled for seqs[i] (None where want_sample was False).
+
+    logits: [num_seqs, vocab] float32 logits at each sequence's last position, when asked for.
+    """
+
+    token_ids: list[int | None]
+    logits: Any = None  # torch.Tensor | None
+    elapsed_s: float = 0.0
+
+
+class Job(Protocol):
+    """A prefill or decode job of one LLM: runs steps asynchronously (a thread or a process)."""
+
+    def submit(self, step: StepInput) -> Future:  # Future[StepOutput]
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class BlockSource(Protocol):
+    """Where head-wise blocks come from: a local free list, or a lease from memmgr.
+
+    acquire returns exactly n block ids, or None when they do not fit (nothing taken).
+    release returns ids previously acquired from this source.
+    """
+
+    def acquire(self, n: int) -> list[int] | None:
+        ...
+
+    def release(self, ids: list[int]) -> None:
+        ...
+
+
+class EngineError(Exception):
+    """Base of the engine's errors; the servicer maps each subclass to one gRPC status code."""
+
+
+class InvalidRequestError(EngineError):
+    """Bad request input (INVALID_ARGUMENT)."""
+
+
+class UnknownModelError(EngineError):
+    """The model is not hosted here (NOT_FOUND)."""
+
+
+class CapacityError(EngineError):
+    """Out of a resource that will not free up for this request (RESOURCE_EXHAUSTED)."""
+
+
+class JobCrashedError(EngineError):
+    """A job process died while running this request's step (UNAVAILABLE)."""
+
+
+@dataclass
+class Chunk:
+    """What a request yields to its caller per step: new tokens, their text, and at the end why."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = ""  # "" | "stop" | "length" | "abort"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
