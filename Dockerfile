@@ -1,0 +1,16 @@
+# One image for every muxserve service; docker-compose.yml picks the service by command.
+FROM python:3.11-slim
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-tools \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY muxserve muxserve
+COPY services services
+COPY protos protos
+COPY examples examples
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && pip install --no-cache-dir -e . \
+    && python -m muxserve.tiny /app/models/tiny-llama --arch llama --hidden-size 128 --layers 4 \
+       --heads 4 --kv-heads 2 --intermediate-size 256
+# grpc_health_probe-like check without an extra binary: python -m muxserve.healthcheck HOST:PORT
+ENTRYPOINT ["muxserve"]

@@ -1,0 +1,70 @@
+"""The `muxserve` command: start the whole mesh, one service, plan a placement, or write a tiny model.
+
+    muxserve up --config FILE [--grpc-port 50051]     every service as local processes (one command)
+    muxserve router|placer|memmgr|worker --config FILE one service (what docker compose runs)
+    muxserve plan --config FILE [--policy P] [--cost-table FILE] [--json]
+    muxserve profile ...                               measure a cost table on this machine's devices
+    muxserve write-tiny-model PATH [--arch llama]      a small random-weight HF checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SERVICES = ("router", "placer", "memmgr", "worker")
+
+
+def _service_main(name: str, argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog=f"muxserve {name}")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
+    ap.add_argument("--host", default=None, help="listen host (overrides the config)")
+    if name == "worker":
+        ap.add_argument("--worker-id", default=None)
+    args = ap.parse_args(argv)
+    module = importlib.import_module(f"services.{name}.server")
+    kwargs = {"port": args.port, "host": args.host}
+    if name == "worker":
+        kwargs["worker_id"] = args.worker_id
+    return module.main(args.config, **kwargs) or 0
+
+
+def _up(argv: list[str]) -> int:
+    from muxserve.launcher import up_main
+
+    return up_main(argv)
+
+
+def _delegate(module: str, func: str, argv: list[str]) -> int:
+    return getattr(importlib.import_module(module), func)(argv) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "up":
+        return _up(rest)
+    if cmd in SERVICES:
+        return _service_main(cmd, rest)
+    if cmd == "plan":
+        return _delegate("services.placer.cli", "plan_main", rest)
+    if cmd == "profile":
+        return _delegate("services.placer.cli", "profile_main", rest)
+    if cmd == "write-tiny-model":
+        from muxserve.tiny import main as tiny_main
+
+        tiny_main(rest)
+        return 0
+    print(f"muxserve: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""`muxserve up`: run the whole mesh on one machine as local processes.
+
+Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, the
+worker(s) and the router, each as `python -m muxserve.cli <service> --config FILE`, waits until each
+reports SERVING on grpc.health.v1, prints where to connect, and on SIGINT/SIGTERM stops them in
+reverse order (SIGTERM, then SIGKILL after a grace period). `Mesh` is the same code for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from muxserve import config as cfg
+from muxserve.serving import install_uvloop, wait_serving
+
+log = logging.getLogger("muxserve.up")
+
+
+@dataclass
+class Mesh:
+    """The processes of one local deployment. `start()` returns once every service is SERVING."""
+
+    config_path: str
+    grpc_port: int | None = None          # router port override
+    log_dir: str | None = None            # each service's stdout/stderr goes to <log_dir>/<name>.log
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mesh = cfg.load(self.config_path)
+        self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="muxserve-logs-")
+        self._redis_dir: str | None = None
+
+    @property
+    def router_address(self) -> str:
+        port = self.grpc_port or self.mesh.section("router")["port"]
+        return f"127.0.0.1:{port}"
+
+    def worker_ports(self) -> list[int]:
+        sec = self.mesh.section("worker")
+        return [int(sec["port"]) + i for i in range(int(sec.get("count", 1)))]
+
+    async def start(self, timeout: float = 180.0) -> None:
+        await self._ensure_redis()
+        self._spawn("placer", [])
+        self._spawn("memmgr", [])
+        await self._wait("placer", self.mesh.address("placer"), timeout)
+        await self._wait("memmgr", self.mesh.address("memmgr"), timeout)
+        for i, port in enumerate(self.worker_ports()):
+            self._spawn(f"worker-{i}", ["--port", str(port), "--worker-id", f"worker-{i}"], service="worker")
+        for i, port in enumerate(self.worker_ports()):
+            await self._wait(f"worker-{i}", f"127.0.0.1:{port}", timeout)
+        router_args = ["--port", str(self.grpc_port)] if self.grpc_port else []
+        self._spawn("router", router_args)
+        await self._wait("router", self.router_address, timeout)
+
+    def _spawn(self, name: str, extra: list[str], service: str | None = None) -> None:
+        cmd = [sys.executable, "-m", "muxserve.cli", service or name, "--config", self.config_path, *extra]
+        out = open(Path(self.log_dir) / f"{name}.log", "ab")
+        env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url}
+        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        log.info("started %s (pid %d), log %s/%s.log", name, self.procs[name].pid, self.log_dir, name)
+
+    async def _wait(self, name: str, address: str, timeout: float) -> None:
+        proc = self.procs.get(name)
+        waiter = asyncio.ensure_future(wait_serving(address, timeout))
+        while not waiter.done():
+            if proc is not None and proc.poll() is not None:
+                waiter.cancel()
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.log_dir}/{name}.log")
+            await asyncio.sleep(0.2)
+        waiter.result()
+        log.info("%s is SERVING at %s", name, address)
+
+    async def _ensure_redis(self) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.mesh.redis_url, socket_connect_timeout=1)
+        try:
+            await client.ping()
+            return
+        except Exception:
+            pass
+        finally:
+            await client.aclose()
+        url = urlparse(self.mesh.redis_url)
+        if url.hostname not in ("127.0.0.1", "localhost", None):
+            raise RuntimeError(f"no Redis answers at {self.mesh.redis_url} and it is not local to start")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: install it (apt-get install redis-server)")
+        self._redis_dir = tempfile.mkdtemp(prefix="muxserve-redis-")
+        out = open(Path(self.log_dir) / "redis.log", "ab")
+        self.procs["redis"] = subprocess.Popen(
+            [binary, "--port", str(url.port or 6379), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self._redis_dir], stdout=out, stderr=subprocess.STDOUT)
+        await _wait_redis(self.mesh.redis_url, 20.0)
+        log.info("started redis-server on port %d", url.port or 6379)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s."""
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0fs: killing", name, grace)
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        if self._redis_dir:
+            shutil.rmtree(self._redis_dir, ignore_errors=True)
+
+
+async def _wait_redis(url: str, timeout: float) -> None:
+    import redis.asyncio as aioredis
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        client = aioredis.from_url(url, socket_connect_timeout=1)
+        try:
+            await client.ping()
+            return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"redis-server did not answer at {url}")
+            await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+
+
+async def _run(mesh: Mesh) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(mesh.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and not stop.is_set():
+        starting.result()
+        print(f"muxserve is up. Router gRPC: {mesh.router_address} (service muxserve.v1.Router). "
+              f"Logs: {mesh.log_dir}. Ctrl-C stops everything.", flush=True)
+        await stopped
+
+
+def up_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="muxserve up")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--grpc-port", type=int, default=None, help="router port (default: config, 50051)")
+    ap.add_argument("--log-dir", default=None)
+    args = ap.parse_args(argv)
+    install_uvloop()
+    mesh = Mesh(args.config, args.grpc_port, args.log_dir)
+    try:
+        asyncio.run(_run(mesh))
+    except Exception as exc:  # a service failed to start: say which and where its log is
+        print(f"muxserve up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        mesh.stop()
+        print("muxserve stopped.", flush=True)
+    return 0

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything muxserve needs on a fresh Debian/Ubuntu machine (idempotent), and write the default
+# random-weight model to models/tiny-llama. Used by scripts/quickstart.sh, .ci/run and the Dockerfile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Debian package)"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "== installing Python packages"
+# CPU wheel of torch (any other version downloads several GB of CUDA wheels on a CPU machine).
+"$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e ".[test]"
+
+if [ ! -f models/tiny-llama/config.json ]; then
+  echo "== writing the default model (RANDOM weights) to models/tiny-llama"
+  "$PY" -m muxserve.tiny models/tiny-llama --arch llama --hidden-size 128 --layers 4 --heads 4 \
+    --kv-heads 2 --intermediate-size 256 >/dev/null 2>&1
+fi
+echo "== install done"

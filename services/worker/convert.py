@@ -1,0 +1,33 @@
+"""Protobuf <-> engine dataclasses for the worker servicer (the only place the worker sees *_pb2)."""
+
+from __future__ import annotations
+
+from muxserve.v1 import router_pb2, worker_pb2
+from services.worker.engine.types import Chunk, SamplingParams
+
+
+def sampling_from_proto(p: router_pb2.SamplingParams) -> SamplingParams:
+    """Wire defaults: top_p 0 means unset (1.0); top_k 0 means off; seed only when present."""
+    return SamplingParams(
+        max_tokens=int(p.max_tokens), temperature=float(p.temperature),
+        top_p=float(p.top_p) if p.top_p != 0 else 1.0, top_k=int(p.top_k),
+        seed=int(p.seed) if p.HasField("seed") else None, stop=tuple(p.stop), ignore_eos=bool(p.ignore_eos))
+
+
+def chunk_to_proto(request_id: str, chunk: Chunk) -> router_pb2.GenerateResponse:
+    resp = router_pb2.GenerateResponse(request_id=request_id, token_ids=chunk.token_ids, text=chunk.text,
+                                       finish_reason=chunk.finish_reason)
+    if chunk.finish_reason:
+        resp.usage.prompt_tokens = chunk.prompt_tokens
+        resp.usage.completion_tokens = chunk.completion_tokens
+    return resp
+
+
+def status_to_proto(worker_id: str, unit_id: str, version: int, stats: dict) -> worker_pb2.WorkerStatus:
+    """stats: {llm_name: {"max_model_len", "running", "waiting", "draining"}} (AsyncUnitEngine.stats())."""
+    models = [worker_pb2.HostedModel(name=name, max_model_len=int(s.get("max_model_len", 0)),
+                                     running=int(s.get("running", 0)), waiting=int(s.get("waiting", 0)),
+                                     draining=bool(s.get("draining", False)))
+              for name, s in sorted(stats.items())]
+    return worker_pb2.WorkerStatus(worker_id=worker_id, unit_id=unit_id, models=models,
+                                   placement_version=version)

@@ -1,0 +1,76 @@
+"""Reconcile the worker's hosted LLMs to the placer's placement.
+
+The worker registers with the placer (worker id, advertised address, devices), watches the placement,
+and for its unit: loads newly assigned LLMs, drains then unloads removed ones (in-flight requests
+finish; new ones for that LLM go elsewhere because the router follows the same placement). Reconnects
+with backoff when the placer is away; the engine keeps serving what it hosts meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import grpc
+
+from muxserve.v1 import placer_pb2, placer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitAssignment:
+    """What the placement asks of this worker: its unit and the LLMs (name -> rate) it hosts."""
+
+    version: int
+    unit_id: str
+    llms: dict[str, float]
+
+
+def my_unit(placement: placer_pb2.Placement, unit_id: str, address: str) -> UnitAssignment:
+    """The unit this worker holds: by unit id from registration, else by advertised address."""
+    for unit in placement.units:
+        if (unit_id and unit.unit_id == unit_id) or unit.worker_address == address:
+            return UnitAssignment(placement.version, unit.unit_id, {l.name: l.rate for l in unit.llms})
+    return UnitAssignment(placement.version, "", {})
+
+
+class PlacementFollower:
+    """Runs until cancelled; `apply(assignment)` is awaited for each new placement version."""
+
+    def __init__(self, placer_address: str, worker_id: str, address: str, num_devices: int,
+                 apply: Callable[[UnitAssignment], Awaitable[None]]):
+        self.placer_address, self.worker_id, self.address = placer_address, worker_id, address
+        self.num_devices, self.apply = num_devices, apply
+        self.unit_id = ""
+        self.version = 0
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.placer_address) as channel:
+                    await self._follow(placer_pb2_grpc.PlacerStub(channel))
+            except grpc.aio.AioRpcError as err:
+                log.info("placer at %s: %s; retrying in %.1fs", self.placer_address, err.code().name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self, stub: placer_pb2_grpc.PlacerStub) -> None:
+        reg = await stub.RegisterWorker(placer_pb2.RegisterWorkerRequest(
+            worker_id=self.worker_id, address=self.address, num_devices=self.num_devices), timeout=10)
+        self.unit_id = reg.unit_id
+        async for placement in stub.WatchPlacement(placer_pb2.GetPlacementRequest()):
+            if placement.version <= self.version and self.version:
+                continue
+            assignment = my_unit(placement, self.unit_id, self.address)
+            if not assignment.unit_id:  # placement changed under us: ask for a unit again
+                reg = await stub.RegisterWorker(placer_pb2.RegisterWorkerRequest(
+                    worker_id=self.worker_id, address=self.address, num_devices=self.num_devices), timeout=10)
+                self.unit_id = reg.unit_id
+                continue
+            self.unit_id = assignment.unit_id
+            await self.apply(assignment)
+            self.version = placement.version

@@ -1,0 +1,58 @@
+"""muxserve.v1.Worker servicer: thin conversion around the unit's AsyncUnitEngine.
+
+Contract: Generate streams the engine's chunks for one request; engine errors map to one gRPC status
+code each (below); a client that cancels the stream cancels the engine iterator, which aborts the
+sequence and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+
+from muxserve.v1 import worker_pb2_grpc
+from services.worker import convert
+from services.worker.engine import types
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    types.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    types.UnknownModelError: grpc.StatusCode.NOT_FOUND,
+    types.CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    types.JobCrashedError: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: types.EngineError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, engine, worker_id: str):
+        self.engine = engine
+        self.worker_id = worker_id
+        self.unit_id = ""
+        self.placement_version = 0
+
+    async def Generate(self, request, context):
+        request_id = request.request_id or uuid.uuid4().hex
+        sampling = convert.sampling_from_proto(request.sampling)
+        stream = self.engine.generate(request_id, request.model, request.prompt or None,
+                                      list(request.prompt_token_ids) or None, sampling)
+        try:
+            async for chunk in stream:
+                yield convert.chunk_to_proto(request_id, chunk)
+        except types.EngineError as exc:
+            await context.abort(status_for(exc), str(exc))
+        finally:
+            await stream.aclose()
+
+    async def GetStatus(self, request, context):
+        return convert.status_to_proto(self.worker_id, self.unit_id, self.placement_version,
+                                       self.engine.llm_stats())
