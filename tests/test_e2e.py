@@ -1,0 +1,120 @@
+"""End to end: the mesh started by the launcher's own code (real redis-server, placer, memmgr, worker and
+router processes), greedy output through the router equal to transformers' generate, popularity in Redis,
+Redis outage tolerance, bad inputs answered with status codes while the mesh keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import redis
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from muxserve.launcher import Mesh
+from muxserve.v1 import router_pb2, router_pb2_grpc
+from muxserve.netutil import free_port
+
+PROMPTS = ["Hello, world! The quick brown fox", "MuxServe serves", "日本語 €"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, tiny_llama, tiny_qwen2):
+    root = tmp_path_factory.mktemp("mesh")
+    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
+    conf = {
+        "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
+        "models": [{"name": "llama", "path": str(tiny_llama), "rate": 2.0},
+                   {"name": "qwen", "path": str(tiny_qwen2), "rate": 1.0}],
+        "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
+        **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr")},
+        "worker": {"host": "127.0.0.1", "port": ports["worker"], "count": 1,
+                   "engine": {"block_size": 8, "num_blocks": 2048}},
+    }
+    path = root / "mesh.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    m = Mesh(str(path), log_dir=str(root / "logs"))
+    try:
+        asyncio.run(m.start(timeout=240))
+    except Exception:
+        m.stop()
+        raise
+    yield m
+    m.stop()
+
+
+def _generate(address: str, **kw) -> list[router_pb2.GenerateResponse]:
+    async def go():
+        async with grpc.aio.insecure_channel(address) as ch:
+            return [c async for c in router_pb2_grpc.RouterStub(ch).Generate(router_pb2.GenerateRequest(**kw))]
+    return asyncio.run(go())
+
+
+def _reference(path, prompt: str, n: int) -> list[int]:
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("model, fixture", [("llama", "tiny_llama"), ("qwen", "tiny_qwen2")])
+def test_greedy_through_router_equals_transformers(mesh, model, fixture, request):
+    path = request.getfixturevalue(fixture)
+    for prompt in PROMPTS:
+        chunks = _generate(mesh.router_address, model=model, prompt=prompt,
+                           sampling=router_pb2.SamplingParams(max_tokens=12, ignore_eos=True))
+        tokens = [t for c in chunks for t in c.token_ids]
+        assert tokens == _reference(path, prompt, 12)
+        assert chunks[-1].finish_reason == "length"
+        assert chunks[-1].usage.completion_tokens == 12
+        text = "".join(c.text for c in chunks)
+        assert text == AutoTokenizer.from_pretrained(path).decode(tokens)
+
+
+def test_popularity_recorded_in_redis(mesh):
+    for _ in range(3):
+        _generate(mesh.router_address, model="qwen", prompt="count me",
+                  sampling=router_pb2.SamplingParams(max_tokens=2))
+    client = redis.Redis.from_url(mesh.mesh.redis_url)
+    keys = [k.decode() for k in client.scan_iter("*")]
+    assert any("qwen" in k for k in keys), keys
+
+
+@pytest.mark.parametrize("kw, code", [
+    ({"model": "nope", "prompt": "x"}, grpc.StatusCode.NOT_FOUND),
+    ({"model": "llama", "prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "x", "sampling": {"max_tokens": 0}}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "x", "sampling": {"max_tokens": 4, "temperature": -1}},
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "x", "sampling": {"max_tokens": 4, "top_p": 1.5}},
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "x", "sampling": {"max_tokens": 4, "top_k": -2}},
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "x", "sampling": {"max_tokens": 100000}}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "llama", "prompt": "hello " * 2000, "sampling": {"max_tokens": 4}},
+     grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_bad_input_gets_status_and_mesh_keeps_serving(mesh, kw, code):
+    if "sampling" in kw:
+        kw = {**kw, "sampling": router_pb2.SamplingParams(**kw["sampling"])}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _generate(mesh.router_address, **kw)
+    assert err.value.code() == code, err.value.details()
+    assert err.value.details()
+    ok = _generate(mesh.router_address, model="llama", prompt="still serving",
+                   sampling=router_pb2.SamplingParams(max_tokens=3, ignore_eos=True))
+    assert sum(len(c.token_ids) for c in ok) == 3
+
+
+def test_requests_succeed_with_redis_stopped(mesh):
+    redis_proc = mesh.procs.get("redis")
+    assert redis_proc is not None, "the launcher should have started redis-server itself"
+    redis_proc.terminate()
+    redis_proc.wait(10)
+    for _ in range(3):
+        chunks = _generate(mesh.router_address, model="llama", prompt="no redis",
+                           sampling=router_pb2.SamplingParams(max_tokens=4, ignore_eos=True))
+        assert chunks[-1].finish_reason == "length"
