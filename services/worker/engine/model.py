@@ -1,0 +1,106 @@
+"""Decoder-only transformer (Llama / Mistral / Qwen2) over the head-wise paged KV pool.
+
+gpt-fast style, functional: `Transformer(spec, weights, pool)` keeps references to the given
+tensors (no copy, so processes can share one set of weights) and runs a FLAT batch of tokens
+described by an attention.AttnContext. RMSNorm, RoPE (default / linear / llama3), grouped-query
+attention, SwiGLU MLP, tied or untied embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attention import AttnContext, paged_attention
+from .loader import ModelSpec
+
+
+def inv_frequencies(spec: ModelSpec) -> torch.Tensor:
+    """RoPE inverse frequencies [hd / 2] (fp32), matching transformers' rope init functions."""
+    hd = spec.head_dim
+    inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    cfg = dict(spec.rope_scaling)
+    if spec.rope_type == "linear":
+        return inv / cfg["factor"]
+    if spec.rope_type == "llama3":
+        return _llama3(inv, cfg)
+    return inv
+
+
+def _llama3(inv: torch.Tensor, cfg: dict) -> torch.Tensor:
+    factor, lo, hi = cfg["factor"], cfg["low_freq_factor"], cfg["high_freq_factor"]
+    old_len = cfg["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_len / lo, inv / factor, inv)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / hi) & ~(wavelen > old_len / lo)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(inv: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """positions [T] -> cos, sin [T, 1, hd] (broadcast over heads)."""
+    freqs = positions.float()[:, None] * inv[None, :]  # [T, hd / 2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]  # [T, 1, hd]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, hd] rotated by the half-split convention of HF Llama."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor  # [D]
+    wqkv: torch.Tensor  # [(Hq + 2 H) * hd, D]
+    bqkv: torch.Tensor | None  # [(Hq + 2 H) * hd]
+    wo: torch.Tensor  # [D, Hq * hd]
+    ffn_norm: torch.Tensor  # [D]
+    w13: torch.Tensor  # [2 I, D]
+    w2: torch.Tensor  # [D, I]
+
+
+class Transformer:
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], pool: torch.Tensor):
+        if pool.shape[-1] != spec.head_dim or pool.dtype != spec.dtype:
+            raise ValueError(f"pool (head_dim {pool.shape[-1]}, {pool.dtype}) does not fit {spec.name} "
+                             f"(head_dim {spec.head_dim}, {spec.dtype})")
+        self.spec, self.pool = spec, pool
+        self.embed, self.norm = weights["embed"], weights["norm"]
+        self.lm_head = weights.get("lm_head", self.embed)
+        self.layers = [
+            Layer(*(weights.get(f"layers.{i}.{n}") for n in ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")))
+            for i in range(spec.num_layers)
+        ]
+        self.inv_freq = inv_frequencies(spec).to(pool.device)
+        s = spec
+        self.qkv_split = [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim]
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, w.shape, w, self.spec.rms_norm_eps)
+
+    def _layer(self, i: int, x: torch.Tensor, cos, sin, ctx: AttnContext) -> torch.Tensor:
+        """x [T, D] -> [T, D]."""
+        w, s, T = self.layers[i], self.spec, x.shape[0]
+        qkv = F.linear(self._norm(x, w.attn_norm), w.wqkv, w.bqkv)  # [T, (Hq + 2 H) * hd]
+        q, k, v = qkv.split(self.qkv_split, dim=-1)
+        q = apply_rope(q.view(T, s.num_heads, s.head_dim), cos, sin)  # [T, Hq, hd]
+        k = apply_rope(k.view(T, s.num_kv_heads, s.head_dim), cos, sin)  # [T, H, hd]
+        attn = paged_attention(q, k, v.view(T, s.num_kv_heads, s.head_dim), self.pool, i, ctx)
+        x = x + F.linear(attn, w.wo)  # [T, D]
+        gate, up = F.linear(self._norm(x, w.ffn_norm), w.w13).chunk(2, dim=-1)  # [T, I] each
+        return x + F.linear(F.silu(gate) * up, w.w2)
+
+    def forward(self, tokens: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        """tokens [T] -> logits [B, V] (fp32) at each sequence's last token; writes K/V into the pool."""
+        x = F.embedding(tokens, self.embed)  # [T, D]
+        cos, sin = rope_cos_sin(self.inv_freq, ctx.positions, x.dtype)
+        for i in range(len(self.layers)):
+            x = self._layer(i, x, cos, sin, ctx)
+        last = self._norm(x[ctx.last_rows], self.norm)  # [B, D]
+        return F.linear(last, self.lm_head).float()  # [B, V]
