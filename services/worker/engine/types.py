@@ -125,6 +125,7 @@ class Chunk:
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str = ""  # "" | "stop" | "length" | "abort"
+    finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    error: str = ""  # why, when finish_reason == "error" (e.g. a job crashed, the KV pool is too small)

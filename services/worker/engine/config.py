@@ -1,0 +1,87 @@
+"""Engine configuration: one dataclass, validated when built, fillable from the worker's YAML section.
+
+Pool size: `num_blocks` head-wise blocks, or `pool_bytes` (divided by the bytes of one block), or
+neither (then 4096 blocks). `max_model_len` 0 means each LLM's own limit from its config.
+Compute shares are per job name ("<llm>/prefill", "<llm>/decode") as fractions of the unit (0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+DTYPES = ("float32", "float16", "bfloat16")
+JOB_MODES = ("thread", "process")
+
+
+class EngineConfigError(ValueError):
+    """A bad engine setting; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """One LLM of a unit: its name, local HF folder and expected request rate (req/s prior)."""
+
+    name: str
+    path: str
+    rate: float = 1.0
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int = 0  # head-wise blocks in the pool; 0 = derive from pool_bytes or default
+    pool_bytes: int = 0
+    max_num_seqs: int = 256  # running sequences per LLM
+    max_prefill_tokens: int = 4096  # token budget of one prefill dispatch
+    max_model_len: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    job_mode: str = "thread"
+    compute_shares: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key in ("block_size", "max_num_seqs", "max_prefill_tokens"):
+            if int(getattr(self, key)) < 1:
+                raise EngineConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("num_blocks", "pool_bytes", "max_model_len"):
+            if int(getattr(self, key)) < 0:
+                raise EngineConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.dtype not in DTYPES:
+            raise EngineConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.job_mode not in JOB_MODES:
+            raise EngineConfigError(f"job_mode must be one of {JOB_MODES}, got {self.job_mode!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise EngineConfigError(f"device must be cpu or cuda[:i], got {self.device!r}")
+        for job, share in self.compute_shares.items():
+            if not 0 < float(share) <= 1:
+                raise EngineConfigError(f"compute_shares[{job!r}] must be in (0, 1], got {share}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def pool_blocks(self, head_dim: int) -> int:
+        """Head-wise blocks of the pool for this head_dim (K and V per block)."""
+        if self.num_blocks:
+            return self.num_blocks
+        if self.pool_bytes:
+            per_block = 2 * self.block_size * head_dim * self.torch_dtype.itemsize
+            n = self.pool_bytes // per_block
+            if n < 1:
+                raise EngineConfigError(f"pool_bytes {self.pool_bytes} holds no block of {per_block} bytes")
+            return n
+        return 4096
+
+    @classmethod
+    def from_section(cls, section: dict) -> "EngineConfig":
+        """Build from a dict (the worker's YAML section); unknown keys are ignored, bad ones named."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in (section or {}).items() if k in known}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, EngineConfigError):
+                raise
+            raise EngineConfigError(f"engine config: {e}") from None

@@ -1,0 +1,302 @@
+"""UnitEngine: the LLMs of one unit, their jobs, one shared head-wise KV pool and the ADBS loop.
+
+In-process, no gRPC: `add_request` enqueues (validating first), `step` runs one scheduler round
+(dispatch every planned batch to its job, wait for all, apply the tokens) and returns a Chunk per
+request that advanced or finished. add_request/abort/stats may be called from other threads while a
+step runs (the async engine does); one step runs at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, replace
+
+import torch
+
+from services.worker.engine import loader, pool as pool_mod
+from services.worker.engine.block_manager import BlockManager
+from services.worker.engine.config import EngineConfig, LLMConfig
+from services.worker.engine.detok import IncrementalDetokenizer
+from services.worker.engine.scheduler import Dispatch, Scheduler
+from services.worker.engine.sequence import Sequence
+from services.worker.engine.types import (
+    CapacityError, Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
+)
+
+
+@dataclass
+class HostedLLM:
+    """One loaded LLM: its spec, tokenizer and its prefill and decode jobs."""
+
+    cfg: LLMConfig
+    spec: loader.ModelSpec
+    tokenizer: object
+    prefill: Job
+    decode: Job
+    max_model_len: int
+    draining: bool = False
+
+    def close(self) -> None:
+        self.prefill.close()
+        self.decode.close()
+
+
+class UnitEngine:
+    def __init__(self, llms: list[LLMConfig], config: EngineConfig | None = None,
+                 block_source=None, pool: torch.Tensor | None = None):
+        self.config = config or EngineConfig()
+        specs = [loader.read_spec(c.path, self.config.torch_dtype) for c in llms]
+        if not specs and pool is None:
+            raise InvalidRequestError("a unit needs at least one LLM (or a pool)")
+        self.head_dim = pool.shape[-1] if pool is not None else specs[0].head_dim
+        self.pool = pool if pool is not None else self._allocate_pool()
+        capacity = getattr(block_source, "capacity", None) or self.pool.shape[0]
+        self.block_source = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
+        self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens)
+        self.llms: dict[str, HostedLLM] = {}
+        self._seqs: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+        self._lock = threading.RLock()  # engine state
+        self._step_lock = threading.Lock()  # one step at a time
+        for c in llms:
+            self.add_llm(c)
+
+    def _allocate_pool(self) -> torch.Tensor:
+        c = self.config
+        return pool_mod.allocate_pool(c.pool_blocks(self.head_dim), c.block_size, self.head_dim,
+                                      c.torch_dtype, c.device, shared=c.job_mode == "process")
+
+    # ---- LLMs -------------------------------------------------------------------------------
+    def add_llm(self, cfg: LLMConfig) -> None:
+        """Load cfg's tokenizer and weights, start its jobs, and re-split quotas by rate."""
+        if cfg.name in self.llms:
+            raise InvalidRequestError(f"LLM {cfg.name!r} is already hosted")
+        spec = loader.read_spec(cfg.path, self.config.torch_dtype)
+        if spec.head_dim != self.head_dim or self.pool.dtype != self.config.torch_dtype:
+            raise InvalidRequestError(
+                f"LLM {cfg.name!r} (head_dim {spec.head_dim}, {self.config.dtype}) cannot share this unit's "
+                f"pool (head_dim {self.head_dim}, {self.pool.dtype}): head_dim and dtype must match")
+        spec, prefill, decode = make_jobs(cfg, self.config, self.pool)
+        hosted = HostedLLM(cfg, spec, load_tokenizer(cfg.path), prefill, decode,
+                           min(self.config.max_model_len or spec.max_model_len, spec.max_model_len))
+        with self._lock:
+            self.llms[cfg.name] = hosted
+            self.blocks.add_llm(cfg.name, spec.num_layers, spec.num_kv_heads)
+            self.scheduler.add_llm(cfg.name)
+            self._rebalance()
+
+    def remove_llm(self, name: str, drain: bool = True) -> None:
+        """Stop hosting `name`: finish (drain=True) or abort its requests, then close its jobs."""
+        hosted = self._hosted(name)
+        hosted.draining = True
+        if not drain:
+            with self._lock:
+                for seq in [s for s in self._seqs.values() if s.llm == name]:
+                    self.scheduler.abort(seq)
+        while self.scheduler.has_unfinished(name):
+            self.step()
+        with self._lock:
+            self.scheduler.remove_llm(name)
+            self.blocks.remove_llm(name)
+            del self.llms[name]
+            self._rebalance()
+        hosted.close()
+
+    def _rebalance(self) -> None:
+        rates = {n: h.cfg.rate for n, h in self.llms.items()}
+        self.blocks.set_quotas(self.blocks.proportional_quotas(rates))
+
+    def set_quotas(self, quotas: dict[str, int]) -> None:
+        """Set LLMs' quotas in head-wise blocks (the memmgr's ADBS donation calls this)."""
+        with self._lock:
+            self.blocks.set_quotas(quotas)
+
+    @property
+    def quotas(self) -> dict[str, int]:
+        return self.blocks.quotas
+
+    def _hosted(self, name: str) -> HostedLLM:
+        hosted = self.llms.get(name)
+        if hosted is None:
+            raise UnknownModelError(f"model {name!r} is not hosted here; hosted: {sorted(self.llms)}")
+        return hosted
+
+    # ---- requests ---------------------------------------------------------------------------
+    def add_request(self, request_id: str, llm: str, prompt: str | None = None,
+                    prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None) -> None:
+        """Validate and enqueue; raises UnknownModelError / InvalidRequestError / CapacityError."""
+        sampling = sampling or SamplingParams()
+        hosted = self._hosted(llm)
+        if hosted.draining:
+            raise UnknownModelError(f"model {llm!r} is being removed from this unit")
+        if not isinstance(sampling, SamplingParams):
+            raise InvalidRequestError(f"sampling must be SamplingParams, got {type(sampling).__name__}")
+        sampling.validate()
+        ids = self._prompt_ids(hosted, prompt, prompt_token_ids)
+        self._check_lengths(hosted, len(ids), sampling.max_tokens)
+        with self._lock:
+            if request_id in self._seqs:
+                raise InvalidRequestError(f"request id {request_id!r} is already in use")
+            seq = Sequence(next(self._ids), request_id, llm, ids, sampling)
+            seq.detok = IncrementalDetokenizer(hosted.tokenizer, tuple(sampling.stop))
+            self._seqs[request_id] = seq
+            self.scheduler.add(seq)
+
+    def _prompt_ids(self, hosted: HostedLLM, prompt, prompt_token_ids) -> list[int]:
+        if prompt_token_ids:
+            ids = [int(t) for t in prompt_token_ids]
+            bad = [t for t in ids if not 0 <= t < hosted.spec.vocab_size]
+            if bad:
+                raise InvalidRequestError(f"prompt token ids {bad[:4]} outside the vocabulary [0, {hosted.spec.vocab_size})")
+            return ids
+        ids = hosted.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+        if not ids:
+            raise InvalidRequestError("empty prompt: give a non-empty prompt or prompt_token_ids")
+        return ids
+
+    def _check_lengths(self, hosted: HostedLLM, n_prompt: int, max_tokens: int) -> None:
+        limit = hosted.max_model_len
+        if n_prompt > limit:
+            raise InvalidRequestError(f"prompt has {n_prompt} tokens, more than max_model_len {limit}")
+        if n_prompt + max_tokens > limit:
+            raise InvalidRequestError(
+                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds max_model_len {limit}")
+        need = self.blocks[hosted.cfg.name].blocks_for(n_prompt + max_tokens - 1)
+        if need > self.blocks.capacity:
+            raise CapacityError(f"the request needs {need} KV blocks; the unit's pool has {self.blocks.capacity}")
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (unknown or finished ids are ignored); its blocks return to the pool."""
+        with self._lock:
+            seq = self._seqs.get(request_id)
+            if seq is not None:
+                self.scheduler.abort(seq)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_unfinished() or bool(self.scheduler.finished)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def step(self) -> dict[str, Chunk]:
+        """One scheduler round: dispatch, wait, apply. Returns a Chunk per advanced/finished request."""
+        with self._step_lock:
+            with self._lock:
+                dispatches = self.scheduler.schedule()
+                futures = [self._submit(d) for d in dispatches]
+            results = [self._wait(f) for f in futures]
+            with self._lock:
+                return self._apply(dispatches, results)
+
+    def _submit(self, d: Dispatch):
+        hosted = self.llms[d.llm]
+        steps = [SeqStep(s.seq_id, s.tokens(s.num_computed_tokens, n), s.num_computed_tokens, list(s.block_table),
+                         s.sampling, s.num_output_tokens, s.num_computed_tokens + n == s.num_tokens)
+                 for s, n in d.plan.items()]
+        job = hosted.prefill if d.kind == "prefill" else hosted.decode
+        try:
+            return job.submit(StepInput(d.llm, steps))
+        except Exception as e:  # a dead job: its sequences fail, the unit keeps serving
+            return e
+
+    @staticmethod
+    def _wait(fut):
+        if isinstance(fut, Exception):
+            return fut
+        try:
+            return fut.result()
+        except Exception as e:
+            return e
+
+    def _apply(self, dispatches: list[Dispatch], results: list) -> dict[str, Chunk]:
+        out: dict[str, Chunk] = {}
+        for d, res in zip(dispatches, results):
+            if isinstance(res, Exception):
+                self.scheduler.fail(d, f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}")
+                continue
+            for seq in self.scheduler.complete(d, res.token_ids):
+                out[seq.request_id] = self._advance(seq)
+        for seq in self.scheduler.finished:
+            out[seq.request_id] = self._chunk(seq, "")
+            self._seqs.pop(seq.request_id, None)
+        self.scheduler.finished.clear()
+        return out
+
+    def _advance(self, seq: Sequence) -> Chunk:
+        """seq sampled a token: detokenize, check stop / EOS / length, and build its chunk."""
+        text = seq.detok.update(seq.output_token_ids)
+        eos = seq.output_token_ids[-1] in self.llms[seq.llm].spec.eos_token_ids
+        if seq.detok.stopped or (eos and not seq.sampling.ignore_eos):
+            self.scheduler.finish(seq, "stop")
+        elif seq.num_output_tokens >= seq.sampling.max_tokens:
+            self.scheduler.finish(seq, "length")
+        if seq.is_finished:
+            text += seq.detok.flush(seq.output_token_ids)
+            self.scheduler.finished.remove(seq)
+            self._seqs.pop(seq.request_id, None)
+        return self._chunk(seq, text)
+
+    @staticmethod
+    def _chunk(seq: Sequence, text: str) -> Chunk:
+        new = seq.output_token_ids[seq.num_emitted_tokens:]
+        seq.num_emitted_tokens = seq.num_output_tokens
+        return Chunk(new, text, seq.finish_reason, seq.num_prompt_tokens, seq.num_output_tokens, seq.error)
+
+    # ---- conveniences -----------------------------------------------------------------------
+    def generate(self, llm: str, prompts: list, sampling: SamplingParams | None = None) -> list[tuple[list[int], str]]:
+        """Run prompts (str or token id lists) to completion; [(output token ids, text)] in order."""
+        rids = [f"gen-{next(self._ids)}" for _ in prompts]
+        for rid, p in zip(rids, prompts):
+            self.add_request(rid, llm, p if isinstance(p, str) else None, None if isinstance(p, str) else p, sampling)
+        toks, texts, pending = {r: [] for r in rids}, {r: "" for r in rids}, set(rids)
+        while pending:
+            for rid, ch in self.step().items():
+                if rid in pending:
+                    toks[rid] += ch.token_ids
+                    texts[rid] += ch.text
+                    if ch.finish_reason:
+                        pending.discard(rid)
+        return [(toks[r], texts[r]) for r in rids]
+
+    def stats(self) -> dict:
+        """Per LLM running/waiting/used blocks/quota; pool capacity/free; preemptions."""
+        with self._lock:
+            s = self.scheduler
+            llms = {n: {"running": len(s.running[n]), "waiting": len(s.waiting[n]),
+                        "used_blocks": self.blocks[n].used, "quota": self.blocks[n].quota} for n in self.llms}
+            return {"llms": llms, "pool": {"capacity": self.blocks.capacity, "free": self.blocks.num_free},
+                    "preemptions": s.num_preemptions}
+
+    def check_integrity(self) -> None:
+        with self._lock:
+            self.blocks.check_integrity(self.scheduler.all_seqs())
+
+    def close(self) -> None:
+        for hosted in list(self.llms.values()):
+            hosted.close()
+        self.llms.clear()
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor) -> tuple[loader.ModelSpec, Job, Job]:
+    """Load cfg's weights once and start its prefill and decode jobs over the shared pool."""
+    spec, weights = loader.load_weights(cfg.path, config.torch_dtype, config.device)
+    spec = replace(spec, name=cfg.name)
+    if config.job_mode == "process":
+        from services.worker.engine import jobs
+
+        loader.share_weights(weights)
+        shares = config.compute_shares
+        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device,
+                                       compute_share=shares.get(f"{cfg.name}/{kind}"), kind=kind)
+                       for kind in ("prefill", "decode"))
+    from services.worker.engine.runner import ModelRunner, ThreadJob
+
+    runner = ModelRunner(spec, weights, pool, config.block_size, config.device)
+    return spec, ThreadJob(runner), ThreadJob(runner)

@@ -1,0 +1,87 @@
+"""The one request-state object of the engine: `Sequence`.
+
+Progress is "computed tokens catching up with total tokens": prefill, decode and recompute after
+preemption are all "compute the next `n` uncomputed tokens (and maybe sample)". A sequence whose
+computed count reaches its token count samples one new token, which makes it one token behind again.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.worker.engine.types import SamplingParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"  # never scheduled yet
+    RUNNING = "running"  # holds blocks, advancing
+    PREEMPTED = "preempted"  # blocks taken back; recomputes from scratch when scheduled again
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine. Identity-hashed (eq=False) so it can key dicts and sets."""
+
+    seq_id: int
+    request_id: str
+    llm: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    arrival: float = field(default_factory=time.monotonic)
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    status: SeqStatus = SeqStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error"
+    error: str = ""  # why, when finish_reason == "error"
+    detok: Any = None  # detok.IncrementalDetokenizer
+    in_flight: bool = False  # part of a dispatch that has not returned yet
+    num_emitted_tokens: int = 0  # output tokens already handed to the caller
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Tokens the sequence can reach: prompt + max_tokens (its KV holds one fewer)."""
+        return self.num_prompt_tokens + self.sampling.max_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    @property
+    def is_prefill(self) -> bool:
+        """More than the last token is uncomputed: a prompt (or a recompute) pass."""
+        return self.num_uncomputed_tokens > 1 or self.num_computed_tokens == 0
+
+    def tokens(self, start: int, n: int) -> list[int]:
+        """Token ids at positions start .. start+n-1 (prompt then output)."""
+        p = self.num_prompt_tokens
+        if start + n <= p:
+            return self.prompt_token_ids[start:start + n]
+        if start >= p:
+            return self.output_token_ids[start - p:start - p + n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:start + n - p]
+
+    def finish(self, reason: str, error: str = "") -> None:
+        self.status = SeqStatus.FINISHED
+        self.finish_reason = reason
+        self.error = error
