@@ -1,0 +1,152 @@
+"""MuxServe's unit-throughput estimate: how many req/s a unit serves for the LLMs placed on it.
+
+Model (per unit of n devices, all of its LLMs tensor-parallel over all n):
+- Memory: capacity = n x device bytes x utilization; weights of every LLM must fit; the rest is
+  the KV pool, split among the LLMs in proportion to rate x KV-bytes-per-token after reserving one
+  full-length sequence (prompt + output) each. An LLM's batch is capped by its share of the pool
+  and by the largest batch its cost table measured.
+- Prefill: a request's prompt is prefilled in batches under the token budget, at the prefill share;
+  prefill runs first (ADBS holds decode back), so it occupies the whole unit: the fraction of time
+  the unit spends in prefill is rho = sum_j x_j * prefill_j.
+- spatial-temporal (MuxServe): decode jobs of all LLMs run at once, each on its decode share
+  (shares sum to <= 1). LLM i serves x_i = min(rate_i, (1 - rho) * b_i / (decode_step_i(b_i, d_i)
+  * output_len)). Its decode share is the smallest that meets its rate at its largest batch (scaled
+  down together when they do not fit in 100%); its batch is then the smallest that meets the rate.
+- temporal: one job at a time on the whole unit (FCFS), so LLM i needs c_i = decode_step_i(b_i, 1)
+  * output_len / b_i + prefill_i seconds of exclusive unit time per request; with load
+  L = sum_i rate_i * c_i, each LLM gets x_i = rate_i / max(1, L).
+MuxServe's estimate of a unit is the better of its two modes (a unit may fall back to temporal).
+Throughputs are capped at the rate: a unit's `served` is what it serves of its demand, in req/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Workload
+from .costmodel import CostTable
+from .llmspec import LLMSpec
+
+SHARES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # decode share grid, 5% steps
+MAX_RHO = 0.95
+PREFILL_SLACK = 1.1  # prefill share: the smallest within 10% of full-unit prefill latency
+
+
+@dataclass
+class LLMEstimate:
+    name: str
+    rate: float
+    batch: int
+    prefill_share: float
+    decode_share: float
+    throughput: float  # req/s served, <= rate
+
+
+@dataclass
+class UnitEstimate:
+    n_devices: int
+    mode: str  # "spatial-temporal" | "temporal"
+    llms: list[LLMEstimate]
+
+    @property
+    def served(self) -> float:
+        return sum(e.throughput for e in self.llms)
+
+
+class UnitEstimator:
+    """estimate(n, llms, rates, mode) -> UnitEstimate, or None when the LLMs do not fit the unit."""
+
+    def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9):
+        self.cost, self.w = cost, workload
+        self.capacity_per_device = device_bytes * mem_util
+
+    def estimate(self, n: int, llms: tuple[LLMSpec, ...], rates: tuple[float, ...],
+                 mode: str = "muxserve") -> UnitEstimate | None:
+        """mode: "muxserve" (best of both), "spatial-temporal", "temporal" or "spatial" (= s-t)."""
+        bmax = self.max_batches(n, llms, rates)
+        if bmax is None:
+            return None
+        if mode == "temporal":
+            return self._temporal(n, llms, rates, bmax)
+        st = self._spatial_temporal(n, llms, rates, bmax)
+        if mode in ("spatial", "spatial-temporal") or len(llms) == 1:
+            return st
+        tm = self._temporal(n, llms, rates, bmax)
+        return tm if tm.served > st.served + 1e-9 else st
+
+    def fits(self, n: int, llm: LLMSpec) -> bool:
+        """Whether `llm` alone fits a unit of n devices (cost table and memory)."""
+        return self.max_batches(n, (llm,), (llm.rate,)) is not None
+
+    def max_batches(self, n: int, llms, rates) -> list[int] | None:
+        """Each LLM's largest batch from its KV quota, or None when weights + one sequence each do not fit."""
+        if any(not self.cost.supports(m.cost_key, n) for m in llms):
+            return None
+        ctx = self.w.prompt_len + self.w.output_len
+        kv = n * self.capacity_per_device - sum(m.weight_bytes for m in llms)
+        rest = kv - sum(m.kv_bytes_per_token * ctx for m in llms)
+        if rest < 0:
+            return None
+        weights = [max(r, 1e-6) * m.kv_bytes_per_token for m, r in zip(llms, rates)]
+        total = sum(weights)
+        out = []
+        for m, wt in zip(llms, weights):
+            extra = int(rest * wt / total // (m.kv_bytes_per_token * ctx))
+            out.append(min(1 + extra, self.cost._grid(m.cost_key, n).batches[-1]))
+        return out
+
+    def _prefill(self, n: int, m: LLMSpec, bmax: int) -> tuple[float, float]:
+        """(prefill share, seconds of prefill per request)."""
+        p = self.w.prompt_len
+        c = max(1, min(bmax, self.w.prefill_token_budget // p))
+        full = self.cost.prefill_ms(m.cost_key, n, 1.0, c, p)
+        share = next(s for s in SHARES if self.cost.prefill_ms(m.cost_key, n, s, c, p) <= PREFILL_SLACK * full)
+        return share, self.cost.prefill_ms(m.cost_key, n, share, c, p) / 1000 / c
+
+    def _capacity(self, n: int, m: LLMSpec, b: int, share: float) -> float:
+        """Decode-limited req/s of LLM m at batch b and decode share `share`."""
+        ctx = self.w.prompt_len + self.w.output_len / 2
+        return b / (self.cost.decode_ms(m.cost_key, n, share, b, ctx) / 1000 * self.w.output_len)
+
+    def _spatial_temporal(self, n, llms, rates, bmax) -> UnitEstimate:
+        pre = [self._prefill(n, m, b) for m, b in zip(llms, bmax)]
+        rho = min(sum(r * p[1] for r, p in zip(rates, pre)), MAX_RHO)
+        need = [r / (1 - rho) for r in rates]
+        shares = [self._min_share(n, m, b, d) for m, b, d in zip(llms, bmax, need)]
+        if sum(shares) > 1:
+            shares = [s / sum(shares) for s in shares]
+        batches = [self._min_batch(n, m, b, s, d) for m, b, s, d in zip(llms, bmax, shares, need)]
+        caps = [self._capacity(n, m, b, s) for m, b, s in zip(llms, batches, shares)]
+        served = _fixed_point(rates, caps, [p[1] for p in pre])
+        ests = [LLMEstimate(m.name, r, b, max(p[0], s), s, x)
+                for m, r, b, p, s, x in zip(llms, rates, batches, pre, shares, served)]
+        return UnitEstimate(n, "spatial-temporal", ests)
+
+    def _min_share(self, n, m, bmax, need) -> float:
+        return next((s for s in SHARES if self._capacity(n, m, bmax, s) >= need), 1.0)
+
+    def _min_batch(self, n, m, bmax, share, need) -> int:
+        lo, hi = 1, bmax
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._capacity(n, m, mid, share) >= need:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _temporal(self, n, llms, rates, bmax) -> UnitEstimate:
+        pre = [self._prefill(n, m, b)[1] for m, b in zip(llms, bmax)]
+        per_req = [1 / self._capacity(n, m, b, 1.0) + p for m, b, p in zip(llms, bmax, pre)]
+        load = max(1.0, sum(r * c for r, c in zip(rates, per_req)))
+        ests = [LLMEstimate(m.name, r, b, 1.0, 1.0, r / load) for m, r, b in zip(llms, rates, bmax)]
+        return UnitEstimate(n, "temporal", ests)
+
+
+def _fixed_point(rates, caps, pre, rounds: int = 4) -> list[float]:
+    """x_i = min(rate_i, (1 - rho) * cap_i) with rho = sum_j x_j * pre_j (rho <= MAX_RHO)."""
+    x = list(rates)
+    for _ in range(rounds):
+        rho = min(sum(a * p for a, p in zip(x, pre)), MAX_RHO)
+        x = [min(r, (1 - rho) * c) for r, c in zip(rates, caps)]
+    return x

@@ -1,0 +1,106 @@
+"""What the placer knows about one LLM: its name, prior rate, real sizes and its cost-table key.
+
+Sizes come from the checkpoint when the model entry has a `path` (config.json shapes and the
+safetensors file sizes), or from a LLaMA architecture config when it names `size: llama-7b` (for
+cluster-scale planning with no checkpoints here). The cost-table key is `cost_key` when given, else
+`size`, else the model name (the profiler writes tables keyed by the served name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from muxserve.config import ConfigError
+
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "half": 2, "float": 4}
+
+# Published LLaMA(-1) architecture configs (fp16): the shapes, not a table keyed on served names.
+LLAMA_ARCHS = {
+    "llama-7b": dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
+                     intermediate_size=11008, vocab_size=32000),
+    "llama-13b": dict(num_hidden_layers=40, hidden_size=5120, num_attention_heads=40,
+                      intermediate_size=13824, vocab_size=32000),
+    "llama-30b": dict(num_hidden_layers=60, hidden_size=6656, num_attention_heads=52,
+                      intermediate_size=17920, vocab_size=32000),
+    "llama-65b": dict(num_hidden_layers=80, hidden_size=8192, num_attention_heads=64,
+                      intermediate_size=22016, vocab_size=32000),
+}
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    name: str
+    rate: float              # prior req/s
+    weight_bytes: int
+    kv_bytes_per_token: int  # K and V, all layers and KV heads
+    cost_key: str
+
+    @property
+    def compute_need(self) -> float:
+        """MuxServe's computation requirement: rate x model weight (sort key, descending)."""
+        return self.rate * self.weight_bytes
+
+
+def shapes_from_config(cfg: dict) -> tuple[int, int]:
+    """(weight bytes estimated from shapes, KV bytes per token) of a HF LLaMA-family config dict."""
+    layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
+    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16")
+    nbytes = DTYPE_BYTES.get(dtype.replace("torch.", ""), 2)
+    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    per_layer = attn + 3 * hidden * inter + 2 * hidden
+    params = layers * per_layer + 2 * vocab * hidden + hidden
+    return params * nbytes, 2 * layers * kv_heads * head_dim * nbytes
+
+
+def spec_from_path(name: str, rate: float, path: str | Path, cost_key: str | None = None) -> LLMSpec:
+    """Read config.json and the safetensors sizes of the HF folder at `path`."""
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"model {name!r}: no config.json in {path}") from None
+    shape_bytes, kv = shapes_from_config(cfg)
+    files = list(path.glob("*.safetensors"))
+    weight = sum(f.stat().st_size for f in files) if files else shape_bytes
+    return LLMSpec(name, rate, weight, kv, cost_key or name)
+
+
+def spec_from_size(name: str, rate: float, size: str, cost_key: str | None = None) -> LLMSpec:
+    if size not in LLAMA_ARCHS:
+        raise ConfigError(f"model {name!r}: unknown size {size!r}; known: {sorted(LLAMA_ARCHS)}")
+    weight, kv = shapes_from_config(LLAMA_ARCHS[size])
+    return LLMSpec(name, rate, weight, kv, cost_key or size)
+
+
+def load_specs(raw: dict, base: str | Path = ".") -> list[LLMSpec]:
+    """LLMSpecs of the raw YAML's `models` list: entries {name, path | size, rate, cost_key?}."""
+    items = raw.get("models")
+    if not isinstance(items, list) or not items:
+        raise ConfigError("`models` must be a non-empty list of {name, path or size, rate}")
+    out, seen = [], set()
+    for i, m in enumerate(items):
+        if not isinstance(m, dict) or not m.get("name") or not (m.get("path") or m.get("size")):
+            raise ConfigError(f"models[{i}] needs `name` and `path` or `size`")
+        name, rate = str(m["name"]), float(m.get("rate", 1.0))
+        if name in seen:
+            raise ConfigError(f"models[{i}]: duplicate name {name!r}")
+        if rate < 0:
+            raise ConfigError(f"models[{i}] ({name}): rate must be >= 0, got {rate}")
+        seen.add(name)
+        out.append(_spec(m, name, rate, Path(base)))
+    return out
+
+
+def _spec(m: dict, name: str, rate: float, base: Path) -> LLMSpec:
+    key = m.get("cost_key")
+    if m.get("path"):
+        p = Path(os.path.expanduser(str(m["path"])))
+        return spec_from_path(name, rate, p if p.is_absolute() else base / p, key or m.get("size"))
+    return spec_from_size(name, rate, str(m["size"]), key)
