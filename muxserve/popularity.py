@@ -142,9 +142,10 @@ class PopularityRecorder:
     def record(self, model: str, prompt_tokens: int, output_tokens: int = 0) -> None:
         self._put(Arrival(model, 1, prompt_tokens, output_tokens, time.time()))
 
-    def record_output(self, model: str, output_tokens: int) -> None:
-        if output_tokens > 0:
-            self._put(Arrival(model, 0, 0, output_tokens, time.time()))
+    def record_output(self, model: str, output_tokens: int, prompt_tokens: int = 0) -> None:
+        """At a request's end: its output tokens, and its prompt tokens if unknown at arrival (text)."""
+        if output_tokens > 0 or prompt_tokens > 0:
+            self._put(Arrival(model, 0, prompt_tokens, output_tokens, time.time()))
 
     def _put(self, arrival: Arrival) -> None:
         try:

@@ -14,11 +14,14 @@ import inspect
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
+
+sys.path.insert(0, str(Path(__file__).parent))  # router_testlib (the tests' real helper servers)
 
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 

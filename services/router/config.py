@@ -1,0 +1,89 @@
+"""The router's config, built from the mesh YAML's `router` section (validated when built).
+
+    router:
+      host: 127.0.0.1
+      port: 50051
+      placer_address: host:port     # optional; also MUXSERVE_PLACER_ADDRESS
+      workers: {model: [host:port, ...]}   # optional static routing table (tests, no placer)
+      popularity: {bucket_s: 1.0, ttl_s: 3600, timeout_s: 0.5}
+
+Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
+static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
+A model's context length comes from its checkpoint's config.json (`max_position_embeddings`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from muxserve.config import ConfigError, MeshConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the router checks a request against; 0 means unknown (the worker checks instead)."""
+
+    name: str
+    max_model_len: int = 0
+    vocab_size: int = 0
+
+
+@dataclass
+class RouterConfig:
+    models: dict[str, ModelLimits]
+    host: str = "127.0.0.1"
+    port: int = 50051
+    placer_address: str | None = None
+    static_workers: dict[str, list[str]] = field(default_factory=dict)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    bucket_s: float = 1.0
+    ttl_s: float = 3600.0
+    redis_timeout_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for model, addresses in self.static_workers.items():
+            if model not in self.models:
+                raise ConfigError(f"router.workers: {model!r} is not in `models`")
+            if not isinstance(addresses, list) or not all(isinstance(a, str) and a for a in addresses):
+                raise ConfigError(f"router.workers[{model!r}] must be a list of host:port strings")
+        if self.bucket_s <= 0 or self.ttl_s <= 0 or self.redis_timeout_s <= 0:
+            raise ConfigError("router.popularity: bucket_s, ttl_s and timeout_s must be > 0")
+
+    @property
+    def static(self) -> bool:
+        return self.placer_address is None
+
+
+def model_limits(name: str, path: str | Path) -> ModelLimits:
+    """Read max_position_embeddings and vocab_size from `path`/config.json (0 where unknown)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("model %s: cannot read %s/config.json (%s); the worker will check lengths", name, path, exc)
+        return ModelLimits(name)
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    length = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0
+    return ModelLimits(name, int(length), int(cfg.get("vocab_size") or 0))
+
+
+def from_mesh(mesh: MeshConfig) -> RouterConfig:
+    sec = mesh.section("router")
+    pop = sec.get("popularity") or {}
+    placer = sec.get("placer_address") or os.environ.get("MUXSERVE_PLACER_ADDRESS")
+    workers = sec.get("workers") or {}
+    if not isinstance(workers, dict):
+        raise ConfigError("router.workers must map model names to lists of host:port")
+    if not placer and not workers:
+        placer = mesh.address("placer")
+    return RouterConfig(
+        models={m.name: model_limits(m.name, m.path) for m in mesh.models},
+        host=str(sec["host"]), port=int(sec["port"]), placer_address=placer or None,
+        static_workers={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in workers.items()},
+        redis_url=mesh.redis_url, bucket_s=float(pop.get("bucket_s", 1.0)),
+        ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)))

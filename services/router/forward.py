@@ -1,0 +1,83 @@
+"""Forwarding a validated request to a worker hosting its model, streaming the worker's chunks back.
+
+Contract of `Forwarder.stream(req)`: yields the worker's `GenerateResponse` messages unchanged, in
+order. Raises Unavailable when no worker hosts the model, or when the chosen worker cannot be reached
+and no other candidate answers before the first chunk; any other worker status is re-raised as a
+RouterError with the worker's code and message unchanged. Closing the iterator early (the client
+cancelled) cancels the worker call, so the worker aborts the sequence and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import grpc
+
+from muxserve.v1 import router_pb2, worker_pb2_grpc
+from services.router.convert import worker_request
+from services.router.request import RouteRequest, RouterError, Unavailable
+from services.router.routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+class WorkerClients:
+    """One channel (and stub) per worker address, opened on first use."""
+
+    def __init__(self):
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
+
+    def stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        if address not in self._stubs:
+            self._channels[address] = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", 64 << 20)])
+            self._stubs[address] = worker_pb2_grpc.WorkerStub(self._channels[address])
+        return self._stubs[address]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+
+class Forwarder:
+    def __init__(self, table: RoutingTable, clients: WorkerClients):
+        self.table = table
+        self.clients = clients
+
+    async def stream(self, req: RouteRequest) -> AsyncIterator[router_pb2.GenerateResponse]:
+        candidates = self.table.candidates(req.model)
+        if not candidates:
+            raise Unavailable(f"model {req.model!r} is not hosted on any worker yet "
+                              f"(placement version {self.table.version}); retry later")
+        for i, address in enumerate(candidates):
+            last = i == len(candidates) - 1
+            async for resp in self._try_worker(req, address, last):
+                yield resp
+            if req.worker:
+                return
+
+    async def _try_worker(self, req: RouteRequest, address: str, last: bool):
+        """Stream from `address`; return quietly (req.worker unset) to let the caller try the next one."""
+        started = False
+        with self.table.acquire(address):
+            call = self.clients.stub(address).Generate(worker_request(req))
+            try:
+                async for resp in call:
+                    started, req.worker = True, address
+                    req.observe(len(resp.token_ids), resp.finish_reason, resp.usage.prompt_tokens,
+                                resp.usage.completion_tokens)
+                    yield resp
+                req.worker = address
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise RouterError(exc.details() or exc.code().name, exc.code()) from None
+                log.warning("worker %s unavailable for %s: %s", address, req.request_id, exc.details())
+                if started or last:
+                    raise Unavailable(f"worker {address} hosting model {req.model!r} is unavailable: "
+                                      f"{exc.details()}") from None
+            finally:
+                call.cancel()  # no-op when the call is done; otherwise aborts the worker's sequence

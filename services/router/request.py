@@ -1,0 +1,73 @@
+"""One request's state inside the router, and the router's errors (one gRPC status code each).
+
+The servicer converts the wire request into a `RouteRequest`, and maps any `RouterError` to its
+status code in one place; nothing below the servicer imports protobuf messages for requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from services.worker.engine.types import SamplingParams
+
+
+class RouterError(Exception):
+    """An error the client sees as `code` with `message`."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(RouterError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(RouterError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(RouterError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass
+class RouteRequest:
+    """A Generate request from arrival to its last chunk.
+
+    Exactly one of `prompt` (text, tokenized by the worker) and `prompt_token_ids` is set once valid.
+    `worker` is the address it was forwarded to; token counts fill in as chunks stream back.
+    """
+
+    model: str
+    prompt: str = ""
+    prompt_token_ids: list[int] = field(default_factory=list)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+    worker: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+    @property
+    def known_prompt_len(self) -> int:
+        """Prompt length when the router can know it (token ids), else 0."""
+        return len(self.prompt_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.finish_reason)
+
+    def observe(self, token_ids: int, finish_reason: str = "", prompt_tokens: int = 0,
+                completion_tokens: int = 0) -> None:
+        """Account one streamed chunk: `token_ids` new tokens; usage, when given, is authoritative."""
+        self.completion_tokens += token_ids
+        if finish_reason:
+            self.finish_reason = finish_reason
+            self.completion_tokens = completion_tokens or self.completion_tokens
+            self.prompt_tokens = prompt_tokens or self.prompt_tokens or self.known_prompt_len
