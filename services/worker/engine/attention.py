@@ -60,8 +60,9 @@ def build_context(
     num_blocks: int,
     sliding_window: int | None = None,
     device: str | torch.device = "cpu",
+    seq_ids: list[int] | None = None,
 ) -> AttnContext:
-    """seqs: (start_pos, n_tokens, block_table) per sequence, in flat-batch order."""
+    """seqs: (start_pos, n_tokens, block_table) per sequence, in flat-batch order (seq_ids name them in errors)."""
     L, H, bs = num_layers, num_kv_heads, block_size
     lens = [n for _, n, _ in seqs]
     if not seqs or min(lens) < 1:
@@ -71,7 +72,7 @@ def build_context(
     positions, writes, reads = [], [], []
     for i, (start, n, table) in enumerate(seqs):
         n_tb = -(-(start + n) // bs)
-        blocks = _seq_blocks(table, n_tb, L, H, num_blocks, i)  # [n_tb, L, H]
+        blocks = _seq_blocks(table, n_tb, L, H, num_blocks, seq_ids[i] if seq_ids else i)  # [n_tb, L, H]
         pos = torch.arange(start, start + n)
         positions.append(pos)
         rows = (blocks[pos // bs] * 2 * bs) + (pos % bs)[:, None, None]  # [n, L, H] K rows

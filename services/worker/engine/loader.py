@@ -146,8 +146,9 @@ def _fuse(spec: ModelSpec, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """HF names -> this engine's fused names (see the module docstring)."""
     take = raw.pop
     w = {"embed": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
-    if "lm_head.weight" in raw and not spec.tie_word_embeddings:
-        w["lm_head"] = take("lm_head.weight")
+    head = raw.pop("lm_head.weight", None)
+    if head is not None and not (spec.tie_word_embeddings and torch.equal(head, w["embed"])):
+        w["lm_head"] = head  # like transformers: a distinct lm_head in the file wins over tying
     for i in range(spec.num_layers):
         p, a, m = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
         w[f"layers.{i}.attn_norm"] = take(p + "input_layernorm.weight")

@@ -1,0 +1,96 @@
+"""The runner's logits and greedy tokens against transformers on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.engine_model.helpers import ARCHS, Driver, hf_last_logits, hf_model
+
+TOL = 1e-3
+
+
+def check_logits(driver: Driver, hf, plan: dict[int, int], out) -> None:
+    for i, sid in enumerate(plan):
+        s = driver.seqs[sid]
+        ref = hf_last_logits(hf, s.tokens[: s.computed])
+        diff = (out.logits[i] - ref).abs().max().item()
+        assert diff < TOL, f"seq {sid} at {s.computed} tokens: max |diff| {diff}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mixed_flat_batches_match_transformers(arch, checkpoints, hf_models):
+    """Prefill of mixed lengths, decode, a sequence joining mid-flight, a chunked prefill."""
+    d, hf = Driver(checkpoints[arch], seed=1), hf_models[arch]
+    d.add(0, [5, 17, 99, 3, 250, 7, 8])  # 7 tokens: 2 token blocks
+    d.add(1, list(range(40, 53)))  # 13 tokens: 4 token blocks
+    d.add(2, [300, 301, 2, 77, 78, 79, 80, 81, 82, 83, 84])  # joins later, prefilled in 2 chunks
+    plans = [{0: 7, 1: 13}, {0: 1, 1: 1, 2: 6}, {2: 5, 0: 1, 1: 1}]
+    plans += [{0: 1, 1: 1, 2: 1}] * 6
+    for plan in plans:
+        out = d.step(plan)
+        assert out.logits.shape == (len(plan), d.spec.vocab_size)
+        check_logits(d, hf, plan, out)
+    assert d.seqs[1].computed > 16  # contexts span many blocks
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_equals_generate(arch, checkpoints, hf_models):
+    d, hf = Driver(checkpoints[arch], seed=2), hf_models[arch]
+    prompts = {0: [1, 50, 60, 70], 1: list(range(100, 119)), 2: [9]}
+    new = 14
+    for sid, p in prompts.items():
+        d.add(sid, p)
+    d.step({sid: len(p) for sid, p in prompts.items()}, return_logits=False)
+    for _ in range(new - 1):
+        d.step({sid: 1 for sid in prompts}, return_logits=False)
+    eos = set(d.spec.eos_token_ids)
+    for sid, p in prompts.items():
+        ref = hf.generate(torch.tensor([p]), max_new_tokens=new, do_sample=False)[0, len(p):].tolist()
+        ours = d.seqs[sid].tokens[len(p):]
+        cut = next((i + 1 for i, t in enumerate(ours) if t in eos), len(ours))
+        assert ours[:cut] == ref, f"seq {sid}"
+
+
+def _edit_config(src, dst, **changes):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _drop_lm_head(path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+VARIANTS = {
+    "rope-linear": dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0}),
+    "rope-llama3": dict(rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 500000.0}),
+    "tied": dict(tie_word_embeddings=True),
+    "sliding-window": dict(sliding_window=6),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_variants_match_transformers(variant, checkpoints, tmp_path):
+    arch = "mistral" if variant == "sliding-window" else "llama"
+    path = _edit_config(checkpoints[arch], tmp_path / variant, **VARIANTS[variant])
+    if variant == "tied":
+        _drop_lm_head(path)
+    d, hf = Driver(path, seed=3), hf_model(path)
+    if variant == "tied":  # one tensor serves both ends, not a copy
+        assert d.runner.model.lm_head is d.runner.model.embed
+    d.add(0, list(range(60, 75)))
+    d.add(1, [4, 5, 6])
+    plans = [{0: 15, 1: 3}] + [{0: 1, 1: 1}] * 4
+    for plan in plans:
+        check_logits(d, hf, plan, d.step(plan))

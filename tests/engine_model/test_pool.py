@@ -1,0 +1,91 @@
+"""Pool layout helpers, LocalBlockSource, and the runner's input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from services.worker.engine.loader import UnsupportedModelError, load_weights
+from services.worker.engine.pool import (
+    LocalBlockSource,
+    allocate_pool,
+    blocks_for_tokens,
+    blocks_per_token_block,
+    pool_shape,
+    table_index,
+)
+from services.worker.engine.types import InvalidRequestError, SamplingParams, SeqStep, StepInput
+from tests.engine_model.helpers import Driver
+
+
+def test_layout_helpers():
+    assert pool_shape(10, 4, 16) == (10, 2, 4, 16)
+    assert blocks_per_token_block(3, 2) == 6
+    assert blocks_for_tokens(0, 4, 3, 2) == 0
+    assert blocks_for_tokens(1, 4, 3, 2) == 6 and blocks_for_tokens(9, 4, 3, 2) == 18
+    assert table_index(2, 1, 1, num_layers=3, num_kv_heads=2) == (2 * 3 + 1) * 2 + 1
+    pool = allocate_pool(8, 4, 16, torch.float32, shared=True)
+    assert pool.shape == (8, 2, 4, 16) and pool.is_shared() and not pool.any()
+
+
+def test_block_source_acquire_release_integrity():
+    src = LocalBlockSource(10, first=100)
+    a = src.acquire(4)
+    assert len(a) == 4 and all(100 <= i < 110 for i in a)
+    assert src.acquire(7) is None and src.num_free == 6  # nothing taken on failure
+    b = src.acquire(6)
+    assert set(a).isdisjoint(b) and src.num_free == 0
+    src.check_integrity()
+    src.release(a)
+    assert src.num_free == 4
+    src.check_integrity()
+    with pytest.raises(ValueError, match="not in use"):
+        src.release([a[0]])  # double free
+    with pytest.raises(ValueError, match="not from this source"):
+        src.release([5])
+    with pytest.raises(ValueError, match="twice"):
+        src.release([b[0], b[0]])
+    assert src.num_used == 6  # failed releases changed nothing
+    src.release(b)
+    src.check_integrity()
+    assert sorted(src.acquire(10)) == list(range(100, 110))
+
+
+def test_integrity_check_catches_corruption():
+    src = LocalBlockSource(4)
+    src.acquire(1)
+    src._free.append(src._free[0])  # corrupt on purpose
+    with pytest.raises(AssertionError):
+        src.check_integrity()
+
+
+def test_unsupported_architecture_is_named(tmp_path, checkpoints):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*LlamaForCausalLM"):
+        load_weights(tmp_path)
+    cfg = json.loads((checkpoints["llama"] / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match="yarn"):
+        load_weights(tmp_path)
+
+
+def test_bad_steps_raise_invalid_request(checkpoints):
+    d = Driver(checkpoints["llama"])
+    sp = SamplingParams()
+
+    def run(**kw):
+        seq = dict(seq_id=7, token_ids=[1, 2, 3], start_pos=0, block_table=list(range(4)), sampling=sp)
+        d.runner.execute(StepInput("x", [SeqStep(**{**seq, **kw})]))
+
+    with pytest.raises(InvalidRequestError, match="seq 7: block table has 2 ids, needs 4"):
+        run(block_table=[0, 1])
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        run(block_table=[0, 1, 2, 10**6])
+    with pytest.raises(InvalidRequestError, match="outside vocab"):
+        run(token_ids=[1, 10**6])
+    with pytest.raises(InvalidRequestError, match="positions"):
+        run(start_pos=d.spec.max_model_len)
+    run()  # the runner still works afterwards
