@@ -47,8 +47,8 @@ def hf_greedy(path, prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool
     return out[0, len(prompt_ids):].tolist()
 
 
-def prompts(tokenizer, n: int, lo: int = 3, hi: int = 40, seed: int = 0) -> list[list[int]]:
+def prompts(vocab: int, n: int, lo: int = 3, hi: int = 40, seed: int = 0) -> list[list[int]]:
     """n random token-id prompts of mixed lengths in [lo, hi] (no special tokens)."""
     g = torch.Generator().manual_seed(seed)
     lens = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
-    return [torch.randint(3, len(tokenizer), (k,), generator=g).tolist() for k in lens]
+    return [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lens]

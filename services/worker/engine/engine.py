@@ -60,6 +60,7 @@ class UnitEngine:
         self._ids = itertools.count()
         self._lock = threading.RLock()  # engine state
         self._step_lock = threading.Lock()  # one step at a time
+        self._carry: dict[str, Chunk] = {}  # chunks produced by remove_llm's own steps
         for c in llms:
             self.add_llm(c)
 
@@ -88,16 +89,29 @@ class UnitEngine:
             self._rebalance()
 
     def remove_llm(self, name: str, drain: bool = True) -> None:
-        """Stop hosting `name`: finish (drain=True) or abort its requests, then close its jobs."""
-        hosted = self._hosted(name)
-        hosted.draining = True
-        if not drain:
-            with self._lock:
+        """Stop hosting `name`: finish (drain=True) or abort its requests, then close its jobs.
+
+        Runs steps itself until the LLM is idle; chunks those steps produce for other requests come
+        back from the next `step()`. (The async engine uses begin_remove/finish_remove instead.)
+        """
+        self.begin_remove(name, drain)
+        while self.scheduler.has_unfinished(name):
+            for rid, ch in self.step().items():
+                self._carry[rid] = merge_chunks(self._carry.get(rid), ch)
+        self.finish_remove(name)
+
+    def begin_remove(self, name: str, drain: bool) -> None:
+        """Refuse new requests for `name`; abort its current ones unless drain."""
+        with self._lock:
+            self._hosted(name).draining = True
+            if not drain:
                 for seq in [s for s in self._seqs.values() if s.llm == name]:
                     self.scheduler.abort(seq)
-        while self.scheduler.has_unfinished(name):
-            self.step()
+
+    def finish_remove(self, name: str) -> None:
+        """Drop an idle LLM (after begin_remove and its last step) and close its jobs."""
         with self._lock:
+            hosted = self._hosted(name)
             self.scheduler.remove_llm(name)
             self.blocks.remove_llm(name)
             del self.llms[name]
@@ -176,7 +190,7 @@ class UnitEngine:
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return self.scheduler.has_unfinished() or bool(self.scheduler.finished)
+            return self.scheduler.has_unfinished() or bool(self.scheduler.finished or self._carry)
 
     # ---- the loop ---------------------------------------------------------------------------
     def step(self) -> dict[str, Chunk]:
@@ -187,7 +201,11 @@ class UnitEngine:
                 futures = [self._submit(d) for d in dispatches]
             results = [self._wait(f) for f in futures]
             with self._lock:
-                return self._apply(dispatches, results)
+                out = self._apply(dispatches, results)
+                for rid, ch in self._carry.items():
+                    out[rid] = merge_chunks(ch, out.get(rid))
+                self._carry.clear()
+                return out
 
     def _submit(self, d: Dispatch):
         hosted = self.llms[d.llm]
@@ -276,6 +294,14 @@ class UnitEngine:
         for hosted in list(self.llms.values()):
             hosted.close()
         self.llms.clear()
+
+
+def merge_chunks(a: Chunk | None, b: Chunk | None) -> Chunk:
+    """a then b of one request as one chunk."""
+    if a is None or b is None:
+        return a or b
+    return Chunk(a.token_ids + b.token_ids, a.text + b.text, b.finish_reason or a.finish_reason,
+                 b.prompt_tokens, b.completion_tokens, b.error or a.error)
 
 
 def load_tokenizer(path: str):

@@ -1,0 +1,114 @@
+"""AsyncUnitEngine: the UnitEngine for an asyncio servicer.
+
+The step loop runs in one background thread, so model compute never blocks the event loop; chunks
+cross back with `loop.call_soon_threadsafe`. `generate` raises add_request's errors
+(UnknownModelError, InvalidRequestError, CapacityError) on the first iteration, before any chunk.
+If the consumer stops iterating or is cancelled, the request is aborted and its blocks return.
+A request that fails inside the engine ends with a chunk whose finish_reason is "error" (its
+`error` says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+from services.worker.engine.config import EngineConfig, LLMConfig
+from services.worker.engine.engine import UnitEngine
+from services.worker.engine.types import Chunk, InvalidRequestError, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class AsyncUnitEngine:
+    def __init__(self, engine: UnitEngine):
+        self.engine = engine
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="unit-engine-loop", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    async def create(cls, llms: list[LLMConfig], config: EngineConfig | None = None, **kwargs) -> "AsyncUnitEngine":
+        """Load the engine in a worker thread (loading weights takes a while), then start the loop."""
+        engine = await asyncio.to_thread(UnitEngine, llms, config, **kwargs)
+        return cls(engine)
+
+    # ---- the background loop ----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closing:
+            if not self.engine.has_unfinished():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                chunks = self.engine.step()
+            except Exception:  # a bug, not a request error: keep the loop (and the service) alive
+                log.exception("engine step failed")
+                continue
+            for rid, ch in chunks.items():
+                self._deliver(rid, ch)
+
+    def _deliver(self, rid: str, ch: Chunk) -> None:
+        entry = self._queues.get(rid)
+        if entry is not None:
+            loop, q = entry
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, ch)
+            except RuntimeError:  # its event loop is closed
+                self._queues.pop(rid, None)
+
+    # ---- requests ---------------------------------------------------------------------------
+    async def generate(self, request_id: str, llm: str, prompt: str | None = None,
+                       prompt_token_ids: list[int] | None = None,
+                       sampling: SamplingParams | None = None) -> AsyncIterator[Chunk]:
+        """Stream the request's chunks; the last has a finish_reason."""
+        if request_id in self._queues:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues[request_id] = (asyncio.get_running_loop(), q)
+        finished = False
+        try:
+            self.engine.add_request(request_id, llm, prompt, prompt_token_ids, sampling)
+            self._wake.set()
+            while not finished:
+                ch = await q.get()
+                finished = bool(ch.finish_reason)
+                yield ch
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                self.engine.abort(request_id)
+                self._wake.set()
+
+    async def abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        self._wake.set()
+
+    # ---- LLMs and stats ---------------------------------------------------------------------
+    async def add_llm(self, cfg: LLMConfig) -> None:
+        await asyncio.to_thread(self.engine.add_llm, cfg)
+
+    async def remove_llm(self, name: str, drain: bool = True) -> None:
+        """Stop taking requests for `name`, let its requests finish (or abort them), then drop it."""
+        self.engine.begin_remove(name, drain)
+        self._wake.set()
+        while self.engine.scheduler.has_unfinished(name):
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(self.engine.finish_remove, name)
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    async def close(self) -> None:
+        """Stop the loop (aborting what is left) and close the jobs."""
+        self._closing = True
+        self._wake.set()
+        await asyncio.to_thread(self._thread.join)
+        for rid in list(self._queues):  # wake streams still waiting: they end with "abort"
+            self.engine.abort(rid)
+            self._deliver(rid, Chunk(finish_reason="abort"))
+        await asyncio.to_thread(self.engine.close)
