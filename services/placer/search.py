@@ -9,7 +9,8 @@ Policies share this code and differ in the unit estimate and in colocation:
 - muxserve: units estimated with spatial-temporal multiplexing (or temporal where that is better);
   the search is also seeded with the best spatial and temporal layouts, re-estimated, so the
   result is never worse than either baseline's layout under MuxServe's scheduling.
-- spatial: one LLM per unit (idle devices allowed).
+- spatial: one LLM per unit, on the fewest devices that hold it (spatial.py), idle devices then
+  doubling the units that gain most.
 - temporal: colocation allowed, one job at a time per unit.
 
 Fixed defects of the reference: a candidate's gain is kept with the unit it was computed for (no
@@ -26,6 +27,7 @@ from typing import Iterable
 from .estimator import UnitEstimate, UnitEstimator
 from .llmspec import LLMSpec
 from .placement import LLMPlacement, Placement, Unit, unit_id
+from .spatial import spatial_layout
 
 log = logging.getLogger(__name__)
 ESTIMATE_MODE = {"muxserve": "muxserve", "spatial": "spatial", "temporal": "temporal"}
@@ -91,10 +93,13 @@ class Planner:
     def plan(self, policy: str = "muxserve") -> Placement:
         if policy not in ESTIMATE_MODE:
             raise PlacementError(f"unknown policy {policy!r}; choose muxserve, spatial or temporal")
-        best = self._search(ESTIMATE_MODE[policy], one_per_unit=policy == "spatial")
+        if policy == "spatial":
+            best = spatial_layout(self)
+        else:
+            best = self._search(ESTIMATE_MODE[policy])
         if policy == "muxserve":
-            for seed in (self._search("spatial", True), self._search("temporal", False)):
-                if seed and (best is None or self._score(seed, "muxserve") > best[0] + 1e-9):
+            for seed in (spatial_layout(self), self._search("temporal")):
+                if seed and (best is None or self._score(seed, "muxserve") > best[0]):
                     best = (self._score(seed, "muxserve"), seed[1])
         if best is None:
             raise PlacementError(f"no split of {self.nodes}x{self.dpn} devices holds all "
@@ -104,33 +109,33 @@ class Planner:
     def _score(self, result: tuple[float, Layout], mode: str) -> float:
         return sum(self.unit_estimate(n, names, mode).served for _, n, names in result[1])
 
-    def _search(self, mode: str, one_per_unit: bool) -> tuple[float, Layout] | None:
+    def _search(self, mode: str) -> tuple[float, Layout] | None:
         need = max(self.min_devices.values())
         best = None
         for split in cluster_splits(self.nodes, self.dpn):
             units = [(node, n) for node, sizes in enumerate(split) for n in sizes]
-            if max(n for _, n in units) < need or (one_per_unit and len(units) < len(self.llms)):
+            if max(n for _, n in units) < need:
                 continue
-            result = self._greedy(units, mode, one_per_unit)
-            if result and (best is None or result[0] > best[0] + 1e-9):
+            result = self._greedy(units, mode)
+            if result and (best is None or result[0] > best[0]):
                 best = result
         return best
 
-    def _greedy(self, units: list[tuple[int, int]], mode: str, one_per_unit: bool):
+    def _greedy(self, units: list[tuple[int, int]], mode: str):
         members: list[tuple[str, ...]] = [() for _ in units]
         order = sorted(self.llms, key=lambda x: (-self.rates[x] * self.llms[x].weight_bytes, x))
         for name in order:
-            idx = self._best_unit(units, members, name, mode, one_per_unit)
+            idx = self._best_unit(units, members, name, mode)
             if idx is None:
                 return None
             members[idx] = tuple(sorted((*members[idx], name)))
         layout = [(node, n, m) for (node, n), m in zip(units, members) if m]
         return sum(self.unit_estimate(n, m, mode).served for _, n, m in layout), layout
 
-    def _best_unit(self, units, members, name, mode, one_per_unit) -> int | None:
+    def _best_unit(self, units, members, name, mode) -> int | None:
         best_key, best_idx, seen = None, None, set()
         for idx, ((_, n), mem) in enumerate(zip(units, members)):
-            if (one_per_unit and mem) or (n, mem) in seen:
+            if (n, mem) in seen:
                 continue
             seen.add((n, mem))
             after = self.unit_estimate(n, tuple(sorted((*mem, name))), mode)
@@ -142,14 +147,34 @@ class Planner:
                 best_key, best_idx = key, idx
         return best_idx
 
+    def rescore(self, placement: Placement) -> Placement:
+        """`placement`'s layout (same units, same devices) re-estimated at this planner's rates.
+
+        LLMs no longer configured are dropped; a unit that no longer fits raises PlacementError.
+        """
+        mode = ESTIMATE_MODE.get(placement.policy, "muxserve")
+        layout = []
+        for u in placement.units:
+            names = tuple(sorted(x for x in u.llm_names if x in self.llms))
+            if names and self.unit_estimate(len(u.devices), names, mode) is None:
+                raise PlacementError(f"unit {u.unit_id} no longer holds {list(names)}")
+            if names:
+                layout.append((u.devices[0] // self.dpn, len(u.devices), names, u.devices))
+        return self._build(placement.policy, layout, mode)
+
     def _placement(self, policy: str, layout: Layout, mode: str) -> Placement:
-        units, next_dev = [], [0] * self.nodes
+        placed, next_dev = [], [0] * self.nodes
         for node, n, names in sorted(layout, key=lambda u: (u[0], -u[1], u[2])):
-            devices = [node * self.dpn + next_dev[node] + i for i in range(n)]
+            placed.append((node, n, names, [node * self.dpn + next_dev[node] + i for i in range(n)]))
             next_dev[node] += n
+        return self._build(policy, placed, mode)
+
+    def _build(self, policy: str, layout: list, mode: str) -> Placement:
+        units = []
+        for node, n, names, devices in layout:
             est = self.unit_estimate(n, names, mode)
             llms = [LLMPlacement(e.name, round(e.prefill_share, 4), round(e.decode_share, 4),
                                  e.rate, round(e.throughput, 6), e.batch) for e in est.llms]
             units.append(Unit(unit_id(devices), devices, llms, "", round(est.served, 6), est.mode))
-        objective = round(sum(u.est_throughput for u in units), 6)
+        objective = round(sum(self.unit_estimate(n, names, mode).served for _, n, names, _ in layout), 6)
         return Placement(policy, objective, units, 0, round(sum(self.rates.values()), 6))

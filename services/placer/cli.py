@@ -1,0 +1,94 @@
+"""`muxserve plan` and `muxserve profile` (wired by muxserve/cli.py).
+
+plan reads the YAML directly (model entries may name `size: llama-7b` instead of a `path`),
+plans with the config's prior rates, and prints the placement as text or JSON:
+{"policy", "objective", "total_rate", "units": [{"unit_id", "devices", "mode", "est_throughput",
+"llms": [{"name", "prefill_share", "decode_share", "rate", "est_throughput", "batch"}]}]}.
+Errors (bad config, an LLM too large for any unit, an empty cluster, a cost table without the
+model) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from muxserve.config import ConfigError
+
+from .config import POLICIES, PlacerConfig
+from .costmodel import CostModelError, CostTable
+from .llmspec import load_specs
+from .placement import Placement
+from .search import PlacementError
+from .service import make_planner
+
+
+def load_plan_inputs(config_path: str, policy: str | None, cost_table: str | None):
+    """(specs, nodes, devices_per_node, PlacerConfig, CostTable) from a config file."""
+    path = Path(config_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping")
+    section = dict(raw.get("placer") or {})
+    section.pop("host", None), section.pop("port", None)
+    if policy:
+        section["policy"] = policy
+    cl = raw.get("cluster") or {}
+    nodes, dpn = int(cl.get("nodes", 1)), int(cl.get("devices_per_node", 1))
+    cfg = PlacerConfig.from_section(section, _Mesh(cl.get("device", "cpu"), dpn), path.parent)
+    specs = load_specs(raw, path.parent)
+    cost = CostTable.load(cost_table or cfg.cost_table_path)
+    return specs, nodes, dpn, cfg, cost
+
+
+class _Mesh:
+    """Just what PlacerConfig's defaults read from a MeshConfig."""
+
+    def __init__(self, device: str, dpn: int):
+        self.cluster = type("C", (), {"device": device, "devices_per_node": dpn})()
+
+
+def format_text(p: Placement, seconds: float) -> str:
+    lines = [f"policy {p.policy}: objective {p.objective:.3f} of {p.total_rate:.3f} req/s, "
+             f"{len(p.units)} units, planned in {seconds:.2f}s"]
+    for u in p.units:
+        lines.append(f"  {u.unit_id} devices {u.devices} ({u.mode}, {u.est_throughput:.3f} req/s)")
+        for m in u.llms:
+            lines.append(f"    {m.name}: rate {m.rate:.3f} est {m.est_throughput:.3f} req/s, "
+                         f"prefill {m.prefill_share:.2f} decode {m.decode_share:.2f} batch {m.batch}")
+    return "\n".join(lines)
+
+
+def plan_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="muxserve plan", description="print the placement for a config")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--policy", choices=POLICIES, default=None, help="default: the config's placer.policy")
+    ap.add_argument("--cost-table", default=None, help="JSON cost table (default: the config's)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        specs, nodes, dpn, cfg, cost = load_plan_inputs(args.config, args.policy, args.cost_table)
+        t0 = time.perf_counter()
+        placement = make_planner(specs, {}, nodes, dpn, cfg, cost).plan(cfg.policy)
+        seconds = time.perf_counter() - t0
+    except (ConfigError, CostModelError, PlacementError, ValueError, KeyError) as e:
+        print(f"muxserve plan: error: {e}", file=sys.stderr)
+        return 2
+    d = placement.to_dict()
+    d.pop("version")
+    print(json.dumps(d, indent=1) if args.json else format_text(placement, seconds))
+    return 0
+
+
+def profile_main(argv: list[str]) -> int:
+    from .profiler import main as profiler_main
+
+    return profiler_main(argv)
