@@ -1,0 +1,70 @@
+"""A job's compute share: CPU cores + threads, or a CUDA MPS thread percentage.
+
+On CPU the child process pins itself to `cores` (os.sched_setaffinity) and uses `threads` intra-op
+threads. On CUDA the share is CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in the child's environment, which
+only means something under a running MPS control daemon; without one, jobs time-share the GPU and
+we say so in the log. The env var must be set before the child initialises CUDA, hence
+`child_env` is applied by the parent around process start (see jobs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ComputeShare:
+    cores: list[int] | None = None  # None: all cores this process may use
+    threads: int = 1
+    gpu_percentage: int | None = None  # 1..100, CUDA MPS only
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.cores is not None and not self.cores:
+            raise ValueError("cores must be None or a non-empty list")
+        if self.gpu_percentage is not None and not 1 <= self.gpu_percentage <= 100:
+            raise ValueError(f"gpu_percentage must be in 1..100, got {self.gpu_percentage}")
+
+
+def split_cores(fractions: list[float], cores: list[int] | None = None) -> list[ComputeShare]:
+    """Split `cores` (default: this process's) into disjoint shares by fraction (each >= 1 core;
+    when there are fewer cores than shares they overlap round-robin)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    counts = [max(1, round(f * len(cores))) for f in fractions]
+    shares, start = [], 0
+    for n in counts:
+        mine = [cores[(start + i) % len(cores)] for i in range(n)]
+        start += n
+        shares.append(ComputeShare(cores=mine, threads=len(mine)))
+    return shares
+
+
+def mps_running() -> bool:
+    """True when an MPS control daemon's pipe exists (CUDA_MPS_PIPE_DIRECTORY or the default)."""
+    pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    return os.path.exists(os.path.join(pipe_dir, "control"))
+
+
+def child_env(share: ComputeShare, device: str) -> dict[str, str]:
+    """Environment variables the child needs before it starts (CUDA MPS percentage)."""
+    if share.gpu_percentage is None or not str(device).startswith("cuda"):
+        return {}
+    if not mps_running():
+        log.warning("no CUDA MPS daemon running: jobs time-share the GPU (gpu_percentage %d ignored)",
+                    share.gpu_percentage)
+        return {}
+    return {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share.gpu_percentage)}
+
+
+def apply_in_child(share: ComputeShare) -> None:
+    """Pin this process to its cores and set torch's thread count (call first thing in a job child)."""
+    import torch
+
+    if share.cores is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, share.cores)
+    torch.set_num_threads(share.threads)

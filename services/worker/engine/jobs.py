@@ -1,0 +1,180 @@
+"""Job processes: a prefill or decode job of one LLM in its own OS process (types.Job).
+
+`ProcessJob(spec, weights, pool, block_size, device, share)` spawns a child (torch.multiprocessing,
+spawn context) that builds a ModelRunner over the parent's weight tensors and pool tensor, passed
+as shared memory (CPU) or CUDA IPC handles: nothing is reloaded from disk or copied, so the
+prefill job's K/V writes are what the decode job reads. Steps go over a pipe; a reader thread
+resolves the futures in order. If the child dies, its pending futures fail with JobCrashedError,
+`alive` turns False, and `restart()` spawns a new child over the same weights and pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import wait
+
+import torch
+import torch.multiprocessing as mp
+
+from .compute_share import ComputeShare, apply_in_child, child_env
+from .loader import ModelSpec, share_weights
+from .types import JobCrashedError, StepInput
+
+log = logging.getLogger(__name__)
+_ENV_LOCK = threading.Lock()  # child env vars are set in os.environ only around process start
+
+
+def _child_main(spec, weights, pool, block_size, device, share, conn) -> None:
+    """Job process body: build a runner over the shared tensors, then serve steps until EOF/None."""
+    apply_in_child(share)
+    from .runner import ModelRunner
+
+    runner = ModelRunner(spec, weights, pool, block_size, device)
+    conn.send(("ready", os.getpid(), None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        step_id, step = msg
+        try:
+            conn.send((step_id, runner.execute(step), None))
+        except Exception as exc:  # noqa: BLE001 - the parent re-raises it on the step's future
+            conn.send((step_id, None, exc))
+
+
+class ProcessJob:
+    """types.Job backed by a child process sharing `weights` and `pool` with this process."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: dict[str, torch.Tensor],
+        pool: torch.Tensor,
+        block_size: int,
+        device: str = "cpu",
+        share: ComputeShare | None = None,
+        name: str = "",
+    ):
+        if pool.device.type == "cpu" and not pool.is_shared():
+            raise ValueError("a ProcessJob needs a shared pool: allocate_pool(..., shared=True)")
+        self.spec, self.weights, self.pool = spec, share_weights(weights), pool
+        self.block_size, self.device = block_size, device
+        self.share = share or ComputeShare(threads=torch.get_num_threads())
+        self.name = name or f"{spec.name}-job"
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._ready = threading.Event()
+        self.pid: int | None = None
+        self._start()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive() and not self._dead
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        args = (self.spec, self.weights, self.pool, self.block_size, self.device, self.share, child_conn)
+        proc = ctx.Process(target=_child_main, args=args, name=self.name, daemon=True)
+        with self._lock:
+            self._proc, self._dead, self._ready = proc, False, threading.Event()
+        with _ENV_LOCK:
+            env = child_env(self.share, self.device)
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                self._proc.start()
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        child_conn.close()
+        threading.Thread(target=self._read, args=(self._conn, self._proc), daemon=True,
+                         name=f"{self.name}-reader").start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once the child has built its runner."""
+        return self._ready.wait(timeout)
+
+    def submit(self, step: StepInput) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            if self._dead:
+                fut.set_exception(JobCrashedError(f"job {self.name} is not running"))
+                return fut
+            step_id = next(self._ids)
+            self._pending[step_id] = fut
+            try:
+                self._conn.send((step_id, step))
+            except (OSError, ValueError) as exc:
+                self._pending.pop(step_id)
+                fut.set_exception(JobCrashedError(f"job {self.name}: cannot send step ({exc})"))
+        return fut
+
+    def _read(self, conn, proc) -> None:
+        """Resolve futures from the child's replies; on its death fail whatever is pending."""
+        try:
+            while True:
+                ready = wait([conn, proc.sentinel])
+                if conn not in ready:
+                    break  # the child exited with nothing left to read
+                self._resolve(*conn.recv())
+        except (EOFError, OSError, ValueError):
+            pass  # the pipe closed: the child died or we closed it
+        self._fail_pending(proc)
+
+    def _resolve(self, step_id, out, exc) -> None:
+        if step_id == "ready":
+            self.pid = out
+            self._ready.set()
+            return
+        with self._lock:
+            fut = self._pending.pop(step_id, None)
+        if fut is not None:
+            fut.set_exception(exc) if exc is not None else fut.set_result(out)
+
+    def _fail_pending(self, proc) -> None:
+        proc.join(timeout=5)
+        with self._lock:
+            if proc is not self._proc:
+                return
+            self._dead = True
+            pending, self._pending = self._pending, {}
+        if proc.exitcode not in (0, None) or pending:
+            log.error("job %s (pid %s) died with exit code %s; %d steps failed",
+                      self.name, proc.pid, proc.exitcode, len(pending))
+        for fut in pending.values():
+            fut.set_exception(JobCrashedError(f"job {self.name} (pid {proc.pid}) died, exit code {proc.exitcode}"))
+
+    def restart(self) -> None:
+        """Stop the child if it still runs and start a new one over the same weights and pool."""
+        self._stop()
+        self._start()
+
+    def _stop(self) -> None:
+        proc = self._proc
+        if proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (OSError, ValueError):
+                pass
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        with self._lock:
+            self._dead = True
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            fut.set_exception(JobCrashedError(f"job {self.name} stopped"))
+        self._conn.close()
+
+    def close(self) -> None:
+        self._stop()
