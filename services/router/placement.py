@@ -2,7 +2,8 @@
 
 `PlacementWatcher.run` subscribes to `muxserve.v1.Placer.WatchPlacement` and adopts every placement it
 streams. When the placer cannot be reached (or its stream ends) it reads the last published placement
-from Redis key `muxserve:placement` (adopted only if newer than the cached one), then reconnects with
+from Redis keys `muxserve:placement` (JSON) and `muxserve:placement:version` (adopted only if
+newer than the cached one), then reconnects with
 a backoff growing from `retry_s` to `max_retry_s`. The cached view is kept through any outage.
 """
 
@@ -20,6 +21,7 @@ from services.router.routing import Host, PlacementView, RoutingTable
 log = logging.getLogger(__name__)
 
 REDIS_KEY = "muxserve:placement"
+VERSION_KEY = "muxserve:placement:version"
 
 
 def view_from_placement(p: placer_pb2.Placement) -> PlacementView:
@@ -84,8 +86,11 @@ class PlacementWatcher:
         if self.redis is None:
             return
         try:
-            text = await asyncio.wait_for(self.redis.get(REDIS_KEY), self.redis_timeout_s)
+            text, version = await asyncio.wait_for(self.redis.mget(REDIS_KEY, VERSION_KEY), self.redis_timeout_s)
             if text:
-                self.table.update(view_from_json(text))
+                view = view_from_json(text)
+                if version is not None:  # the placer keeps the authoritative number beside the JSON
+                    view = PlacementView(int(version), view.hosts)
+                self.table.update(view)
         except Exception as exc:  # noqa: BLE001 - a bad or missing fallback must not stop the watcher
             log.debug("placement from redis unavailable: %s", exc)

@@ -14,7 +14,6 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -22,7 +21,6 @@ from conftest import free_port
 from muxserve.serving import wait_serving
 from muxserve.v1 import router_pb2
 from router_testlib import EchoWorker, FakePlacer, collect, gen, mesh, placement, running_router
-from services.router.placement import REDIS_KEY
 from services.router.routing import Host, PlacementView, RoutingTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,13 +74,19 @@ async def test_follows_placer_stream(tiny_model, redis_url):
 
 async def test_placement_from_redis_when_placer_is_down(tiny_model, redis_url):
     worker = await EchoWorker().start()
+    """The placer's own PlacementStore writes Redis; the router reads it while the placer is down."""
+    from services.placer import placement as pl
+    from services.placer.store import PlacementStore
+
     r = aioredis.from_url(redis_url)
-    p = placement(7, {"u3": (worker.address, ["tiny"])})
-    await r.set(REDIS_KEY, json_format.MessageToJson(p))
+    store = PlacementStore(r)
+    for version in (1, 2, 3):  # the store numbers versions itself
+        unit = pl.Unit("u3", [3], [pl.LLMPlacement("tiny", 1.0, 0.5)], worker_address=worker.address)
+        assert await store.publish(pl.Placement("muxserve", 1.0, [unit])) == version
     cfg = mesh(tiny_model, redis_url, {"placer_address": f"127.0.0.1:{free_port()}"})
     async with running_router(cfg) as (router, stub):
         await wait_for_units(stub, {"tiny": ["u3"], "slow": [], "idle": []})
-        assert router.servicer.table.version == 7
+        assert router.servicer.table.version == 3
         assert len(await collect(stub, gen("tiny", ids=[2], max_tokens=2))) == 3
     await r.aclose()
     await worker.stop()
