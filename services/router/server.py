@@ -3,7 +3,7 @@
 `serve(mesh, port=None, host=None)` starts everything and returns a `RouterServer` handle (port 0 picks
 a free port; None takes the config's). Background tasks: the popularity flusher and, unless a static
 routing table is configured, the placement watcher. `main(config_path)` runs it until SIGTERM/SIGINT
-(`muxserve router --config FILE`, or `python -m services.router --config FILE`).
+(`muxserve router --config FILE [--port P] [--host H]`, or `python -m services.router ...`).
 """
 
 from __future__ import annotations
@@ -90,18 +90,23 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
     return RouterServer(running, cfg, servicer, recorder, watcher, clients, redis)
 
 
-async def _run(config_path: str) -> None:
-    router = await serve(mesh_config.load(config_path))
+async def _run(config_path: str, port: int | None, host: str | None) -> None:
+    router = await serve(mesh_config.load(config_path), port, host)
     await serve_until_signal(router.running, on_stop=router.close_background)
 
 
-def main(config_path: str) -> None:
+def main(config_path: str, port: int | None = None, host: str | None = None) -> int:
+    """Run the router until SIGTERM/SIGINT; port/host override the config's router section."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_uvloop()
-    asyncio.run(_run(config_path))
+    asyncio.run(_run(config_path, port, host))
+    return 0
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="muxserve router", description="run the muxserve router")
+    ap = argparse.ArgumentParser(prog="python -m services.router", description="run the muxserve router")
     ap.add_argument("--config", required=True, help="the deployment YAML")
-    main(ap.parse_args(argv).config)
+    ap.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
+    ap.add_argument("--host", default=None, help="listen host (overrides the config)")
+    a = ap.parse_args(argv)
+    main(a.config, a.port, a.host)

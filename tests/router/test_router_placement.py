@@ -106,13 +106,14 @@ async def test_health_and_reflection(tiny_model, redis_url):
             assert {"muxserve.v1.Router", "grpc.health.v1.Health"} <= names
 
 
-def test_main_boots_serves_and_stops_on_sigterm(tiny_model, redis_server, tmp_path):
+def test_cli_boots_serves_and_stops_on_sigterm(tiny_model, redis_server, tmp_path):
     port = free_port()
     cfg = tmp_path / "mesh.yaml"
-    cfg.write_text(yaml.safe_dump({"redis_url": redis_server.url, "router": {"port": port, "workers": {}},
+    cfg.write_text(yaml.safe_dump({"redis_url": redis_server.url, "router": {"port": 1, "workers": {}},
                                    "models": [{"name": "tiny", "path": str(tiny_model)}]}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "services.router", "--config", str(cfg)], cwd=ROOT, env=env,
+    cmd = [sys.executable, "-m", "muxserve.cli", "router", "--config", str(cfg), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         asyncio.run(wait_serving(f"127.0.0.1:{port}", timeout=60))
