@@ -317,12 +317,23 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor) -> tuple
     if config.job_mode == "process":
         from services.worker.engine import jobs
 
-        loader.share_weights(weights)
-        shares = config.compute_shares
-        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device,
-                                       compute_share=shares.get(f"{cfg.name}/{kind}"), kind=kind)
-                       for kind in ("prefill", "decode"))
+        shares = job_shares(cfg.name, config)
+        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
+                                       name=f"{cfg.name}-{kind}")
+                       for kind, share in zip(("prefill", "decode"), shares))
     from services.worker.engine.runner import ModelRunner, ThreadJob
 
     runner = ModelRunner(spec, weights, pool, config.block_size, config.device)
     return spec, ThreadJob(runner), ThreadJob(runner)
+
+
+def job_shares(name: str, config: EngineConfig) -> list:
+    """[prefill, decode] ComputeShare of one LLM from config.compute_shares (None = whole unit)."""
+    from services.worker.engine.compute_share import ComputeShare, split_cores
+
+    fracs = [config.compute_shares.get(f"{name}/{k}") for k in ("prefill", "decode")]
+    if config.device.startswith("cuda"):
+        return [ComputeShare(gpu_percentage=max(1, round(f * 100))) if f else None for f in fracs]
+    if None in fracs:
+        return [None, None]
+    return split_cores(fracs)  # disjoint cores on CPU
