@@ -6,10 +6,12 @@
       placer_address: host:port     # optional; also MUXSERVE_PLACER_ADDRESS
       workers: {model: [host:port, ...]}   # optional static routing table (tests, no placer)
       popularity: {bucket_s: 1.0, ttl_s: 3600, timeout_s: 0.5}
+      status_interval_s: 5.0        # how often workers' GetStatus refines each model's context length
 
 Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
 static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
-A model's context length comes from its checkpoint's config.json (`max_position_embeddings`).
+A model's context length comes from its checkpoint's config.json (`max_position_embeddings`), lowered
+to what the workers hosting it report in GetStatus (limits.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RouterConfig:
     bucket_s: float = 1.0
     ttl_s: float = 3600.0
     redis_timeout_s: float = 0.5
+    status_interval_s: float = 5.0  # how often worker-reported context lengths are refreshed
 
     def __post_init__(self) -> None:
         for model, addresses in self.static_workers.items():
@@ -54,6 +57,8 @@ class RouterConfig:
                 raise ConfigError(f"router.workers[{model!r}] must be a list of host:port strings")
         if self.bucket_s <= 0 or self.ttl_s <= 0 or self.redis_timeout_s <= 0:
             raise ConfigError("router.popularity: bucket_s, ttl_s and timeout_s must be > 0")
+        if self.status_interval_s <= 0:
+            raise ConfigError(f"router.status_interval_s must be > 0, got {self.status_interval_s}")
 
     @property
     def static(self) -> bool:
@@ -86,4 +91,5 @@ def from_mesh(mesh: MeshConfig) -> RouterConfig:
         host=str(sec["host"]), port=int(sec["port"]), placer_address=placer or None,
         static_workers={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in workers.items()},
         redis_url=mesh.redis_url, bucket_s=float(pop.get("bucket_s", 1.0)),
-        ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)))
+        ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)),
+        status_interval_s=float(sec.get("status_interval_s", 5.0)))

@@ -1,9 +1,10 @@
 """Boots the router: gRPC `muxserve.v1.Router` with health and reflection (muxserve.serving).
 
 `serve(mesh, port=None, host=None)` starts everything and returns a `RouterServer` handle (port 0 picks
-a free port; None takes the config's). Background tasks: the popularity flusher and, unless a static
-routing table is configured, the placement watcher. `main(config_path)` runs it until SIGTERM/SIGINT
-(`muxserve router --config FILE [--port P] [--host H]`, or `python -m services.router ...`).
+a free port; None takes the config's). Background tasks: the popularity flusher, the context-length
+refresher (workers' GetStatus) and, unless a static routing table is configured, the placement
+watcher. `main(config_path, port, host)` runs it until SIGTERM/SIGINT (`muxserve router --config FILE
+[--port P] [--host H]`, or `python -m services.router ...`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, 
 from muxserve.v1 import router_pb2, router_pb2_grpc
 from services.router.config import RouterConfig, from_mesh
 from services.router.forward import Forwarder, WorkerClients
+from services.router.limits import LimitsRefresher
 from services.router.placement import PlacementWatcher
 from services.router.routing import PlacementView, RoutingTable
 from services.router.servicer import RouterServicer
@@ -40,6 +42,7 @@ class RouterServer:
     watcher: PlacementWatcher | None
     clients: WorkerClients
     redis: aioredis.Redis
+    limits: LimitsRefresher
 
     @property
     def port(self) -> int:
@@ -58,6 +61,7 @@ class RouterServer:
     async def close_background(self) -> None:
         if self.watcher is not None:
             await self.watcher.close()
+        await self.limits.close()
         await self.recorder.close()
         await self.clients.close()
         await self.redis.aclose()
@@ -75,6 +79,7 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
                                                        redis_timeout_s=cfg.redis_timeout_s)
     clients = WorkerClients()
     servicer = RouterServicer(cfg.models, table, Forwarder(table, clients), recorder)
+    limits = LimitsRefresher(cfg.models, table, clients, cfg.status_interval_s)
 
     def register(server):
         router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
@@ -84,10 +89,11 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
     recorder.start()
     if watcher is not None:
         watcher.start()
+    limits.start()
     log.info("router on %s:%d; workers from %s", cfg.host, running.port,
              "static table" if cfg.static else f"placer {cfg.placer_address}")
     await running.ready()
-    return RouterServer(running, cfg, servicer, recorder, watcher, clients, redis)
+    return RouterServer(running, cfg, servicer, recorder, watcher, clients, redis, limits)
 
 
 async def _run(config_path: str, port: int | None, host: str | None) -> None:

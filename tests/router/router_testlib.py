@@ -22,8 +22,9 @@ from services.router.server import serve
 
 
 class EchoWorker(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, delay_s: float = 0.05, max_prompt_chars: int = 100):
+    def __init__(self, delay_s: float = 0.05, max_prompt_chars: int = 100, max_model_len: dict | None = None):
         self.delay_s = delay_s
+        self.max_model_len = max_model_len or {}  # what GetStatus reports per model
         self.max_prompt_chars = max_prompt_chars
         self.served: list[str] = []
         self.cancelled: list[str] = []
@@ -53,7 +54,8 @@ class EchoWorker(worker_pb2_grpc.WorkerServicer):
             self.running -= 1
 
     async def GetStatus(self, request, context):
-        return worker_pb2.WorkerStatus(worker_id="echo")
+        return worker_pb2.WorkerStatus(worker_id="echo", models=[
+            worker_pb2.HostedModel(name=n, max_model_len=v) for n, v in self.max_model_len.items()])
 
     @property
     def address(self) -> str:

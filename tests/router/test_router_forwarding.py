@@ -128,3 +128,23 @@ async def test_redis_down_fails_no_request(tiny_model, own_redis):
         assert await eventually(lambda: router.recorder.dropped == 10)
         assert not router.recorder.healthy and router.recorder.written == 2
     await worker.stop()
+
+
+async def test_context_length_lowered_to_what_workers_report(tiny_model, redis_url):
+    worker = await EchoWorker(max_model_len={"tiny": 64}).start()
+    cfg = mesh(tiny_model, redis_url, {"workers": {"tiny": [worker.address]}, "status_interval_s": 0.1})
+    async with running_router(cfg) as (router, stub):
+        async def tiny_len():
+            models = await stub.ListModels(router_pb2.ListModelsRequest())
+            return {m.name: m.max_model_len for m in models.models}["tiny"]
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while await tiny_len() != 64:  # 256 from config.json until the first GetStatus round
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(stub, gen(ids=[1] * 70, max_tokens=1))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prompt is too long: 70 tokens, the context of model 'tiny' is 64 tokens" in err.value.details()
+        assert len(await collect(stub, gen(ids=[1] * 60, max_tokens=4))) == 5
+    await worker.stop()
