@@ -80,7 +80,7 @@ class PlacerService:
             rates = await self.rates(now)
             if not self.tracker.observe(rates, now):
                 return published
-            log.info("rates drifted %.2f (> %.2f) for %.0fs: recomputing", self.tracker.last,
+            log.info("rates drifted %.2f (> %.2f) for >= %.1fs: recomputing", self.tracker.last,
                      self.cfg.drift_threshold, self.cfg.sustain_s)
             candidate, now_score = await asyncio.to_thread(self._candidate, rates)
             decision = decide(self.current, now_score, candidate, rates, self.cfg)
