@@ -24,11 +24,12 @@ def _service_main(name: str, argv: list[str]) -> int:
     ap.add_argument("--host", default=None, help="listen host (overrides the config)")
     if name == "worker":
         ap.add_argument("--worker-id", default=None)
+        ap.add_argument("--num-devices", type=int, default=None, help="devices (cores/GPUs) of this worker")
     args = ap.parse_args(argv)
     module = importlib.import_module(f"services.{name}.server")
     kwargs = {"port": args.port, "host": args.host}
     if name == "worker":
-        kwargs["worker_id"] = args.worker_id
+        kwargs.update(worker_id=args.worker_id, num_devices=args.num_devices)
     return module.main(args.config, **kwargs) or 0
 
 

@@ -1,7 +1,7 @@
 """`muxserve up`: run the whole mesh on one machine as local processes.
 
-Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, the
-worker(s) and the router, each as `python -m muxserve.cli <service> --config FILE`, waits until each
+Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, one
+worker per unit of the placer's placement (worker i listens on worker.port + i) and the router, each as `python -m muxserve.cli <service> --config FILE`, waits until each
 reports SERVING on grpc.health.v1, prints where to connect, and on SIGINT/SIGTERM stops them in
 reverse order (SIGTERM, then SIGKILL after a grace period). `Mesh` is the same code for tests.
 """
@@ -39,6 +39,7 @@ class Mesh:
     def __post_init__(self) -> None:
         self.mesh = cfg.load(self.config_path)
         self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="muxserve-logs-")
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         self._redis_dir: str | None = None
 
     @property
@@ -46,9 +47,16 @@ class Mesh:
         port = self.grpc_port or self.mesh.section("router")["port"]
         return f"127.0.0.1:{port}"
 
-    def worker_ports(self) -> list[int]:
-        sec = self.mesh.section("worker")
-        return [int(sec["port"]) + i for i in range(int(sec.get("count", 1)))]
+    async def unit_sizes(self) -> list[int]:
+        """Devices of each unit of the placer's current placement: one worker is started per unit."""
+        import grpc
+
+        from muxserve.v1 import placer_pb2, placer_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.mesh.address("placer")) as ch:
+            placement = await placer_pb2_grpc.PlacerStub(ch).GetPlacement(placer_pb2.GetPlacementRequest(),
+                                                                          timeout=30)
+        return [len(u.devices) for u in placement.units]
 
     async def start(self, timeout: float = 180.0) -> None:
         await self._ensure_redis()
@@ -56,10 +64,13 @@ class Mesh:
         self._spawn("memmgr", [])
         await self._wait("placer", self.mesh.address("placer"), timeout)
         await self._wait("memmgr", self.mesh.address("memmgr"), timeout)
-        for i, port in enumerate(self.worker_ports()):
-            self._spawn(f"worker-{i}", ["--port", str(port), "--worker-id", f"worker-{i}"], service="worker")
-        for i, port in enumerate(self.worker_ports()):
-            await self._wait(f"worker-{i}", f"127.0.0.1:{port}", timeout)
+        sizes = await self.unit_sizes()
+        base = int(self.mesh.section("worker")["port"])
+        for i, size in enumerate(sizes):
+            self._spawn(f"worker-{i}", ["--port", str(base + i), "--worker-id", f"worker-{i}",
+                                        "--num-devices", str(size)], service="worker")
+        for i in range(len(sizes)):
+            await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
         router_args = ["--port", str(self.grpc_port)] if self.grpc_port else []
         self._spawn("router", router_args)
         await self._wait("router", self.router_address, timeout)

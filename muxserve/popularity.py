@@ -1,13 +1,15 @@
 """Per-model arrival statistics in Redis: request counts and token sums in time buckets.
 
-Layout (one hash per model per bucket, so old data expires by itself):
+Layout: time is cut into buckets of `bucket_s` seconds (bucket = floor(t / bucket_s)); SEGMENT
+consecutive buckets of one model share one hash, which also keeps the segment's totals, so a long
+window costs one small read per segment instead of one per bucket:
 
-    muxserve:pop:<model>:<bucket>  ->  {req: int, prompt: int, output: int}    EXPIRE ttl_s
+    muxserve:pop:<model>:<segment>  ->  {"<bucket>:req", "<bucket>:prompt", "<bucket>:output",
+                                         "req", "prompt", "output"}         EXPIRE ttl_s (per write)
 
-where bucket = floor(t / bucket_s). A window of W seconds ending at `now` covers the
-ceil(W / bucket_s) most recent buckets, the current (partial) one included; its rate is
-requests / W. Output tokens are known when a request ends, so `record_output` adds them to the
-bucket of the time they are reported.
+with segment = bucket // SEGMENT. A window of W seconds ending at `now` covers the ceil(W / bucket_s)
+most recent buckets, the current (partial) one included; its rate is requests / W. Output tokens are
+known when a request ends, so `record_output` adds them to the bucket of the time they are reported.
 
 `PopularityStore` talks to Redis directly (the placer reads `rates` with it). The router uses
 `PopularityRecorder`: `record`/`record_output` only enqueue and return at once; a background task
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "muxserve:pop:"
 FIELDS = ("req", "prompt", "output")
+SEGMENT = 60  # buckets per hash
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,8 @@ class PopularityStore:
         self.bucket_s = float(bucket_s)
         self.ttl_s = max(1, math.ceil(ttl_s))
 
-    def key(self, model: str, bucket: int) -> str:
-        return f"{KEY_PREFIX}{model}:{bucket}"
+    def key(self, model: str, segment: int) -> str:
+        return f"{KEY_PREFIX}{model}:{segment}"
 
     def bucket(self, t: float) -> int:
         return math.floor(t / self.bucket_s)
@@ -74,9 +77,11 @@ class PopularityStore:
         wall = time.time()
         pipe = self.redis.pipeline(transaction=False)
         for a in arrivals:
-            key = self.key(a.model, self.bucket(wall if a.at is None else a.at))
+            b = self.bucket(wall if a.at is None else a.at)
+            key = self.key(a.model, b // SEGMENT)
             for name, value in zip(FIELDS, (a.requests, a.prompt_tokens, a.output_tokens)):
                 if value:
+                    pipe.hincrby(key, f"{b}:{name}", int(value))
                     pipe.hincrby(key, name, int(value))
             pipe.expire(key, self.ttl_s)
         await pipe.execute()
@@ -86,22 +91,27 @@ class PopularityStore:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         last = self.bucket(now)
-        count = min(math.ceil(window_s / self.bucket_s), math.ceil(self.ttl_s / self.bucket_s) + 1)
+        count = min(math.ceil(window_s / self.bucket_s), math.ceil(self.ttl_s / self.bucket_s) + SEGMENT)
         return range(last - count + 1, last + 1)
 
     async def _sums(self, models: list[str], window_s: float, now: float | None) -> dict[str, list[int]]:
+        """[requests, prompt, output] per model: segment totals where a whole segment is inside the
+        window, per-bucket fields of the (at most two) segments cut by its edges."""
         buckets = self.window_buckets(window_s, time.time() if now is None else now)
+        segments = range(buckets[0] // SEGMENT, buckets[-1] // SEGMENT + 1)
         pipe = self.redis.pipeline(transaction=False)
         for model in models:
-            for b in buckets:
-                pipe.hmget(self.key(model, b), FIELDS)
+            for seg in segments:
+                inside = seg * SEGMENT >= buckets[0] and (seg + 1) * SEGMENT - 1 <= buckets[-1]
+                (pipe.hmget(self.key(model, seg), FIELDS) if inside else pipe.hgetall(self.key(model, seg)))
         replies = iter(await pipe.execute())
         sums = {}
         for model in models:
             total = [0, 0, 0]
-            for _ in buckets:
-                for i, v in enumerate(next(replies)):
-                    total[i] += int(v or 0)
+            for _ in segments:
+                reply = next(replies)
+                part = _edge_sums(reply, buckets) if isinstance(reply, dict) else [int(v or 0) for v in reply]
+                total = [t + p for t, p in zip(total, part)]
             sums[model] = total
         return sums
 
@@ -114,6 +124,17 @@ class PopularityStore:
         """{requests, prompt_tokens, output_tokens, rate} of `model` over the last `window_s` s."""
         req, prompt, output = (await self._sums([model], window_s, now))[model]
         return {"requests": req, "prompt_tokens": prompt, "output_tokens": output, "rate": req / window_s}
+
+
+def _edge_sums(fields: dict, buckets: range) -> list[int]:
+    """Sum the per-bucket fields ("<bucket>:<name>") of one segment's hash that fall in `buckets`."""
+    total = [0, 0, 0]
+    for raw_key, value in fields.items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        bucket, sep, name = key.partition(":")
+        if sep and int(bucket) in buckets:
+            total[FIELDS.index(name)] += int(value)
+    return total
 
 
 class PopularityRecorder:

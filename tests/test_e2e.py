@@ -14,6 +14,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from muxserve.launcher import Mesh
+from services.placer.cli import profile_main
 from muxserve.v1 import router_pb2, router_pb2_grpc
 from muxserve.netutil import free_port
 
@@ -30,9 +31,14 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2):
                    {"name": "qwen", "path": str(tiny_qwen2), "rate": 1.0}],
         "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
         **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr")},
-        "worker": {"host": "127.0.0.1", "port": ports["worker"], "count": 1,
+        "worker": {"host": "127.0.0.1", "port": ports["worker"],
                    "engine": {"block_size": 8, "num_blocks": 2048}},
     }
+    cost = root / "cpu-cost.json"  # the placer needs costs of these models on this machine: profile them
+    for name, ckpt in (("llama", tiny_llama), ("qwen", tiny_qwen2)):
+        assert profile_main(["--model", str(ckpt), "--name", name, "--out", str(cost), "--devices", "1,2",
+                             "--shares", "50,100", "--batches", "1,4", "--seqs", "16,64", "--reps", "1"]) == 0
+    conf["placer"]["cost_table"] = str(cost)
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
     m = Mesh(str(path), log_dir=str(root / "logs"))

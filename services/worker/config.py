@@ -1,8 +1,7 @@
 """The worker's config: its section of the deployment YAML (`worker:`), validated when built.
 
 Keys (all optional):
-    host, port          listen address (worker i of `count` started by `muxserve up` listens on port + i)
-    count               workers `muxserve up` starts (one per unit)
+    host, port          listen address (`muxserve up` starts one worker per unit; worker i on port + i)
     advertise           host:port the router reaches this worker at (default host:port, or the hostname
                         when host is 0.0.0.0)
     models              static list of model names to host without asking the placer (tests, demos)

@@ -41,9 +41,10 @@ class PlacementFollower:
     """Runs until cancelled; `apply(assignment)` is awaited for each new placement version."""
 
     def __init__(self, placer_address: str, worker_id: str, address: str, num_devices: int,
-                 apply: Callable[[UnitAssignment], Awaitable[None]]):
+                 apply: Callable[[UnitAssignment], Awaitable[None]], register_every_s: float = 5.0):
         self.placer_address, self.worker_id, self.address = placer_address, worker_id, address
         self.num_devices, self.apply = num_devices, apply
+        self.register_every_s = register_every_s  # re-registering is the worker's heartbeat to the placer
         self.unit_id = ""
         self.version = 0
 
@@ -58,19 +59,28 @@ class PlacementFollower:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _follow(self, stub: placer_pb2_grpc.PlacerStub) -> None:
+    async def _register(self, stub: placer_pb2_grpc.PlacerStub) -> None:
         reg = await stub.RegisterWorker(placer_pb2.RegisterWorkerRequest(
             worker_id=self.worker_id, address=self.address, num_devices=self.num_devices), timeout=10)
         self.unit_id = reg.unit_id
-        async for placement in stub.WatchPlacement(placer_pb2.GetPlacementRequest()):
-            if placement.version <= self.version and self.version:
-                continue
-            assignment = my_unit(placement, self.unit_id, self.address)
-            if not assignment.unit_id:  # placement changed under us: ask for a unit again
-                reg = await stub.RegisterWorker(placer_pb2.RegisterWorkerRequest(
-                    worker_id=self.worker_id, address=self.address, num_devices=self.num_devices), timeout=10)
-                self.unit_id = reg.unit_id
-                continue
-            self.unit_id = assignment.unit_id
-            await self.apply(assignment)
-            self.version = placement.version
+
+    async def _keep_registered(self, stub: placer_pb2_grpc.PlacerStub) -> None:
+        while True:
+            await asyncio.sleep(self.register_every_s)
+            await self._register(stub)
+
+    async def _follow(self, stub: placer_pb2_grpc.PlacerStub) -> None:
+        await self._register(stub)
+        heartbeat = asyncio.ensure_future(self._keep_registered(stub))
+        try:
+            async for placement in stub.WatchPlacement(placer_pb2.GetPlacementRequest()):
+                if heartbeat.done():
+                    heartbeat.result()  # re-raise a failed registration
+                assignment = my_unit(placement, self.unit_id, self.address)
+                if not assignment.unit_id or placement.version <= self.version:
+                    continue  # not (yet) holding a unit of this version, or seen it already
+                self.unit_id = assignment.unit_id
+                await self.apply(assignment)
+                self.version = placement.version
+        finally:
+            heartbeat.cancel()

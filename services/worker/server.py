@@ -16,6 +16,7 @@ from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, 
 from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
+from services.worker.engine.types import UnknownModelError
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -25,29 +26,53 @@ class Worker:
     """The unit's engine plus how it follows the placement; usable without gRPC."""
 
     def __init__(self, mesh: cfg.MeshConfig, wcfg: WorkerConfig):
-        from services.worker.engine.async_engine import AsyncUnitEngine
-        from services.worker.engine.config import EngineConfig
-
         self.mesh, self.wcfg = mesh, wcfg
-        self.engine = AsyncUnitEngine([], EngineConfig.from_section(wcfg.engine))
+        self.engine = None  # AsyncUnitEngine, built with the first LLMs (its pool is sized by them)
         self.ready = asyncio.Event()
+        self._draining: dict[str, asyncio.Task] = {}
+
+    def llm_stats(self) -> dict[str, dict]:
+        """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
+        if self.engine is None:
+            return {}
+        stats = self.engine.stats()["llms"]
+        return {name: {**stats.get(name, {}), "max_model_len": h.max_model_len, "draining": h.draining}
+                for name, h in self.engine.engine.llms.items()}
 
     async def apply(self, assignment: UnitAssignment) -> None:
-        """Load LLMs newly assigned, drain then unload removed ones."""
-        from services.worker.engine.engine import LLMConfig
+        """Load LLMs newly assigned, drain then unload removed ones (in-flight requests finish)."""
+        from services.worker.engine.async_engine import AsyncUnitEngine
+        from services.worker.engine.config import EngineConfig, LLMConfig
 
-        hosted = set(self.engine.llm_stats())
+        hosted = set(self.engine.engine.llms) if self.engine else set()
+        new = []
         for name in sorted(set(assignment.llms) - hosted):
             spec = self.mesh.model(name)
             if spec is None:
                 log.warning("placement names unknown model %r: skipped", name)
                 continue
-            log.info("loading %s from %s", name, spec.path)
-            await self.engine.add_llm(LLMConfig(name, spec.path, assignment.llms[name] or spec.rate))
+            new.append(LLMConfig(name, spec.path, assignment.llms[name] or spec.rate))
+        if self.engine is None and new:
+            log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
+            self.engine = await AsyncUnitEngine.create(new, EngineConfig.from_section(self.wcfg.engine))
+        else:
+            for llm in new:
+                log.info("loading %s from %s", llm.name, llm.path)
+                await self.engine.add_llm(llm)
         for name in sorted(hosted - set(assignment.llms)):
-            log.info("draining then unloading %s", name)
-            asyncio.ensure_future(self.engine.remove_llm(name, drain=True))
+            if name not in self._draining:
+                log.info("draining then unloading %s", name)
+                self._draining[name] = asyncio.ensure_future(self._unload(name))
         self.ready.set()
+
+    async def _unload(self, name: str) -> None:
+        try:
+            await asyncio.wait_for(self.engine.remove_llm(name, drain=True), self.wcfg.drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%s did not drain in %.0fs: aborting its requests", name, self.wcfg.drain_timeout_s)
+            await self.engine.remove_llm(name, drain=False)
+        finally:
+            self._draining.pop(name, None)
 
     async def load_static(self) -> None:
         rates = {}
@@ -58,17 +83,31 @@ class Worker:
             rates[name] = spec.rate
         await self.apply(UnitAssignment(0, "static", rates))
 
+    def generate(self, request_id, llm, prompt, prompt_token_ids, sampling):
+        """The engine's chunk stream (AsyncUnitEngine.generate); UnknownModelError before any LLM loads."""
+        if self.engine is None:
+            return _not_hosted(llm)
+        return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling)
+
     async def close(self) -> None:
-        await self.engine.close()
+        for task in list(self._draining.values()):
+            task.cancel()
+        if self.engine is not None:
+            await self.engine.close()
+
+
+async def _not_hosted(llm: str):
+    raise UnknownModelError(f"model {llm!r} is not hosted here (no LLM loaded yet)")
+    yield  # an async generator, like the engine's stream
 
 
 async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None = None,
-                worker_id: str | None = None) -> tuple[RunningServer, Worker, asyncio.Task | None]:
+                worker_id: str | None = None, num_devices: int | None = None) -> tuple[RunningServer, Worker, asyncio.Task | None]:
     """Start a worker; returns (server, worker, follower task or None). SERVING once LLMs are loaded."""
     sec = mesh.section("worker")
     wcfg = WorkerConfig.from_section(sec, worker_id)
     worker = Worker(mesh, wcfg)
-    servicer = WorkerServicer(worker.engine, wcfg.worker_id)
+    servicer = WorkerServicer(worker, wcfg.worker_id)
 
     def register(server):
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
@@ -86,7 +125,7 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
             servicer.unit_id, servicer.placement_version = assignment.unit_id, assignment.version
 
         follower = PlacementFollower(mesh.address("placer"), wcfg.worker_id, address,
-                                     mesh.cluster.devices_per_node, apply)
+                                     num_devices or mesh.cluster.devices_per_node, apply)
         task = asyncio.ensure_future(follower.run())
         await worker.ready.wait()
     await running.ready()
@@ -94,12 +133,13 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
 
 
 def main(config_path: str, port: int | None = None, host: str | None = None,
-         worker_id: str | None = None) -> int:
+         worker_id: str | None = None, num_devices: int | None = None) -> int:
     install_uvloop()
     mesh = cfg.load(config_path)
 
     async def run() -> None:
-        running, worker, task = await serve(mesh, port, host, worker_id or os.environ.get("MUXSERVE_WORKER_ID"))
+        running, worker, task = await serve(mesh, port, host, worker_id or os.environ.get("MUXSERVE_WORKER_ID"),
+                                            num_devices)
 
         async def on_stop() -> None:
             if task is not None:

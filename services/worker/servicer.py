@@ -34,8 +34,8 @@ def status_for(exc: types.EngineError) -> grpc.StatusCode:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine, worker_id: str):
-        self.engine = engine
+    def __init__(self, worker, worker_id: str):
+        self.worker = worker  # services.worker.server.Worker
         self.worker_id = worker_id
         self.unit_id = ""
         self.placement_version = 0
@@ -43,7 +43,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Generate(self, request, context):
         request_id = request.request_id or uuid.uuid4().hex
         sampling = convert.sampling_from_proto(request.sampling)
-        stream = self.engine.generate(request_id, request.model, request.prompt or None,
+        stream = self.worker.generate(request_id, request.model, request.prompt or None,
                                       list(request.prompt_token_ids) or None, sampling)
         try:
             async for chunk in stream:
@@ -55,4 +55,4 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def GetStatus(self, request, context):
         return convert.status_to_proto(self.worker_id, self.unit_id, self.placement_version,
-                                       self.engine.llm_stats())
+                                       self.worker.llm_stats())

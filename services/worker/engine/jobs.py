@@ -39,9 +39,10 @@ def _child_main(spec, weights, pool, block_size, device, share, conn) -> None:
         try:
             msg = conn.recv()
         except EOFError:
-            return
+            msg = None
         if msg is None:
-            return
+            conn.close()
+            os._exit(0)  # skip interpreter teardown (seconds with torch loaded); nothing left to flush
         step_id, step = msg
         try:
             conn.send((step_id, runner.execute(step), None))
