@@ -11,6 +11,8 @@ COPY examples examples
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
     && pip install --no-cache-dir -e . \
     && python -m muxserve.tiny /app/models/tiny-llama --arch llama --hidden-size 128 --layers 4 \
-       --heads 4 --kv-heads 2 --intermediate-size 256
+       --heads 4 --kv-heads 2 --intermediate-size 256 \
+    && muxserve profile --model /app/models/tiny-llama --name tiny-llama --out /app/models/tiny-llama-cost.json \
+       --device cpu --devices 1,2 --shares 50,100 --batches 1,4,16 --seqs 16,64,256 --reps 1
 # grpc_health_probe-like check without an extra binary: python -m muxserve.healthcheck HOST:PORT
 ENTRYPOINT ["muxserve"]

@@ -2,7 +2,7 @@
 
 Workloads: 19 LLMs (12x llama-7b, 4x 13b, 2x 30b, 1x 65b) on 4 nodes x 8 A100-80GB with power-law
 rates rate_i = 20 * (i+1)^-alpha (alpha in 0.7, 0.9, 1.3, 1.7, 2.1; rates shuffled over the LLMs
-with a fixed seed), and the 16-LLM ChatLMSYS rates of /work/shared/data (every condense setting).
+with a fixed seed), and the 16-LLM ChatLMSYS rates of services/placer/data (every condense setting).
 Prints one JSON line per (workload, policy) and checks: every LLM placed, objective of muxserve
 >= spatial and >= temporal. Run: python bench/placement_scale.py [--out DIR]
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from services.placer.cli import plan_main  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1] / "services" / "placer" / "data"
 ALPHAS = (0.7, 0.9, 1.3, 1.7, 2.1)
 PAPER_SIZES = ["llama-7b"] * 12 + ["llama-13b"] * 4 + ["llama-30b"] * 2 + ["llama-65b"]
 

@@ -21,4 +21,10 @@ if [ ! -f models/tiny-llama/config.json ]; then
   "$PY" -m muxserve.tiny models/tiny-llama --arch llama --hidden-size 128 --layers 4 --heads 4 \
     --kv-heads 2 --intermediate-size 256 >/dev/null 2>&1
 fi
+if [ ! -f models/tiny-llama-cost.json ]; then
+  # The placer plans with a cost table of every served model on these devices (muxserve profile).
+  echo "== profiling the default model on this machine's CPU cores -> models/tiny-llama-cost.json"
+  "$PY" -m muxserve.cli profile --model models/tiny-llama --name tiny-llama --out models/tiny-llama-cost.json \
+    --device cpu --devices 1,2 --shares 50,100 --batches 1,4,16 --seqs 16,64,256 --reps 1 >/dev/null
+fi
 echo "== install done"

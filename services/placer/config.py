@@ -29,7 +29,8 @@ from pathlib import Path
 from muxserve.config import ConfigError, MeshConfig
 
 POLICIES = ("muxserve", "spatial", "temporal")
-DEFAULT_COST_TABLE = Path("/work/shared/data/a100-llama-cost.json")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_COST_TABLE = DATA_DIR / "a100-llama-cost.json"  # MuxServe authors' A100 table (data/README.md)
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,15 @@ class MemmgrMachine(RuleBasedStateMachine):
         self.held: dict[tuple[str, str], set[int]] = {}  # (llm, session) -> ids, the shadow model
         self.live: set[str] = set()
         self.crashed: set[str] = set()
+        self.order: dict[str, int] = {}  # session ids are random uuids: draw in a stable order instead
+
+    def _sorted(self, keys) -> list[tuple[str, str]]:
+        return sorted(keys, key=lambda k: (k[0], self.order[k[1]]))
 
     @rule(target=sessions)
     def open(self):
         s = self.m.open_session("w")
+        self.order[s] = len(self.order)
         self.live.add(s)
         return s
 
@@ -77,7 +82,7 @@ class MemmgrMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     @precondition(lambda self: any(self.held.values()))
     def release(self, data):
-        key = data.draw(st.sampled_from(sorted(k for k, v in self.held.items() if v)))
+        key = data.draw(st.sampled_from(self._sorted(k for k, v in self.held.items() if v)))
         ids = data.draw(st.lists(st.sampled_from(sorted(self.held[key])), min_size=1, unique=True))
         self.m.release(key[1], key[0], ids)
         self.held[key] -= set(ids)
@@ -85,9 +90,10 @@ class MemmgrMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     @precondition(lambda self: any(self.held.values()))
     def bad_release(self, data):
-        key = data.draw(st.sampled_from(sorted(k for k, v in self.held.items() if v)))
+        key = data.draw(st.sampled_from(self._sorted(k for k, v in self.held.items() if v)))
         block = data.draw(st.sampled_from(sorted(self.held[key])))
-        others = [k for k in self.held if k != key and k[0] in self.m.llms]
+        # block ids are per pool: another owner that holds the same id (in its own pool) may release it
+        others = self._sorted(k for k in self.held if k != key and k[0] in self.m.llms and block not in self.held[k])
         kind = data.draw(st.sampled_from(["twice", "foreign"] if others else ["twice"]))
         before = self.m.stats()
         try:
@@ -115,7 +121,7 @@ class MemmgrMachine(RuleBasedStateMachine):
             self.m.heartbeat(s)
         self.clock.t += dt
         for s in self.m.expire():
-            assert s in self.crashed or dt > TIMEOUT
+            assert s in self.crashed or dt >= TIMEOUT - 1e-6  # (now - last_seen) may round past TIMEOUT
             self.live.discard(s)
             self.crashed.discard(s)
             for key in [k for k in self.held if k[1] == s]:

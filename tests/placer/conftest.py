@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from services.placer.config import Workload
+from services.placer.config import DEFAULT_COST_TABLE, Workload
 from services.placer.costmodel import CostTable
 from services.placer.estimator import UnitEstimator
 from services.placer.llmspec import LLMSpec
 
-A100 = "/work/shared/data/a100-llama-cost.json"
+A100 = str(DEFAULT_COST_TABLE)
 
 
 def hand_table(keys=("m",), devices=(1,), batches=(1, 2, 4, 8, 16, 32), seqs=(16, 128)) -> dict:
