@@ -5,15 +5,59 @@ Keys (all optional):
     advertise           host:port the router reaches this worker at (default host:port, or the hostname
                         when host is 0.0.0.0)
     models              static list of model names to host without asking the placer (tests, demos)
-    use_memmgr          lease KV blocks from memmgr (default true when not static); false: a local pool
+    kv                  where KV blocks come from: `memmgr` (lease them from the unit's memmgr, whose
+                        shared pool the worker maps without a copy), `local` (a pool of the worker's own,
+                        sized by engine.num_blocks / pool_bytes), or `auto` (the default: memmgr when the
+                        config has a `memmgr:` section or MUXSERVE_MEMMGR_ADDRESS is set, else local)
+    leases              memmgr mode only (sizes in token blocks; x layers x KV heads head-wise blocks):
+                          chunk_token_blocks 8    blocks leased per RPC
+                          low_token_blocks 4      refill the LLM's local free list below this...
+                          high_token_blocks 24    ...and return the surplus above this
+                          idle_release_s 2.0      an LLM idle this long returns its local free list
+                          sync_interval_s 1.0     how often quotas are read from memmgr (ADBS) and the
+                                                  waiting counts reported
+                          connect_timeout_s 30    how long to wait for memmgr at the first load
     engine              EngineConfig keys (services/worker/engine/config.py): block_size, num_blocks, ...
+                        (memmgr mode: the pool and its block_size are memmgr's; num_blocks is ignored)
     drain_timeout_s     how long an unloaded LLM may finish its in-flight requests (default 120)
+
+Cached free blocks (memmgr mode) go back to memmgr when an LLM has held no block for idle_release_s,
+when it is unloaded, and at shutdown (CloseSession); a worker that dies loses its blocks to memmgr
+after memmgr's heartbeat_timeout_s.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+KV_MODES = ("auto", "memmgr", "local")
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    """How a worker leases from memmgr (see `leases` above); validated when built."""
+
+    chunk_token_blocks: int = 8
+    low_token_blocks: int = 4
+    high_token_blocks: int = 24
+    idle_release_s: float = 2.0
+    sync_interval_s: float = 1.0
+    connect_timeout_s: float = 30.0
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> "LeaseConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        bad = sorted(set(raw or {}) - set(known))
+        if bad:
+            raise ValueError(f"worker.leases: unknown keys {bad}; known: {sorted(known)}")
+        cfg = cls(**{k: (int if known[k] == "int" else float)(v) for k, v in (raw or {}).items()})
+        if cfg.chunk_token_blocks < 1 or not 0 <= cfg.low_token_blocks < cfg.high_token_blocks:
+            raise ValueError("worker.leases: need chunk_token_blocks >= 1 and 0 <= low_token_blocks < "
+                             f"high_token_blocks, got {cfg}")
+        if min(cfg.idle_release_s, cfg.connect_timeout_s) < 0 or cfg.sync_interval_s <= 0:
+            raise ValueError(f"worker.leases: times must be >= 0 (sync_interval_s > 0), got {cfg}")
+        return cfg
 
 
 @dataclass
@@ -23,7 +67,8 @@ class WorkerConfig:
     worker_id: str = "worker-0"
     advertise: str = ""
     models: list[str] = field(default_factory=list)
-    use_memmgr: bool = True
+    kv: str = "auto"
+    leases: LeaseConfig = field(default_factory=LeaseConfig)
     engine: dict = field(default_factory=dict)
     drain_timeout_s: float = 120.0
 
@@ -35,8 +80,11 @@ class WorkerConfig:
         cfg = cls(host=str(sec.get("host", "127.0.0.1")), port=int(sec.get("port", 50060)),
                   worker_id=worker_id or str(sec.get("worker_id", f"worker-{socket.gethostname()}")),
                   advertise=str(sec.get("advertise", "")), models=list(models),
-                  use_memmgr=bool(sec.get("use_memmgr", not models)), engine=dict(sec.get("engine") or {}),
+                  kv=str(sec.get("kv", "auto")), leases=LeaseConfig.from_dict(sec.get("leases")),
+                  engine=dict(sec.get("engine") or {}),
                   drain_timeout_s=float(sec.get("drain_timeout_s", 120.0)))
+        if cfg.kv not in KV_MODES:
+            raise ValueError(f"worker.kv must be one of {KV_MODES}, got {cfg.kv!r}")
         return cfg
 
     def advertised_address(self, bound_port: int) -> str:

@@ -16,7 +16,8 @@ from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, 
 from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
-from services.worker.engine.types import UnknownModelError
+from services.worker.kv import make_backend
+from services.worker.engine.types import ModelNotReadyError, UnknownModelError
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -28,8 +29,10 @@ class Worker:
     def __init__(self, mesh: cfg.MeshConfig, wcfg: WorkerConfig):
         self.mesh, self.wcfg = mesh, wcfg
         self.engine = None  # AsyncUnitEngine, built with the first LLMs (its pool is sized by them)
+        self.kv = make_backend(mesh, wcfg)  # KV blocks: memmgr leases or a local pool (services/worker/kv.py)
         self.ready = asyncio.Event()
         self._draining: dict[str, asyncio.Task] = {}
+        self._loading: set[str] = set()  # assigned here, not loaded yet
 
     def llm_stats(self) -> dict[str, dict]:
         """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
@@ -41,9 +44,10 @@ class Worker:
 
     async def apply(self, assignment: UnitAssignment) -> None:
         """Load LLMs newly assigned, drain then unload removed ones (in-flight requests finish)."""
-        from services.worker.engine.async_engine import AsyncUnitEngine
-        from services.worker.engine.config import EngineConfig, LLMConfig
+        from services.worker.engine.config import LLMConfig
 
+        for name in set(assignment.llms) & set(self._draining):  # moved back while draining: reload after
+            await asyncio.shield(self._draining[name])
         hosted = set(self.engine.engine.llms) if self.engine else set()
         new = []
         for name in sorted(set(assignment.llms) - hosted):
@@ -52,18 +56,28 @@ class Worker:
                 log.warning("placement names unknown model %r: skipped", name)
                 continue
             new.append(LLMConfig(name, spec.path, assignment.llms[name] or spec.rate))
-        if self.engine is None and new:
-            log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
-            self.engine = await AsyncUnitEngine.create(new, EngineConfig.from_section(self.wcfg.engine))
-        else:
-            for llm in new:
-                log.info("loading %s from %s", llm.name, llm.path)
-                await self.engine.add_llm(llm)
+        self._loading |= {c.name for c in new}
+        try:
+            await self._load(new)
+        finally:
+            self._loading -= {c.name for c in new}
         for name in sorted(hosted - set(assignment.llms)):
             if name not in self._draining:
                 log.info("draining then unloading %s", name)
                 self._draining[name] = asyncio.ensure_future(self._unload(name))
         self.ready.set()
+
+    async def _load(self, new: list) -> None:
+        """Load `new` LLMConfigs: the first ones build the engine, later ones join it."""
+        from services.worker.engine.config import EngineConfig
+
+        if self.engine is None and new:
+            log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
+            self.engine = await self.kv.create_engine(new, EngineConfig.from_section(self.wcfg.engine))
+        else:
+            for llm in new:
+                log.info("loading %s from %s", llm.name, llm.path)
+                await self.kv.add_llm(self.engine, llm)
 
     async def _unload(self, name: str) -> None:
         try:
@@ -84,7 +98,10 @@ class Worker:
         await self.apply(UnitAssignment(0, "static", rates))
 
     def generate(self, request_id, llm, prompt, prompt_token_ids, sampling):
-        """The engine's chunk stream (AsyncUnitEngine.generate); UnknownModelError before any LLM loads."""
+        """The engine's chunk stream (AsyncUnitEngine.generate). A model being loaded or drained here
+        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError."""
+        if llm in self._loading or llm in self._draining:
+            return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
             return _not_hosted(llm)
         return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling)
@@ -94,6 +111,12 @@ class Worker:
             task.cancel()
         if self.engine is not None:
             await self.engine.close()
+        await self.kv.close()  # memmgr mode: ends the session, every block goes back
+
+
+async def _not_ready(llm: str, what: str):
+    raise ModelNotReadyError(f"model {llm!r} is {what} on this worker (re-placement); retry")
+    yield  # an async generator, like the engine's stream
 
 
 async def _not_hosted(llm: str):

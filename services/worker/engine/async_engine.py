@@ -89,8 +89,8 @@ class AsyncUnitEngine:
         self._wake.set()
 
     # ---- LLMs and stats ---------------------------------------------------------------------
-    async def add_llm(self, cfg: LLMConfig) -> None:
-        await asyncio.to_thread(self.engine.add_llm, cfg)
+    async def add_llm(self, cfg: LLMConfig, quota: int | None = None) -> None:
+        await asyncio.to_thread(self.engine.add_llm, cfg, quota)
 
     async def remove_llm(self, name: str, drain: bool = True) -> None:
         """Stop taking requests for `name`, let its requests finish (or abort them), then drop it."""

@@ -1,5 +1,12 @@
-"""Per-LLM views over one unit's shared head-wise block source, with quotas.
+"""Per-LLM views over a unit's head-wise blocks, with quotas.
 
+Where blocks come from (`BlockManager(source, ...)`):
+- one BlockSource shared by all LLMs (a local pool, `pool.LocalBlockSource`): quotas are split here,
+  in proportion to rate x blocks per token block (`proportional_quotas`);
+- or `BlockSources` (one BlockSource per LLM, e.g. leases from memmgr, services/worker/kv.py):
+  `open(llm)` when the LLM is added, `close(llm)` once it is removed holding no block. Quotas then come
+  from outside (`set_quotas`, from memmgr's ADBS), and a lone sequence cannot exceed its quota
+  (memmgr enforces it at lease time).
 A sequence's block table grows one token block at a time; a token block of an LLM costs
 `layers x kv_heads` head-wise blocks, appended in pool.py's [token_block][layer][kv_head] order.
 `can_append` / `append` are the paired check-and-commit: `append` returns False and takes nothing
@@ -10,9 +17,21 @@ never starves behind a small quota.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from services.worker.engine import pool
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import BlockSource
+
+
+class BlockSources(Protocol):
+    """One BlockSource per LLM: opened when the LLM is added, closed after it is removed."""
+
+    def open(self, llm: str) -> BlockSource:
+        ...
+
+    def close(self, llm: str) -> None:
+        ...
 
 
 class LLMBlocks:
@@ -70,24 +89,30 @@ class LLMBlocks:
 
 
 class BlockManager:
-    """All LLMs of a unit over one source: quotas, usage and the integrity check."""
+    """All LLMs of a unit: their sources, quotas, usage and the integrity check."""
 
-    def __init__(self, source: BlockSource, capacity: int, block_size: int):
+    def __init__(self, source: BlockSource | BlockSources, capacity: int, block_size: int):
+        self.shared = hasattr(source, "acquire")  # one source for all LLMs (else one per LLM)
         self.source = source
         self.capacity = capacity
         self.block_size = block_size
         self.llms: dict[str, LLMBlocks] = {}
 
     def add_llm(self, name: str, num_layers: int, num_kv_heads: int, quota: int | None = None) -> LLMBlocks:
-        view = LLMBlocks(self.source, self.block_size, num_layers, num_kv_heads,
+        src = self.source if self.shared else self.source.open(name)
+        view = LLMBlocks(src, self.block_size, num_layers, num_kv_heads,
                          self.capacity if quota is None else quota)
         self.llms[name] = view
         return view
 
     def remove_llm(self, name: str) -> None:
-        view = self.llms.pop(name)
+        """Drop an LLM holding no block (RuntimeError otherwise); a per-LLM source is closed."""
+        view = self.llms[name]
         if view.used:
             raise RuntimeError(f"LLM {name!r} still holds {view.used} blocks")
+        del self.llms[name]
+        if not self.shared:
+            self.source.close(name)
 
     def __getitem__(self, name: str) -> LLMBlocks:
         return self.llms[name]
@@ -102,7 +127,8 @@ class BlockManager:
 
     @property
     def num_free(self) -> int:
-        free = getattr(self.source, "num_free", None)
+        """Blocks not held by this unit's sequences (a shared source's own count when it has one)."""
+        free = getattr(self.source, "num_free", None) if self.shared else None
         return free if free is not None else self.capacity - sum(self.usage.values())
 
     def set_quotas(self, quotas: dict[str, int]) -> None:
@@ -133,6 +159,10 @@ class BlockManager:
             owned[s.llm] = owned.get(s.llm, 0) + len(s.block_table)
         for n, v in self.llms.items():
             assert owned[n] == v.used, f"{n}: tables hold {owned[n]} blocks, usage says {v.used}"
-        check = getattr(self.source, "check_integrity", None)
-        if check:
-            check()
+            held = None if self.shared else getattr(v.source, "num_held", None)
+            assert held is None or held == v.used, f"{n}: its source lent {held} blocks, usage says {v.used}"
+        sources = [self.source] if self.shared else [v.source for v in self.llms.values()]
+        for src in sources:
+            check = getattr(src, "check_integrity", None)
+            if check:
+                check()

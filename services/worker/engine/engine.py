@@ -1,5 +1,11 @@
 """UnitEngine: the LLMs of one unit, their jobs, one shared head-wise KV pool and the ADBS loop.
 
+Blocks come from a local pool (the default: one LocalBlockSource shared by all LLMs, quotas split
+here by rate) or from `block_source`: one BlockSource shared by all LLMs, or BlockSources (one source
+per LLM, e.g. memmgr leases: services/worker/kv.py; quotas then come from `set_quotas`). `pool` is a
+pool tensor to use instead of allocating one, and `pool_attach` a picklable callable that maps the
+same pool in a job process (needed when `pool` is not torch-shared, e.g. memmgr's segment).
+
 In-process, no gRPC: `add_request` enqueues (validating first), `step` runs one scheduler round
 (dispatch every planned batch to its job, wait for all, apply the tokens) and returns a Chunk per
 request that advanced or finished. add_request/abort/stats may be called from other threads while a
@@ -10,14 +16,16 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from services.worker.engine import loader, pool as pool_mod
-from services.worker.engine.block_manager import BlockManager
+from services.worker.engine.block_manager import BlockManager, BlockSources
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
+from services.worker.engine.launch import job_shares, load_tokenizer, make_jobs  # noqa: F401 (re-exported)
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
@@ -44,15 +52,17 @@ class HostedLLM:
 
 class UnitEngine:
     def __init__(self, llms: list[LLMConfig], config: EngineConfig | None = None,
-                 block_source=None, pool: torch.Tensor | None = None):
+                 block_source=None, pool: torch.Tensor | None = None,
+                 pool_attach: Callable[[], torch.Tensor] | None = None):
         self.config = config or EngineConfig()
         specs = [loader.read_spec(c.path, self.config.torch_dtype) for c in llms]
         if not specs and pool is None:
             raise InvalidRequestError("a unit needs at least one LLM (or a pool)")
         self.head_dim = pool.shape[-1] if pool is not None else specs[0].head_dim
         self.pool = pool if pool is not None else self._allocate_pool()
+        self.pool_attach = pool_attach
         capacity = getattr(block_source, "capacity", None) or self.pool.shape[0]
-        self.block_source = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
+        self.block_source: BlockSources | object = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens)
         self.llms: dict[str, HostedLLM] = {}
@@ -70,8 +80,9 @@ class UnitEngine:
                                       c.torch_dtype, c.device, shared=c.job_mode == "process")
 
     # ---- LLMs -------------------------------------------------------------------------------
-    def add_llm(self, cfg: LLMConfig) -> None:
-        """Load cfg's tokenizer and weights, start its jobs, and re-split quotas by rate."""
+    def add_llm(self, cfg: LLMConfig, quota: int | None = None) -> None:
+        """Load cfg's tokenizer and weights and start its jobs. Quotas: with a shared source all are
+        re-split by rate; with per-LLM sources this LLM gets `quota` (None: the pool's capacity)."""
         if cfg.name in self.llms:
             raise InvalidRequestError(f"LLM {cfg.name!r} is already hosted")
         spec = loader.read_spec(cfg.path, self.config.torch_dtype)
@@ -79,12 +90,17 @@ class UnitEngine:
             raise InvalidRequestError(
                 f"LLM {cfg.name!r} (head_dim {spec.head_dim}, {self.config.dtype}) cannot share this unit's "
                 f"pool (head_dim {self.head_dim}, {self.pool.dtype}): head_dim and dtype must match")
-        spec, prefill, decode = make_jobs(cfg, self.config, self.pool)
+        spec, prefill, decode = make_jobs(cfg, self.config, self.pool, self.pool_attach)
         hosted = HostedLLM(cfg, spec, load_tokenizer(cfg.path), prefill, decode,
                            min(self.config.max_model_len or spec.max_model_len, spec.max_model_len))
         with self._lock:
             self.llms[cfg.name] = hosted
-            self.blocks.add_llm(cfg.name, spec.num_layers, spec.num_kv_heads)
+            try:
+                self.blocks.add_llm(cfg.name, spec.num_layers, spec.num_kv_heads, quota)
+            except BaseException:
+                del self.llms[cfg.name]
+                hosted.close()
+                raise
             self.scheduler.add_llm(cfg.name)
             self._rebalance()
 
@@ -119,6 +135,8 @@ class UnitEngine:
         hosted.close()
 
     def _rebalance(self) -> None:
+        if not self.blocks.shared:
+            return  # per-LLM sources: quotas are set from outside (memmgr)
         rates = {n: h.cfg.rate for n, h in self.llms.items()}
         self.blocks.set_quotas(self.blocks.proportional_quotas(rates))
 
@@ -303,37 +321,3 @@ def merge_chunks(a: Chunk | None, b: Chunk | None) -> Chunk:
     return Chunk(a.token_ids + b.token_ids, a.text + b.text, b.finish_reason or a.finish_reason,
                  b.prompt_tokens, b.completion_tokens, b.error or a.error)
 
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor) -> tuple[loader.ModelSpec, Job, Job]:
-    """Load cfg's weights once and start its prefill and decode jobs over the shared pool."""
-    spec, weights = loader.load_weights(cfg.path, config.torch_dtype, config.device)
-    spec = replace(spec, name=cfg.name)
-    if config.job_mode == "process":
-        from services.worker.engine import jobs
-
-        shares = job_shares(cfg.name, config)
-        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
-                                       name=f"{cfg.name}-{kind}")
-                       for kind, share in zip(("prefill", "decode"), shares))
-    from services.worker.engine.runner import ModelRunner, ThreadJob
-
-    runner = ModelRunner(spec, weights, pool, config.block_size, config.device)
-    return spec, ThreadJob(runner), ThreadJob(runner)
-
-
-def job_shares(name: str, config: EngineConfig) -> list:
-    """[prefill, decode] ComputeShare of one LLM from config.compute_shares (None = whole unit)."""
-    from services.worker.engine.compute_share import ComputeShare, split_cores
-
-    fracs = [config.compute_shares.get(f"{name}/{k}") for k in ("prefill", "decode")]
-    if config.device.startswith("cuda"):
-        return [ComputeShare(gpu_percentage=max(1, round(f * 100))) if f else None for f in fracs]
-    if None in fracs:
-        return [None, None]
-    return split_cores(fracs)  # disjoint cores on CPU

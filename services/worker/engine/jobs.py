@@ -2,7 +2,8 @@
 
 `ProcessJob(spec, weights, pool, block_size, device, share)` spawns a child (torch.multiprocessing,
 spawn context) that builds a ModelRunner over the parent's weight tensors and pool tensor, passed
-as shared memory (CPU) or CUDA IPC handles: nothing is reloaded from disk or copied, so the
+as shared memory (CPU) or CUDA IPC handles (or, with `pool_attach`, a picklable callable the child
+calls to map the pool itself: memmgr's segment): nothing is reloaded from disk or copied, so the
 prefill job's K/V writes are what the decode job reads. Steps go over a pipe; a reader thread
 resolves the futures in order. If the child dies, its pending futures fail with JobCrashedError,
 `alive` turns False, and `restart()` spawns a new child over the same weights and pool.
@@ -28,10 +29,13 @@ log = logging.getLogger(__name__)
 _ENV_LOCK = threading.Lock()  # child env vars are set in os.environ only around process start
 
 
-def _child_main(spec, weights, pool, block_size, device, share, conn) -> None:
+def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attach=None) -> None:
     """Job process body: build a runner over the shared tensors, then serve steps until EOF/None."""
     apply_in_child(share)
     from .runner import ModelRunner
+
+    if pool_attach is not None:
+        pool = pool_attach()  # [num_blocks, 2, block_size, head_dim], the parent's memory
 
     runner = ModelRunner(spec, weights, pool, block_size, device)
     conn.send(("ready", os.getpid(), None))
@@ -62,9 +66,11 @@ class ProcessJob:
         device: str = "cpu",
         share: ComputeShare | None = None,
         name: str = "",
+        pool_attach=None,
     ):
-        if pool.device.type == "cpu" and not pool.is_shared():
-            raise ValueError("a ProcessJob needs a shared pool: allocate_pool(..., shared=True)")
+        if pool_attach is None and pool.device.type == "cpu" and not pool.is_shared():
+            raise ValueError("a ProcessJob needs a shared pool: allocate_pool(..., shared=True), or pool_attach")
+        self.pool_attach = pool_attach
         self.spec, self.weights, self.pool = spec, share_weights(weights), pool
         self.block_size, self.device = block_size, device
         self.share = share or ComputeShare(threads=torch.get_num_threads())
@@ -83,7 +89,9 @@ class ProcessJob:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
-        args = (self.spec, self.weights, self.pool, self.block_size, self.device, self.share, child_conn)
+        pool = None if self.pool_attach is not None else self.pool  # the child maps it itself
+        args = (self.spec, self.weights, pool, self.block_size, self.device, self.share, child_conn,
+                self.pool_attach)
         proc = ctx.Process(target=_child_main, args=args, name=self.name, daemon=True)
         with self._lock:
             self._proc, self._dead, self._ready = proc, False, threading.Event()

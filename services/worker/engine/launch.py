@@ -1,0 +1,54 @@
+"""Start one LLM's prefill and decode jobs over a unit's pool (thread or process jobs).
+
+`make_jobs(cfg, config, pool, pool_attach)` loads the weights once and starts both jobs over the
+same pool tensor `[num_blocks, 2, block_size, head_dim]`. Process jobs receive the pool tensor (CPU
+shared memory or CUDA IPC), or, when `pool_attach` is given, that picklable callable, which each
+child calls to map the pool itself (memmgr's segment: services/memmgr/segment.attach).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+
+from services.worker.engine import loader
+from services.worker.engine.config import EngineConfig, LLMConfig
+from services.worker.engine.types import Job
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
+              pool_attach: Callable[[], torch.Tensor] | None = None) -> tuple[loader.ModelSpec, Job, Job]:
+    """Load cfg's weights once and start its prefill and decode jobs over the shared pool."""
+    spec, weights = loader.load_weights(cfg.path, config.torch_dtype, config.device)
+    spec = replace(spec, name=cfg.name)
+    if config.job_mode == "process":
+        from services.worker.engine import jobs
+
+        shares = job_shares(cfg.name, config)
+        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
+                                       name=f"{cfg.name}-{kind}", pool_attach=pool_attach)
+                       for kind, share in zip(("prefill", "decode"), shares))
+    from services.worker.engine.runner import ModelRunner, ThreadJob
+
+    runner = ModelRunner(spec, weights, pool, config.block_size, config.device)
+    return spec, ThreadJob(runner), ThreadJob(runner)
+
+
+def job_shares(name: str, config: EngineConfig) -> list:
+    """[prefill, decode] ComputeShare of one LLM from config.compute_shares (None = whole unit)."""
+    from services.worker.engine.compute_share import ComputeShare, split_cores
+
+    fracs = [config.compute_shares.get(f"{name}/{k}") for k in ("prefill", "decode")]
+    if config.device.startswith("cuda"):
+        return [ComputeShare(gpu_percentage=max(1, round(f * 100))) if f else None for f in fracs]
+    if None in fracs:
+        return [None, None]
+    return split_cores(fracs)  # disjoint cores on CPU

@@ -1,0 +1,140 @@
+"""The worker's KV blocks from memmgr (services/worker/kv.py, leases.py) against a real memmgr server:
+greedy output over memmgr's shared pool equals transformers' generate (thread and process jobs),
+memmgr's quotas reach the engine, idle and unloaded LLMs give their cached blocks back, a parked
+source stops refilling, LLMs without a matching pool get a clear error, and `worker.kv` resolution."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from muxserve import config as mesh_config
+from muxserve.tiny import write_tiny_checkpoint
+from services.worker.config import WorkerConfig
+from services.worker.engine.config import EngineConfig, LLMConfig
+from services.worker.engine.types import InvalidRequestError, SamplingParams
+from services.worker.kv import MemmgrKV, kv_mode
+from services.worker.config import LeaseConfig
+from worker_testlib import LEASES, hf_greedy, llm_usage, memmgr, prompts, wait_until
+
+GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
+
+
+async def collect(aeng, rid, llm, ids, sampling=GREEDY):
+    toks = []
+    async for ch in aeng.generate(rid, llm, prompt_token_ids=ids, sampling=sampling):
+        toks += ch.token_ids
+    return toks
+
+
+def lease_cfg(**kw) -> LeaseConfig:
+    return LeaseConfig.from_dict({**LEASES, **kw})
+
+
+@pytest.mark.parametrize("job_mode", ["thread", "process"])
+async def test_greedy_over_memmgr_pool_equals_transformers(tiny_llama, tiny_qwen2, job_mode):
+    svc = await memmgr()
+    kv = MemmgrKV(svc.address, "w0", lease_cfg())
+    try:
+        llms = [LLMConfig("a", str(tiny_llama), 2.0), LLMConfig("b", str(tiny_qwen2), 1.0)]
+        aeng = await kv.create_engine(llms, EngineConfig(job_mode=job_mode, max_prefill_tokens=32))
+        assert aeng.engine.pool.data_ptr() == kv.pool.data_ptr()  # the engine runs over memmgr's pool
+        assert aeng.engine.config.block_size == 4  # memmgr's block size wins
+        ps = prompts(6, seed=3)
+        jobs = [collect(aeng, f"r{i}", "ab"[i % 2], p) for i, p in enumerate(ps)]
+        outs = await asyncio.gather(*jobs)
+        for i, (p, toks) in enumerate(zip(ps, outs)):
+            assert toks == hf_greedy(tiny_llama if i % 2 == 0 else tiny_qwen2, p, 12), f"request {i}"
+        stats = await kv.client.stats()
+        assert {u.name: u.quota_blocks for u in stats.llms} == aeng.engine.quotas  # quotas are memmgr's
+        await wait_until(lambda: svc.manager.stats().free_blocks == svc.manager.stats().capacity_blocks,
+                         5, "idle LLMs to park their cached blocks")
+        aeng.engine.check_integrity()
+        svc.manager.check()
+        await aeng.close()
+    finally:
+        await kv.close()
+        await svc.stop()
+
+
+async def test_quota_set_in_memmgr_reaches_engine_and_unload_returns_blocks(tiny_llama, tiny_qwen2):
+    svc = await memmgr()
+    kv = MemmgrKV(svc.address, "w0", lease_cfg(idle_release_s=60))  # no parking: unload must return them
+    try:
+        aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
+        await kv.add_llm(aeng, LLMConfig("b", str(tiny_qwen2)))
+        await kv.client.set_quota("a", 300)
+        await wait_until(lambda: aeng.engine.quotas["a"] == 300, 5, "the engine to take memmgr's quota")
+        await collect(aeng, "r", "b", [5, 6, 7], SamplingParams(max_tokens=20, ignore_eos=True))
+        assert llm_usage(await kv.client.stats(), "b").used_blocks > 0  # its local free list
+        await aeng.remove_llm("b")
+        assert llm_usage(await kv.client.stats(), "b").used_blocks == 0
+        assert "b" not in kv.sources.by_llm
+        await aeng.close()
+    finally:
+        await kv.close()
+        assert svc.manager.stats().sessions == 0
+        await svc.stop()
+
+
+async def test_parked_source_returns_cache_and_stops_refilling(tiny_llama):
+    svc = await memmgr()
+    kv = MemmgrKV(svc.address, "w0", lease_cfg(idle_release_s=60))
+    try:
+        aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
+        src = kv.sources.get("a")
+        ids = await asyncio.to_thread(src.acquire, 4)
+        src.release(ids)
+        assert src.num_free > 0
+        assert await asyncio.to_thread(src.park) > 0 and src.num_free == 0
+        await asyncio.sleep(0.8)  # the refill thread wakes every 0.5 s at most
+        assert llm_usage(await kv.client.stats(), "a").used_blocks == 0
+        assert await asyncio.to_thread(src.acquire, 4) is not None and not src.parked  # demand resumes it
+        await aeng.close()
+    finally:
+        await kv.close()
+        await svc.stop()
+
+
+async def test_llm_without_a_matching_pool_gets_a_clear_error(tiny_llama, tmp_path):
+    small = write_tiny_checkpoint(tmp_path / "hd8", "llama", hidden_size=32, num_heads=4, num_kv_heads=2)
+    svc = await memmgr(pools=[{"head_dim": 8, "dtype": "float16", "num_blocks": 64}])
+    kv = MemmgrKV(svc.address, "w0", lease_cfg())
+    try:  # no pool at all for head_dim 16 / float32
+        with pytest.raises(InvalidRequestError, match=r"'a'.*no KV pool.*head_dim=16/float32"):
+            await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
+    finally:
+        await kv.close()
+        await svc.stop()
+    svc = await memmgr(pools=[{"head_dim": 16, "dtype": "float32", "num_blocks": 64},
+                              {"head_dim": 8, "dtype": "float32", "num_blocks": 64}])
+    kv = MemmgrKV(svc.address, "w0", lease_cfg())
+    try:  # a pool exists, but not the one this worker already runs over
+        aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
+        with pytest.raises(InvalidRequestError, match=r"'s'.*head_dim=8/float32.*head_dim=16/float32"):
+            await kv.add_llm(aeng, LLMConfig("s", str(small)))
+        assert list(aeng.engine.llms) == ["a"]
+        await aeng.close()
+    finally:
+        await kv.close()
+        await svc.stop()
+
+
+def test_kv_mode_resolution(monkeypatch):
+    for k in ("ADDRESS", "HOST", "PORT"):
+        monkeypatch.delenv(f"MUXSERVE_MEMMGR_{k}", raising=False)
+    models = [{"name": "m", "path": "/nowhere"}]
+    plain = mesh_config.from_dict({"models": models})
+    with_memmgr = mesh_config.from_dict({"models": models, "memmgr": {"port": 50099}})
+    auto = WorkerConfig.from_section({})
+    assert (kv_mode(plain, auto), kv_mode(with_memmgr, auto)) == ("local", "memmgr")
+    assert kv_mode(with_memmgr, WorkerConfig.from_section({"kv": "local"})) == "local"
+    monkeypatch.setenv("MUXSERVE_MEMMGR_ADDRESS", "memmgr:50053")
+    assert kv_mode(plain, auto) == "memmgr"
+    with pytest.raises(ValueError, match="worker.kv"):
+        WorkerConfig.from_section({"kv": "remote"})
+    with pytest.raises(ValueError, match="low_token_blocks"):
+        WorkerConfig.from_section({"leases": {"low_token_blocks": 30}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        WorkerConfig.from_section({"leases": {"chunk": 3}})
