@@ -7,6 +7,8 @@
       workers: {model: [host:port, ...]}   # optional static routing table (tests, no placer)
       popularity: {bucket_s: 1.0, ttl_s: 3600, timeout_s: 0.5}
       status_interval_s: 5.0        # how often workers' GetStatus refines each model's context length
+      unavailable_wait_s: 30.0      # how long a request waits for a host of its model (re-placement,
+                                    # a worker loading or draining it, a restart) before UNAVAILABLE
 
 Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
 static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
@@ -48,6 +50,7 @@ class RouterConfig:
     ttl_s: float = 3600.0
     redis_timeout_s: float = 0.5
     status_interval_s: float = 5.0  # how often worker-reported context lengths are refreshed
+    unavailable_wait_s: float = 30.0  # a request with no reachable host waits (and retries) this long
 
     def __post_init__(self) -> None:
         for model, addresses in self.static_workers.items():
@@ -59,6 +62,8 @@ class RouterConfig:
             raise ConfigError("router.popularity: bucket_s, ttl_s and timeout_s must be > 0")
         if self.status_interval_s <= 0:
             raise ConfigError(f"router.status_interval_s must be > 0, got {self.status_interval_s}")
+        if self.unavailable_wait_s < 0:
+            raise ConfigError(f"router.unavailable_wait_s must be >= 0, got {self.unavailable_wait_s}")
 
     @property
     def static(self) -> bool:
@@ -92,4 +97,5 @@ def from_mesh(mesh: MeshConfig) -> RouterConfig:
         static_workers={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in workers.items()},
         redis_url=mesh.redis_url, bucket_s=float(pop.get("bucket_s", 1.0)),
         ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)),
-        status_interval_s=float(sec.get("status_interval_s", 5.0)))
+        status_interval_s=float(sec.get("status_interval_s", 5.0)),
+        unavailable_wait_s=float(sec.get("unavailable_wait_s", 30.0)))

@@ -1,15 +1,20 @@
 """Forwarding a validated request to a worker hosting its model, streaming the worker's chunks back.
 
 Contract of `Forwarder.stream(req)`: yields the worker's `GenerateResponse` messages unchanged, in
-order. Raises Unavailable when no worker hosts the model, or when the chosen worker cannot be reached
-and no other candidate answers before the first chunk; any other worker status is re-raised as a
-RouterError with the worker's code and message unchanged. Closing the iterator early (the client
+order. Before the first chunk, a request whose model has no reachable host (no worker in the
+placement, a worker down, or one answering UNAVAILABLE because it is still loading or draining the
+model during a re-placement) is retried against the then-current placement, with backoff, for up to
+`unavailable_wait_s`; after that it raises Unavailable. A failure after the first chunk is never
+retried (tokens were already streamed). Any other worker status is re-raised as a RouterError with
+the worker's code and message unchanged. Closing the iterator early (the client
 cancelled) cancels the worker call, so the worker aborts the sequence and frees its KV blocks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -44,11 +49,29 @@ class WorkerClients:
 
 
 class Forwarder:
-    def __init__(self, table: RoutingTable, clients: WorkerClients):
+    def __init__(self, table: RoutingTable, clients: WorkerClients, unavailable_wait_s: float = 30.0):
         self.table = table
         self.clients = clients
+        self.unavailable_wait_s = unavailable_wait_s
 
     async def stream(self, req: RouteRequest) -> AsyncIterator[router_pb2.GenerateResponse]:
+        deadline = time.monotonic() + self.unavailable_wait_s
+        backoff = 0.05
+        while True:
+            try:
+                async for resp in self._once(req):
+                    yield resp
+                return
+            except Unavailable as exc:
+                if req.worker or time.monotonic() + backoff > deadline:
+                    raise
+                log.info("%s: %s; retrying for up to %.1fs more", req.request_id, exc,
+                         deadline - time.monotonic())
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _once(self, req: RouteRequest) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """One pass over the model's current hosts, least loaded first."""
         candidates = self.table.candidates(req.model)
         if not candidates:
             raise Unavailable(f"model {req.model!r} is not hosted on any worker yet "

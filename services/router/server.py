@@ -78,7 +78,7 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
     watcher = None if cfg.static else PlacementWatcher(table, cfg.placer_address, redis,
                                                        redis_timeout_s=cfg.redis_timeout_s)
     clients = WorkerClients()
-    servicer = RouterServicer(cfg.models, table, Forwarder(table, clients), recorder)
+    servicer = RouterServicer(cfg.models, table, Forwarder(table, clients, cfg.unavailable_wait_s), recorder)
     limits = LimitsRefresher(cfg.models, table, clients, cfg.status_interval_s)
 
     def register(server):

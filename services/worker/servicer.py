@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     types.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     types.UnknownModelError: grpc.StatusCode.NOT_FOUND,
+    types.ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     types.CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     types.JobCrashedError: grpc.StatusCode.UNAVAILABLE,
 }

@@ -72,6 +72,27 @@ async def test_follows_placer_stream(tiny_model, redis_url):
         await s.stop()
 
 
+async def test_request_waits_for_a_host_during_replacement(tiny_model, redis_url):
+    """With unavailable_wait_s > 0, a request for a model no worker hosts yet (or whose host is
+    down) is retried against the placement as it changes, and succeeds once a host appears."""
+    placer = await FakePlacer().start()
+    worker = await EchoWorker().start()
+    gone = f"127.0.0.1:{free_port()}"  # the old host, already stopped
+    cfg = mesh(tiny_model, redis_url, {"placer_address": f"127.0.0.1:{placer.port}", "unavailable_wait_s": 20})
+    async with running_router(cfg) as (router, stub):
+        await placer.publish(placement(1, {"u0": (gone, ["tiny"])}))
+        await wait_for_units(stub, {"tiny": ["u0"], "slow": [], "idle": []})
+        pending = asyncio.ensure_future(collect(stub, gen("tiny", ids=[7], max_tokens=3)))
+        await asyncio.sleep(1.0)
+        assert not pending.done()  # waiting, not failed
+        await placer.publish(placement(2, {"u1": (worker.address, ["tiny"])}))
+        chunks = await asyncio.wait_for(pending, 15)
+        assert [t for c in chunks for t in c.token_ids] == [7, 7, 7] and chunks[-1].finish_reason == "length"
+        assert len(worker.served) == 1
+    for s in (placer, worker):
+        await s.stop()
+
+
 async def test_placement_from_redis_when_placer_is_down(tiny_model, redis_url):
     worker = await EchoWorker().start()
     """The placer's own PlacementStore writes Redis; the router reads it while the placer is down."""

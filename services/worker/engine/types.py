@@ -111,6 +111,11 @@ class UnknownModelError(EngineError):
     """The model is not hosted here (NOT_FOUND)."""
 
 
+class ModelNotReadyError(EngineError):
+    """The model is being loaded here, or drained away from here, in a re-placement (UNAVAILABLE):
+    the router retries it on the placement's current host."""
+
+
 class CapacityError(EngineError):
     """Out of a resource that will not free up for this request (RESOURCE_EXHAUSTED)."""
 
