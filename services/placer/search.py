@@ -62,7 +62,9 @@ class Planner:
     """plan(policy) -> Placement for `llms` at `rates` (name -> req/s) on nodes x devices_per_node."""
 
     def __init__(self, llms: list[LLMSpec], rates: dict[str, float], nodes: int, devices_per_node: int,
-                 estimator: UnitEstimator):
+                 estimator: UnitEstimator, units: list[tuple[int, int]] | None = None):
+        """`units`, when given, fixes the units as (node, size) pairs: only the assignment of LLMs to
+        them is searched (re-placement inside the units the running workers hold)."""
         if nodes < 1 or devices_per_node < 1:
             raise PlacementError(f"empty cluster: {nodes} nodes x {devices_per_node} devices")
         if not llms:
@@ -70,6 +72,7 @@ class Planner:
         self.llms = {m.name: m for m in llms}
         self.rates = {m.name: float(rates.get(m.name, m.rate)) for m in llms}
         self.nodes, self.dpn, self.est = nodes, devices_per_node, estimator
+        self.units = sorted(units, key=lambda u: (u[0], -u[1])) if units else None
         self._memo: dict[tuple, UnitEstimate | None] = {}
         self.min_devices = {m.name: self._min_devices(m) for m in llms}
 
@@ -93,6 +96,13 @@ class Planner:
     def plan(self, policy: str = "muxserve") -> Placement:
         if policy not in ESTIMATE_MODE:
             raise PlacementError(f"unknown policy {policy!r}; choose muxserve, spatial or temporal")
+        if self.units is not None:
+            if policy == "spatial":
+                raise PlacementError("the spatial policy chooses its own units; it cannot keep fixed ones")
+            best = self._greedy(self.units, ESTIMATE_MODE[policy])
+            if best is None:
+                raise PlacementError(f"the units {self.units} cannot hold all {len(self.llms)} LLMs")
+            return self._placement(policy, best[1], ESTIMATE_MODE[policy])
         if policy == "spatial":
             best = spatial_layout(self)
         else:

@@ -19,7 +19,7 @@ from .estimator import UnitEstimator
 from .llmspec import LLMSpec
 from .placement import Placement
 from .replacement import DriftTracker, blend, decide
-from .search import Planner
+from .search import PlacementError, Planner
 from .store import PlacementFeed, PlacementStore
 from .workers import WorkerRegistry
 
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def make_planner(specs: list[LLMSpec], rates: dict[str, float], nodes: int, devices_per_node: int,
-                 cfg: PlacerConfig, cost: CostTable) -> Planner:
+                 cfg: PlacerConfig, cost: CostTable, units: list[tuple[int, int]] | None = None) -> Planner:
     est = UnitEstimator(cost, cfg.workload, cfg.device_memory_gb * 2**30, cfg.memory_utilization)
-    return Planner(specs, rates, nodes, devices_per_node, est)
+    return Planner(specs, rates, nodes, devices_per_node, est, units)
 
 
 class PlacerService:
@@ -93,8 +93,22 @@ class PlacerService:
             return published
 
     def _candidate(self, rates: dict[str, float]) -> tuple[Placement, float]:
+        """The best placement at `rates`, and the current one's objective at them.
+
+        While workers hold the current units, the candidate keeps those units (their devices and
+        sizes) and only moves LLMs between them: a worker owns its unit's devices, and a new split
+        would leave units no running worker can take. Without workers, the whole search runs.
+        """
         planner = make_planner(self.specs, rates, self.nodes, self.dpn, self.cfg, self.cost)
-        return planner.plan(self.cfg.policy), planner.rescore(self.current).objective
+        held = [(u.devices[0] // self.dpn, len(u.devices)) for u in self.current.units if u.worker_address]
+        candidate = None
+        if held and len(held) == len(self.current.units):
+            try:
+                candidate = make_planner(self.specs, rates, self.nodes, self.dpn, self.cfg, self.cost,
+                                         held).plan(self.cfg.policy)
+            except PlacementError as exc:
+                log.info("re-placement within the workers' units failed (%s): searching every split", exc)
+        return candidate or planner.plan(self.cfg.policy), planner.rescore(self.current).objective
 
     async def register(self, worker_id: str, address: str, num_devices: int) -> tuple[str, int]:
         """(unit id or "", placement version) for the worker; publishes if assignments changed."""

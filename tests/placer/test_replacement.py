@@ -1,3 +1,5 @@
+import pytest
+
 from services.placer.config import PlacerConfig
 from services.placer.placement import LLMPlacement, Placement, Unit, diff
 from services.placer.replacement import DriftTracker, blend, decide, drift
@@ -46,3 +48,20 @@ def test_diff():
     assert diff(old, new, "u9x1") == ([], [])
     assert diff(old, None, "u0x1") == ([], ["a", "b"])
     assert Placement.from_dict(new.to_dict()) == new
+
+
+def test_fixed_units_keep_devices_and_move_only_llms():
+    """Re-placement inside the workers' units: the split is given, only the LLM assignment is searched."""
+    from services.placer.search import PlacementError, Planner
+    from tests.placer.conftest import estimator, hand_table, spec
+
+    specs = [spec("hot", 8.0), spec("warm", 2.0), spec("cold", 0.1)]
+    est = estimator(device_bytes=10_000, table=hand_table(devices=(1, 2)))
+    two = Planner(specs, {}, 1, 2, est, units=[(0, 1), (0, 1)]).plan("muxserve")
+    assert sorted(u.devices for u in two.units) == [[0], [1]]
+    assert sorted(x.name for u in two.units for x in u.llms) == ["cold", "hot", "warm"]
+    assert two.objective == pytest.approx(sum(u.est_throughput for u in two.units), rel=1e-5)
+    one = Planner(specs, {}, 1, 2, est, units=[(0, 2)]).plan("temporal")
+    assert [u.devices for u in one.units] == [[0, 1]] and len(one.units[0].llms) == 3
+    with pytest.raises(PlacementError, match="spatial"):
+        Planner(specs, {}, 1, 2, est, units=[(0, 1), (0, 1)]).plan("spatial")
