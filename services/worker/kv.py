@@ -17,8 +17,10 @@ MemmgrKV contract:
 - the engine leases through one KVBlockSource per LLM (services/worker/leases.py); removing an LLM
   from the engine closes its source (its cached blocks go back);
 - every sync_interval_s: quotas are read from memmgr's Stats (its ADBS adaptation) and applied with
-  engine.set_quotas; the LLMs' waiting counts go out with the heartbeats; an LLM with no sequence
-  that has held no block for idle_release_s parks its source (cached blocks go back);
+  engine.set_quotas; the LLMs' waiting counts go out with the heartbeats; each source's low mark
+  follows demand (2 x running sequences / block_size token blocks: what a few decode rounds take);
+  an LLM with no sequence that has held no block for idle_release_s parks its source (cached blocks
+  go back);
 - close() ends the session: memmgr frees whatever the session still holds.
 """
 
@@ -166,7 +168,7 @@ class MemmgrKV:
         if self.client.expired is not None:
             return  # the heartbeat loop logged it; every source raises SessionExpiredError
         eng = self.engine.engine
-        llms = eng.stats()["llms"]
+        llms = (await asyncio.to_thread(eng.stats))["llms"]  # off the loop: a step may hold the engine lock
         self.client.waiting = {n: s["waiting"] for n, s in llms.items()}
         stats = await self.client.stats()
         changed = {u.name: u.quota_blocks for u in stats.llms
@@ -174,9 +176,13 @@ class MemmgrKV:
         if changed:
             log.info("memmgr quotas: %s", changed)
             try:
-                eng.set_quotas(changed)
+                await asyncio.to_thread(eng.set_quotas, changed)
             except KeyError:
                 pass  # an LLM was removed meanwhile; the next round has fresh stats
+        for name, s in llms.items():
+            src = self.sources.get(name)
+            if src is not None:
+                src.set_low(-(-2 * s["running"] // eng.config.block_size) * src.token_block)
         await self._park_idle(llms)
 
     async def _park_idle(self, llms: dict[str, dict]) -> None:

@@ -1,9 +1,16 @@
 """The worker's per-LLM block sources over memmgr leases (engine BlockSources, memmgr mode).
 
 `KVBlockSource` is memmgr's LeasedBlockSource (chunked leases, a local free list kept between low
-and high by a background thread) plus `park()`: give the local free list back to memmgr NOW and
-stop refilling until the next `acquire`, so an idle LLM holds no block it does not use (done-when 3
-of issue 3: after a burst, memmgr's free_blocks returns to capacity_blocks).
+and high by a background thread) plus:
+- `park()`: give the local free list back to memmgr NOW and stop refilling until the next
+  `acquire`, so an idle LLM holds no block it does not use (done-when 3 of issue 3: after a burst,
+  memmgr's free_blocks returns to capacity_blocks);
+- prefill pays for refills: an acquisition of more than one token block (a prompt; a decode step
+  takes one) that would leave fewer than `low` blocks leases the difference synchronously first, so
+  the decode steps planned right after it in the same round still find their blocks locally
+  (counted in `waits`: that acquisition did wait on memmgr);
+- `set_low(low)`: the worker raises the low mark with demand (about one token block per running
+  sequence per block_size decode steps; see kv.MemmgrKV.sync); high follows at low + (high - low).
 
 `MemmgrSources` implements the engine's BlockSources (services/worker/engine/block_manager.py):
 `open(llm)` builds the LLM's source in the worker's session (the LLM must be registered first:
@@ -14,6 +21,7 @@ in token blocks (x layers x KV heads head-wise blocks), from the worker's LeaseC
 from __future__ import annotations
 
 import threading
+import time
 
 from services.memmgr.block_source import LeasedBlockSource
 from services.memmgr.client import MemmgrClient
@@ -23,13 +31,36 @@ from services.worker.config import LeaseConfig
 class KVBlockSource(LeasedBlockSource):
     """LeasedBlockSource that can be parked (cache returned, no refill) while its LLM is idle."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, token_block: int = 1, **kwargs):
         self._parked = False
+        self.token_block = token_block  # head-wise blocks per token block of this LLM
         super().__init__(*args, **kwargs)
+        self.base_low, self.base_high = self.low, self.high
 
     def acquire(self, n: int) -> list[int] | None:
         self._parked = False  # demand again: the refill thread resumes
+        if n > self.token_block:
+            self._top_up(n)
         return super().acquire(n)
+
+    def _top_up(self, n: int) -> None:
+        """Before a multi-token-block acquisition: lease now what it would take below `low`."""
+        with self._cond:
+            self._raise_if_dead()
+            short = n + self.low - len(self._free)
+            if short <= 0 or time.monotonic() - self._denied_at < self.deny_backoff_s:
+                return
+            self.waits += 1
+        got = self._lease_any([max(short, self.chunk), short, n - len(self._free)])
+        with self._cond:
+            self._free.extend(got)
+
+    def set_low(self, low: int) -> None:
+        """Raise (or restore) the refill mark: never below the configured low; high keeps its gap."""
+        with self._cond:
+            self.low = max(low, self.base_low)
+            self.high = self.low + (self.base_high - self.base_low)
+            self._cond.notify()
 
     def park(self) -> int:
         """Return the local free list to memmgr now; refilling stops until the next acquire.
@@ -79,7 +110,8 @@ class MemmgrSources:
         bpt = self.client.registered[llm][0].blocks_per_token_block
         c = self.leases
         src = KVBlockSource(self.client.address, self.client.session_id, llm, c.chunk_token_blocks * bpt,
-                            c.low_token_blocks * bpt, c.high_token_blocks * bpt, self.client.rpc_timeout_s)
+                            c.low_token_blocks * bpt, c.high_token_blocks * bpt, self.client.rpc_timeout_s,
+                            token_block=bpt)
         with self._lock:
             old = self.by_llm.pop(llm, None)
             self.by_llm[llm] = src

@@ -35,7 +35,7 @@ async def test_burst_with_cancels_returns_every_block(tiny_llama, tiny_qwen2):
     async def watch():
         nonlocal peak
         while True:
-            s = svc.manager.stats()
+            s = svc.stats()
             peak = max(peak, s.capacity_blocks - s.free_blocks)
             await asyncio.sleep(0.02)
 
@@ -55,9 +55,9 @@ async def test_burst_with_cancels_returns_every_block(tiny_llama, tiny_qwen2):
                 assert 0 < res < 150, f"r{i} was not cancelled mid-generation"
         assert peak > 0
         stats = await wait_until(lambda: (lambda s: s if s.free_blocks == s.capacity_blocks else None)(
-            svc.manager.stats()), 15, "free_blocks == capacity_blocks after the burst")
+            svc.stats()), 15, "free_blocks == capacity_blocks after the burst")
         assert stats.sessions == 1 and all(u.used_blocks == 0 for u in stats.llms)
-        svc.manager.check()
+        svc.check()
         eng = worker.engine.engine
         eng.check_integrity()
         assert all(s["running"] == s["waiting"] == s["used_blocks"] == 0 for s in eng.stats()["llms"].values())

@@ -32,27 +32,27 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
     b_addr, b_worker, b_running = await start_worker(mesh_dict(svc, models, ["b"], engine=engine), "wB")
     try:
         await wait_serving(f"127.0.0.1:{port_a}", timeout=120)
-        assert svc.manager.stats().sessions == 2
+        assert svc.stats().sessions == 2
         b_prompt, a_prompt = [7, 8, 9, 10, 11], [5, 6, 7]
         b_first = asyncio.ensure_future(generate(b_addr, request("b1", "b", b_prompt, 160)))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port_a}") as ch:
             a_call = worker_pb2_grpc.WorkerStub(ch).Generate(request("a1", "a", a_prompt, 400))
             for _ in range(3):
                 assert (await a_call.read()).token_ids  # A is mid-generation
-            assert llm_usage(svc.manager.stats(), "a").used_blocks > 0
+            assert llm_usage(svc.stats(), "a").used_blocks > 0
             proc.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             proc.wait(10)
             a_call.cancel()
         assert not b_first.done(), "B finished before A was killed: make its generation longer"
 
-        await wait_until(lambda: llm_usage(svc.manager.stats(), "a").used_blocks == 0, TIMEOUT_S + 5,
+        await wait_until(lambda: llm_usage(svc.stats(), "a").used_blocks == 0, TIMEOUT_S + 5,
                          "memmgr to reclaim the killed worker's blocks")
         reclaimed_after = time.monotonic() - killed_at
-        stats = svc.manager.stats()
+        stats = svc.stats()
         assert stats.expired_sessions == 1 and stats.sessions == 1
         assert reclaimed_after >= TIMEOUT_S * 0.9  # by the timeout, not by anything A said
-        svc.manager.check()
+        svc.check()
 
         toks, reason = await b_first  # the stream in flight across the kill and the reclaim
         assert (reason, toks) == ("length", hf_greedy(tiny_qwen2, b_prompt, 160))
@@ -60,7 +60,7 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
         assert (reason, toks) == ("length", hf_greedy(tiny_qwen2, [3, 4, 5, 6], 20))
         b_worker.engine.engine.check_integrity()
 
-        await wait_until(lambda: svc.manager.stats().free_blocks == svc.manager.stats().capacity_blocks, 10,
+        await wait_until(lambda: svc.stats().free_blocks == svc.stats().capacity_blocks, 10,
                          "every block free again once B is idle")
     finally:
         if proc.poll() is None:

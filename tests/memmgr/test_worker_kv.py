@@ -48,10 +48,10 @@ async def test_greedy_over_memmgr_pool_equals_transformers(tiny_llama, tiny_qwen
             assert toks == hf_greedy(tiny_llama if i % 2 == 0 else tiny_qwen2, p, 12), f"request {i}"
         stats = await kv.client.stats()
         assert {u.name: u.quota_blocks for u in stats.llms} == aeng.engine.quotas  # quotas are memmgr's
-        await wait_until(lambda: svc.manager.stats().free_blocks == svc.manager.stats().capacity_blocks,
+        await wait_until(lambda: svc.stats().free_blocks == svc.stats().capacity_blocks,
                          5, "idle LLMs to park their cached blocks")
         aeng.engine.check_integrity()
-        svc.manager.check()
+        svc.check()
         await aeng.close()
     finally:
         await kv.close()
@@ -74,7 +74,7 @@ async def test_quota_set_in_memmgr_reaches_engine_and_unload_returns_blocks(tiny
         await aeng.close()
     finally:
         await kv.close()
-        assert svc.manager.stats().sessions == 0
+        assert svc.stats().sessions == 0
         await svc.stop()
 
 
@@ -99,18 +99,13 @@ async def test_parked_source_returns_cache_and_stops_refilling(tiny_llama):
 
 async def test_llm_without_a_matching_pool_gets_a_clear_error(tiny_llama, tmp_path):
     small = write_tiny_checkpoint(tmp_path / "hd8", "llama", hidden_size=32, num_heads=4, num_kv_heads=2)
-    svc = await memmgr(pools=[{"head_dim": 8, "dtype": "float16", "num_blocks": 64}])
-    kv = MemmgrKV(svc.address, "w0", lease_cfg())
-    try:  # no pool at all for head_dim 16 / float32
-        with pytest.raises(InvalidRequestError, match=r"'a'.*no KV pool.*head_dim=16/float32"):
-            await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
-    finally:
-        await kv.close()
-        await svc.stop()
     svc = await memmgr(pools=[{"head_dim": 16, "dtype": "float32", "num_blocks": 64},
                               {"head_dim": 8, "dtype": "float32", "num_blocks": 64}])
-    kv = MemmgrKV(svc.address, "w0", lease_cfg())
-    try:  # a pool exists, but not the one this worker already runs over
+    kv, kv16 = MemmgrKV(svc.address, "w0", lease_cfg()), MemmgrKV(svc.address, "w1", lease_cfg())
+    try:  # no pool at all for head_dim 16 / float16
+        with pytest.raises(InvalidRequestError, match=r"'a'.*no KV pool.*head_dim=16/float16"):
+            await kv16.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig(dtype="float16"))
+        # a pool exists, but not the one this worker already runs over
         aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
         with pytest.raises(InvalidRequestError, match=r"'s'.*head_dim=8/float32.*head_dim=16/float32"):
             await kv.add_llm(aeng, LLMConfig("s", str(small)))
@@ -118,6 +113,7 @@ async def test_llm_without_a_matching_pool_gets_a_clear_error(tiny_llama, tmp_pa
         await aeng.close()
     finally:
         await kv.close()
+        await kv16.close()
         await svc.stop()
 
 

@@ -1,11 +1,16 @@
 """Helpers for the worker-over-memmgr tests: a real memmgr, real workers (in-process or an OS process
-started by `python -m muxserve.cli worker`), their gRPC Generate, and transformers' greedy reference."""
+started by `python -m muxserve.cli worker`), their gRPC Generate, and transformers' greedy reference.
+
+memmgr runs as its own OS process (`python -m muxserve.cli memmgr`), as deployed: a worker's
+scheduler thread leases with blocking RPCs while holding the engine lock, and the worker's event
+loop takes that lock too, so a memmgr served by the worker's own event loop could stall both."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,10 +18,13 @@ import grpc
 import torch
 import yaml
 
-from memmgr_testlib import start_memmgr
+from memmgr_testlib import config as memmgr_section
 from muxserve import config as mesh_config
-from muxserve.v1 import router_pb2, worker_pb2, worker_pb2_grpc
-from services.memmgr.server import MemmgrService
+from muxserve.netutil import free_port
+from muxserve.serving import wait_serving
+from muxserve.v1 import memmgr_pb2, memmgr_pb2_grpc, router_pb2, worker_pb2, worker_pb2_grpc
+from services.memmgr import convert
+from services.memmgr.types import Stats
 from services.worker import server as worker_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +33,48 @@ LEASES = {"idle_release_s": 0.3, "sync_interval_s": 0.1}
 _HF: dict = {}
 
 
-async def memmgr(**overrides) -> MemmgrService:
-    """A memmgr with one head_dim-16 float32 pool (block_size 4) unless overridden."""
-    return await start_memmgr(**{"pools": POOL, **overrides})
+class MemmgrProcess:
+    """A memmgr OS process on a free port; `stats()` / `check()` ask it over gRPC (sync)."""
+
+    def __init__(self, section: dict):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="memmgr-test-"))
+        conf = self.dir / "memmgr.yaml"
+        conf.write_text(yaml.safe_dump({"models": [{"name": "unused", "path": str(self.dir)}],
+                                        "memmgr": {**section, "host": "127.0.0.1", "port": self.port}}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "muxserve.cli", "memmgr", "--config", str(conf)],
+                                     cwd=REPO, stdout=open(self.dir / "memmgr.log", "wb"), stderr=subprocess.STDOUT)
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = memmgr_pb2_grpc.MemmgrStub(self._channel)
+
+    def stats(self) -> Stats:
+        return convert.stats_from_proto(self._stub.Stats(memmgr_pb2.StatsRequest(), timeout=10))
+
+    def check(self) -> None:
+        resp = self._stub.CheckIntegrity(memmgr_pb2.CheckIntegrityRequest(), timeout=10)
+        assert resp.ok, resp.problem
+
+    async def stop(self) -> None:
+        self._channel.close()
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait, 10)
 
 
-def mesh_dict(svc: MemmgrService, models: dict[str, Path], hosted: list[str], **worker) -> dict:
+async def memmgr(**overrides) -> MemmgrProcess:
+    """A memmgr with one head_dim-16 float32 pool (block_size 4) unless overridden; SERVING at return."""
+    cfg = memmgr_section(**{"pools": POOL, **overrides})  # validated here, then written for the process
+    svc = MemmgrProcess({"pools": POOL, "block_size": cfg.block_size, "heartbeat_timeout_s": cfg.heartbeat_timeout_s,
+                         "quota": {"adapt_interval_s": 0}, "integrity_interval_s": 0, **overrides})
+    try:
+        await wait_serving(svc.address, 60)
+    except Exception:
+        await svc.stop()
+        raise
+    return svc
+
+
+def mesh_dict(svc: MemmgrProcess, models: dict[str, Path], hosted: list[str], **worker) -> dict:
     """A mesh config whose worker hosts `hosted` (static) and leases from `svc`."""
     return {"models": [{"name": n, "path": str(p)} for n, p in models.items()],
             "memmgr": {"host": "127.0.0.1", "port": svc.port},
