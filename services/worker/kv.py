@@ -21,6 +21,10 @@ MemmgrKV contract:
   follows demand (2 x running sequences / block_size token blocks: what a few decode rounds take);
   an LLM with no sequence that has held no block for idle_release_s parks its source (cached blocks
   go back);
+- if memmgr expires the session (the worker was silent past its heartbeat timeout), the blocks may
+  already be someone else's: every request fails ("error"), a new session is opened, the LLMs are
+  re-registered and get new sources; if that fails (memmgr restarted with another pool), every
+  request fails fast until the worker is restarted;
 - close() ends the session: memmgr frees whatever the session still holds.
 """
 
@@ -90,6 +94,7 @@ class MemmgrKV:
         self.engine: AsyncUnitEngine | None = None
         self._task: asyncio.Task | None = None
         self._idle_since: dict[str, float] = {}
+        self.broken = ""  # set when an expired session could not be replaced
 
     # ---- loading ----------------------------------------------------------------------------
     async def create_engine(self, llms: list[LLMConfig], config: EngineConfig) -> AsyncUnitEngine:
@@ -165,8 +170,12 @@ class MemmgrKV:
 
     async def sync(self) -> None:
         """One round: report waiting counts, apply memmgr's quotas, park idle LLMs' sources."""
+        if self.broken:
+            await asyncio.to_thread(self.engine.engine.fail_all, self.broken)  # fail fast, never hang
+            return
         if self.client.expired is not None:
-            return  # the heartbeat loop logged it; every source raises SessionExpiredError
+            await self._recover()
+            return
         eng = self.engine.engine
         llms = (await asyncio.to_thread(eng.stats))["llms"]  # off the loop: a step may hold the engine lock
         self.client.waiting = {n: s["waiting"] for n, s in llms.items()}
@@ -184,6 +193,33 @@ class MemmgrKV:
             if src is not None:
                 src.set_low(-(-2 * s["running"] // eng.config.block_size) * src.token_block)
         await self._park_idle(llms)
+
+    async def _recover(self) -> None:
+        """The session expired (this worker was silent past memmgr's heartbeat timeout), so its blocks
+        may be someone else's by now: fail every request, open a new session, re-register the LLMs
+        and give each a new source once its failed sequences have let go of their blocks."""
+        eng, old = self.engine.engine, self.client
+        log.error("memmgr session %s expired: failing in-flight requests, opening a new session", old.session_id)
+        await asyncio.to_thread(eng.fail_all, "this worker's KV lease expired (memmgr session timed out); retry")
+        try:
+            self.client = MemmgrClient(self.address, old.worker_id, old.rpc_timeout_s)
+            self.sources.client = self.client
+            await self._open()
+            for name in list(eng.llms):
+                quota = await self._register(eng.llms[name].cfg, eng.config)
+                await _until(lambda: eng.blocks[name].used == 0, 60)
+                await asyncio.to_thread(self._swap, eng, name, quota)
+        except Exception as e:  # e.g. memmgr restarted with another pool: this engine cannot follow
+            log.critical("memmgr: could not recover the session (%s); restart this worker", e)
+            self.broken = f"this worker lost its KV pool ({e}); it must be restarted"
+        finally:
+            old.sources.clear()  # dead, closed by sources.open
+            await old.close()
+        log.info("memmgr session %s replaces the expired one", self.client.session_id)
+
+    def _swap(self, eng, name: str, quota: int) -> None:
+        eng.blocks.replace_source(name, self.sources.open(name))  # it holds no block: no lock needed
+        eng.set_quotas({name: quota})
 
     async def _park_idle(self, llms: dict[str, dict]) -> None:
         now = asyncio.get_running_loop().time()
@@ -203,3 +239,11 @@ class MemmgrKV:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.client.close()
+
+
+async def _until(pred, timeout: float) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > end:
+            raise TimeoutError("sequences still hold blocks of the expired session")
+        await asyncio.sleep(0.01)

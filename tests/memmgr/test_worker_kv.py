@@ -134,3 +134,36 @@ def test_kv_mode_resolution(monkeypatch):
         WorkerConfig.from_section({"leases": {"low_token_blocks": 30}})
     with pytest.raises(ValueError, match="unknown keys"):
         WorkerConfig.from_section({"leases": {"chunk": 3}})
+
+
+async def test_expired_session_fails_requests_then_recovers_with_a_new_one(tiny_llama):
+    svc = await memmgr(heartbeat_timeout_s=1.0)
+    kv = MemmgrKV(svc.address, "w0", lease_cfg())
+    try:
+        aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
+        ps = prompts(2, seed=5)
+        assert await collect(aeng, "before", "a", ps[0]) == hf_greedy(tiny_llama, ps[0], 12)
+        async for ch in aeng.generate("failed", "a", prompt_token_ids=[5, 6], sampling=SamplingParams(max_tokens=900,
+                                                                                                     ignore_eos=True)):
+            if not ch.finish_reason:
+                await asyncio.to_thread(aeng.engine.fail_all, "lease lost")  # what recovery does first
+            last = ch
+        assert (last.finish_reason, last.error) == ("error", "lease lost")
+
+        old = kv.client.session_id
+
+        async def silent():
+            pass
+        kv.client.heartbeat = silent  # this worker goes quiet (a stall): memmgr expires its session
+        await wait_until(lambda: svc.stats().expired_sessions == 1, 10, "memmgr to expire the silent session")
+        del kv.client.heartbeat  # the next heartbeat learns it expired
+        await wait_until(lambda: kv.client.session_id != old and kv.client.expired is None, 10, "a new session")
+        assert svc.stats().sessions == 1 and not kv.broken
+        assert await collect(aeng, "after", "a", ps[1]) == hf_greedy(tiny_llama, ps[1], 12)
+        assert llm_usage(svc.stats(), "a").used_blocks > 0  # leased in the new session
+        aeng.engine.check_integrity()
+        svc.check()
+        await aeng.close()
+    finally:
+        await kv.close()
+        await svc.stop()

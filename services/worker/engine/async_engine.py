@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 
 from services.worker.engine.config import EngineConfig, LLMConfig
@@ -48,6 +49,7 @@ class AsyncUnitEngine:
                 chunks = self.engine.step()
             except Exception:  # a bug, not a request error: keep the loop (and the service) alive
                 log.exception("engine step failed")
+                time.sleep(0.05)  # a failure that persists must not spin the loop
                 continue
             for rid, ch in chunks.items():
                 self._deliver(rid, ch)

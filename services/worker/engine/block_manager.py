@@ -114,6 +114,13 @@ class BlockManager:
         if not self.shared:
             self.source.close(name)
 
+    def replace_source(self, name: str, source: BlockSource) -> None:
+        """Give an LLM holding no block a new per-LLM source (e.g. after a new memmgr session)."""
+        view = self.llms[name]
+        if self.shared or view.used:
+            raise RuntimeError(f"cannot replace the source of {name!r} (shared source, or {view.used} blocks held)")
+        view.source = source
+
     def __getitem__(self, name: str) -> LLMBlocks:
         return self.llms[name]
 

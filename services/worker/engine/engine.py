@@ -206,6 +206,14 @@ class UnitEngine:
             if seq is not None:
                 self.scheduler.abort(seq)
 
+    def fail_all(self, error: str) -> None:
+        """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost); blocks
+        of sequences in flight return when their dispatch does."""
+        with self._lock:
+            for seq in list(self._seqs.values()):
+                if not seq.is_finished:
+                    self.scheduler.finish(seq, "error", error)
+
     def has_unfinished(self) -> bool:
         with self._lock:
             return self.scheduler.has_unfinished() or bool(self.scheduler.finished or self._carry)
