@@ -30,6 +30,7 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
     port_a = free_port()
     proc = spawn_worker(mesh_dict(svc, models, ["a"], engine=engine), port_a, "wA", tmp_path)
     b_addr, b_worker, b_running = await start_worker(mesh_dict(svc, models, ["b"], engine=engine), "wB")
+    b_first = None
     try:
         await wait_serving(f"127.0.0.1:{port_a}", timeout=120)
         assert svc.stats().sessions == 2
@@ -44,6 +45,7 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
             killed_at = time.monotonic()
             proc.wait(10)
             a_call.cancel()
+        assert llm_usage(svc.stats(), "a").used_blocks > 0  # a dead worker says nothing: only the timeout frees
         assert not b_first.done(), "B finished before A was killed: make its generation longer"
 
         await wait_until(lambda: llm_usage(svc.stats(), "a").used_blocks == 0, TIMEOUT_S + 5,
@@ -51,7 +53,7 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
         reclaimed_after = time.monotonic() - killed_at
         stats = svc.stats()
         assert stats.expired_sessions == 1 and stats.sessions == 1
-        assert reclaimed_after >= TIMEOUT_S * 0.9  # by the timeout, not by anything A said
+        assert reclaimed_after >= TIMEOUT_S * 2 / 3 - 0.1  # A's last heartbeat was <= TIMEOUT_S / 3 before the kill
         svc.check()
 
         toks, reason = await b_first  # the stream in flight across the kill and the reclaim
@@ -63,6 +65,8 @@ async def test_sigkilled_worker_blocks_return_and_the_other_keeps_generating(tin
         await wait_until(lambda: svc.stats().free_blocks == svc.stats().capacity_blocks, 10,
                          "every block free again once B is idle")
     finally:
+        if b_first is not None and not b_first.done():
+            b_first.cancel()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
