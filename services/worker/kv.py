@@ -105,8 +105,13 @@ class MemmgrKV:
         self.engine = await AsyncUnitEngine.create(
             [], config, block_source=self.sources, pool=self.pool,
             pool_attach=functools.partial(segment.attach, self.handle))
-        for c in llms:
-            await self.engine.add_llm(c, quotas[c.name])
+        try:
+            for c in llms:
+                await self.engine.add_llm(c, quotas[c.name])
+        except BaseException:
+            await self.engine.close()  # the jobs of the LLMs loaded so far
+            self.engine = None
+            raise
         self._task = asyncio.ensure_future(self._sync_loop())
         return self.engine
 

@@ -12,6 +12,9 @@ and high by a background thread) plus:
 - `set_low(low)`: the worker raises the low mark with demand (about one token block per running
   sequence per block_size decode steps; see kv.MemmgrKV.sync); high follows at low + (high - low).
 
+KVBlockSource extends LeasedBlockSource through its internals (its lock, free list and refill
+hooks): it changes with services/memmgr/block_source.py, where park/top-up could move one day.
+
 `MemmgrSources` implements the engine's BlockSources (services/worker/engine/block_manager.py):
 `open(llm)` builds the LLM's source in the worker's session (the LLM must be registered first:
 MemmgrClient.register_llm), `close(llm)` returns its cached blocks and stops its thread. Sizes are
