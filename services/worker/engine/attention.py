@@ -1,10 +1,16 @@
 """Paged attention over the head-wise KV pool for a FLAT batch of tokens from many sequences.
 
 A step mixes prefill chunks of any length and single decode tokens. Its metadata lives in one
-`AttnContext`, built once per step by `build_context` and shared by every layer:
-  - new K/V are written into pool slots (`write_index`, rows of the flat pool view),
-  - each sequence's whole context (cached + new) is gathered from its blocks (`read_blocks`),
-  - queries are padded to [B, Qmax] only when chunk lengths differ (`q_gather` / `out_rows`).
+`AttnContext`, built once per step by `build_context` (vectorized, no per-layer work) and shared by
+every layer:
+  - new K/V are written into their pool slots (`write_blocks`, `write_slots`),
+  - sequences are grouped by context length (`AttnGroup`: sorted by context, a group's longest is
+    at most GROUP_RATIO x its shortest), so padding each group to its longest wastes little,
+  - decode groups (one query per sequence) never copy the context: scores and the weighted sum of
+    V are each one embedding_bag straight over the pool (K is stored transposed per block, see
+    pool.py), because on CPU copying the context is what a decode step spends its time on,
+  - prefill groups gather their context blocks into a reused `Workspace` (index_select into
+    preallocated buffers: fresh multi-MB tensors per layer cost page faults) and run SDPA.
 Block ids and slots follow pool.py's layout (the one place that defines it).
 """
 
@@ -15,41 +21,125 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .pool import key_view, value_view
 from .types import InvalidRequestError
+
+GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
+
+
+@dataclass
+class AttnGroup:
+    """Sequences attended together, padded to the group's longest query chunk (Qm) and context (C)."""
+
+    read_blocks: torch.Tensor  # [L, Bg * H * NB] long: context blocks, [seq][kv_head][token block] (padding -> 0)
+    q_rows: torch.Tensor | None  # [Bg * Qm] long: flat token of each padded query row; None = all T in order
+    keep: torch.Tensor | None  # [Tg] long: padded query rows that are real tokens; None = all
+    out_rows: torch.Tensor | None  # [Tg] long: flat token of each kept row; None when q_rows is None
+    mask: torch.Tensor | None  # prefill [Bg, 1, Qm, C] bool (True = attend); None when every key is visible
+    bias: torch.Tensor | None  # decode [Bg, 1, NB * bs] float (0 = attend, -inf = not); None = all visible
+    num_seqs: int  # Bg
+    max_q: int  # Qm
+    num_blocks: int  # NB: token blocks gathered per sequence
+    ctx_len: int  # C: keys per sequence (<= NB * block_size)
 
 
 @dataclass
 class AttnContext:
     positions: torch.Tensor  # [T] long: position of each flat token in its sequence
-    write_index: torch.Tensor  # [L, T * H] long: row of the flat pool view [N * 2 * bs, hd] for K (V = +bs)
-    read_blocks: torch.Tensor  # [L, B, H, NB] long: each sequence's context blocks (padding -> block 0)
+    write_blocks: torch.Tensor  # [L, T * H] long: pool block of each new (token, kv head) per layer
+    write_slots: torch.Tensor  # [T * H] long: its slot in that block
     last_rows: torch.Tensor  # [B] long: flat index of each sequence's last token
-    mask: torch.Tensor | None  # [B, 1, Qmax, C] bool (True = attend); None when every key is visible
-    q_gather: torch.Tensor | None  # [B * Qmax] long: flat token of each padded query row; None if uniform
-    out_rows: torch.Tensor | None  # [T] long: padded query row of each flat token; None if uniform
-    num_seqs: int
-    max_q: int
-    ctx_len: int  # keys per sequence after gathering (C)
+    groups: list[AttnGroup]
     block_size: int
 
 
-def _seq_blocks(table: list[int], n_tb: int, L: int, H: int, num_blocks: int, seq: int) -> torch.Tensor:
-    need = n_tb * L * H
-    if len(table) < need:
-        raise InvalidRequestError(f"seq {seq}: block table has {len(table)} ids, needs {need} for its context")
-    t = torch.tensor(table[:need], dtype=torch.long).view(n_tb, L, H)  # [n_tb, L, H]
-    if need and (int(t.min()) < 0 or int(t.max()) >= num_blocks):
-        raise InvalidRequestError(f"seq {seq}: block id out of range [0, {num_blocks})")
-    return t
+class Workspace:
+    """Grow-only flat gather buffers for K and V, reused across layers and steps (one per thread)."""
+
+    def __init__(self):
+        self.k = self.v = torch.empty(0)
+
+    def kv(self, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> two flat buffers [numel] with pool `like`'s dtype and device."""
+        if self.k.numel() < numel or self.k.dtype != like.dtype or self.k.device != like.device:
+            self.k, self.v = like.new_empty(numel + numel // 4), like.new_empty(numel + numel // 4)
+        return self.k[:numel], self.v[:numel]
+
+
+def _tables(seqs, ntb: list[int], per_tb: int, num_blocks: int, seq_ids) -> torch.Tensor:
+    """All block tables cut to their context, concatenated, then per_tb zeros (the padding target)."""
+    flat: list[int] = []
+    for i, ((_, _, table), n) in enumerate(zip(seqs, ntb)):
+        if len(table) < n * per_tb:
+            raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n * per_tb} "
+                                      f"for its context")
+        flat.extend(table[:n * per_tb])
+    tab = torch.tensor(flat + [0] * per_tb, dtype=torch.long)  # [sum(ntb) * L * H + L * H]
+    bad = (tab < 0) | (tab >= num_blocks)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0]) // per_tb
+        seq = int(torch.searchsorted(torch.tensor(ntb).cumsum(0), first, right=True))
+        raise InvalidRequestError(f"seq {seq_ids[seq]}: block id out of range [0, {num_blocks})")
+    return tab
+
+
+def _partition(ends: list[int], bs: int) -> list[list[int]]:
+    """Sequence indices grouped by context length; flat order inside each group."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(ends)), key=ends.__getitem__):
+        if groups and ends[i] <= GROUP_RATIO * ends[groups[-1][0]] + bs:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [sorted(g) for g in groups]
 
 
 def _causal_mask(qpos: torch.Tensor, C: int, window: int | None) -> torch.Tensor:
-    """qpos [B, Qmax] -> [B, 1, Qmax, C] bool: key j visible to a query at p iff j <= p (and p - j < window)."""
+    """qpos [B, Qm] -> [B, 1, Qm, C] bool: key j visible to a query at p iff j <= p (and p - j < window)."""
     kpos = torch.arange(C)
     mask = kpos[None, None, :] <= qpos[:, :, None]
     if window is not None:
         mask &= (qpos[:, :, None] - kpos[None, None, :]) < window
     return mask[:, None]
+
+
+@dataclass
+class _Batch:
+    """Per-sequence facts of one step as tensors [B] (build_context's scratch)."""
+
+    starts: torch.Tensor
+    lens: torch.Tensor
+    ends: torch.Tensor
+    ntb: torch.Tensor
+    base: torch.Tensor  # offset of each sequence's table in the concatenated tables
+    first_tok: torch.Tensor  # flat index of each sequence's first token
+
+
+def _group(m: list[int], b: _Batch, tab: torch.Tensor, L: int, H: int, bs: int, window) -> AttnGroup:
+    idx = torch.tensor(m)
+    Bg, lens, ends = len(m), b.lens[idx], b.ends[idx]
+    Qm, C = int(lens.max()), int(ends.max())
+    NB = -(-C // bs)
+    lh = torch.arange(L * H)
+    j = torch.arange(NB)  # token block
+    at = torch.where(j < b.ntb[idx, None], b.base[idx, None] + j * (L * H), tab.numel() - L * H)  # [Bg, NB]
+    read = tab[at[:, :, None] + lh].view(Bg, NB, L, H).permute(2, 0, 3, 1).reshape(L, -1)  # [L, Bg * H * NB]
+    offs = torch.arange(Qm)
+    valid = offs < lens[:, None]  # [Bg, Qm]
+    qpos = torch.where(valid, b.starts[idx, None] + offs, ends[:, None] - 1)  # [Bg, Qm]
+    uniform = bool(valid.all())
+    mask = bias = None
+    if Qm > 1:
+        mask = _causal_mask(qpos, C, window)
+    elif not (bool((ends == NB * bs).all()) and window is None):
+        seen = _causal_mask(qpos, NB * bs, window).view(Bg, 1, NB * bs)
+        bias = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))  # [Bg, 1, NB * bs]
+    q_rows = keep = out_rows = None
+    if not (uniform and m == list(range(b.lens.numel()))):
+        q_rows = torch.where(valid, b.first_tok[idx, None] + offs, b.first_tok[idx, None]).reshape(-1)  # [Bg * Qm]
+        keep = None if uniform else valid.reshape(-1).nonzero().squeeze(1)  # [Tg]
+        out_rows = q_rows if keep is None else q_rows[keep]  # [Tg]
+    return AttnGroup(read, q_rows, keep, out_rows, mask, bias, Bg, Qm, NB, C)
 
 
 def build_context(
@@ -64,74 +154,90 @@ def build_context(
 ) -> AttnContext:
     """seqs: (start_pos, n_tokens, block_table) per sequence, in flat-batch order (seq_ids name them in errors)."""
     L, H, bs = num_layers, num_kv_heads, block_size
-    lens = [n for _, n, _ in seqs]
-    if not seqs or min(lens) < 1:
+    if not seqs or min(n for _, n, _ in seqs) < 1:
         raise InvalidRequestError("a step needs at least one sequence, each with at least one token")
     ends = [s + n for s, n, _ in seqs]
-    NB = -(-max(ends) // bs)
-    positions, writes, reads = [], [], []
-    for i, (start, n, table) in enumerate(seqs):
-        n_tb = -(-(start + n) // bs)
-        blocks = _seq_blocks(table, n_tb, L, H, num_blocks, seq_ids[i] if seq_ids else i)  # [n_tb, L, H]
-        pos = torch.arange(start, start + n)
-        positions.append(pos)
-        rows = (blocks[pos // bs] * 2 * bs) + (pos % bs)[:, None, None]  # [n, L, H] K rows
-        writes.append(rows)
-        reads.append(F.pad(blocks.permute(1, 2, 0), (0, NB - n_tb)))  # [L, H, NB]
-    positions_t = torch.cat(positions)  # [T]
-    write_index = torch.cat(writes).permute(1, 0, 2).reshape(L, -1)  # [L, T * H]
-    read_blocks = torch.stack(reads, dim=1)  # [L, B, H, NB]
-    last_rows = torch.tensor(lens).cumsum(0) - 1  # [B]
-    B, Qm = len(seqs), max(lens)
-    C = NB * bs
-    q_gather = out_rows = None
-    if min(lens) != Qm:
-        starts = torch.tensor([0] + lens[:-1]).cumsum(0)  # [B]
-        offs = torch.arange(Qm)  # [Qm]
-        valid = offs[None, :] < torch.tensor(lens)[:, None]  # [B, Qm]
-        q_gather = torch.where(valid, starts[:, None] + offs[None, :], 0).reshape(-1)  # [B * Qm]
-        out_rows = (torch.arange(B * Qm).view(B, Qm))[valid]  # [T]
-    qpos = positions_t[q_gather].view(B, Qm) if q_gather is not None else positions_t.view(B, Qm)
-    mask = None
-    if B == 1 and Qm == 1 and sliding_window is None:
-        C = ends[0]  # one decode token sees its whole context: slice keys, no mask
-    else:
-        mask = _causal_mask(qpos, C, sliding_window)
+    ntb = [-(-e // bs) for e in ends]
+    tab = _tables(seqs, ntb, L * H, num_blocks, seq_ids or list(range(len(seqs))))
+    lens = torch.tensor([n for _, n, _ in seqs])  # [B]
+    ntb_t = torch.tensor(ntb)
+    b = _Batch(torch.tensor([s for s, _, _ in seqs]), lens, torch.tensor(ends), ntb_t,
+               (ntb_t.cumsum(0) - ntb_t) * (L * H), lens.cumsum(0) - lens)
+    tok_seq = torch.repeat_interleave(torch.arange(len(seqs)), lens)  # [T]
+    positions = b.starts[tok_seq] + torch.arange(tok_seq.numel()) - b.first_tok[tok_seq]  # [T]
+    at = b.base[tok_seq] + (positions // bs) * (L * H)  # [T]: each token's block row in tab
+    blocks = tab[at[:, None] + torch.arange(L * H)]  # [T, L * H]
+    write_blocks = blocks.view(-1, L, H).permute(1, 0, 2).reshape(L, -1)  # [L, T * H]
+    write_slots = (positions % bs).repeat_interleave(H)  # [T * H]
+    groups = [_group(m, b, tab, L, H, bs, sliding_window) for m in _partition(ends, bs)]
     to = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-    return AttnContext(
-        to(positions_t), to(write_index), to(read_blocks), to(last_rows), to(mask),
-        to(q_gather), to(out_rows), B, Qm, C, bs,
-    )
+    for g in groups:
+        g.read_blocks, g.q_rows, g.keep, g.out_rows, g.mask, g.bias = map(
+            to, (g.read_blocks, g.q_rows, g.keep, g.out_rows, g.mask, g.bias))
+    return AttnContext(to(positions), to(write_blocks), to(write_slots), to(lens.cumsum(0) - 1), groups, bs)
 
 
 def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> None:
-    """k, v [T, H, hd] -> their pool slots (in place)."""
-    flat = pool.view(-1, pool.shape[-1])  # [N * 2 * bs, hd]
-    rows = ctx.write_index[layer]  # [T * H]
-    flat.index_copy_(0, rows, k.reshape(-1, k.shape[-1]))
-    flat.index_copy_(0, rows + ctx.block_size, v.reshape(-1, v.shape[-1]))
+    """k, v [T, H, hd] -> their pool slots (in place; K transposed, see pool.py)."""
+    blocks, slots, hd = ctx.write_blocks[layer], ctx.write_slots, k.shape[-1]  # [T * H] each
+    key_view(pool)[blocks, :, slots] = k.reshape(-1, hd)  # K^T[block, :, slot]
+    value_view(pool)[blocks, slots] = v.reshape(-1, hd)
 
 
-def gather_kv(pool: torch.Tensor, layer: int, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> K, V of every sequence's context, [B, H, C, hd] each."""
-    blocks = ctx.read_blocks[layer]  # [B, H, NB]
-    B, H, NB = blocks.shape
-    hd = pool.shape[-1]
-    k = pool[:, 0][blocks].view(B, H, NB * ctx.block_size, hd)
-    v = pool[:, 1][blocks].view(B, H, NB * ctx.block_size, hd)
-    return k[:, :, : ctx.ctx_len], v[:, :, : ctx.ctx_len]
+def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup) -> torch.Tensor:
+    """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd], reading K and V in place."""
+    (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
+    idt = torch.int32 if pool.numel() < 2**31 else torch.int64  # int32 takes embedding_bag's fast path
+    ids = g.read_blocks[layer].to(idt).view(Bg, -1, 1, NB, 1)  # [Bg, H, 1, NB, 1]
+    H = ids.shape[1]
+    G = Hq // H
+    ids = ids.expand(Bg, H, G, NB, 1)  # [Bg, H, G, NB, 1]
+    # scores: one bag per (seq, q head, block) = its K^T rows (hd x bs) weighted by the query
+    k_rows = ids * (2 * hd) + torch.arange(hd, dtype=idt, device=q.device)  # [Bg, H, G, NB, hd]
+    w = (q * hd**-0.5).view(Bg, H, G, 1, hd).expand(Bg, H, G, NB, hd)  # [Bg, H, G, NB, hd]
+    s = F.embedding_bag(k_rows.reshape(-1, hd), pool.view(-1, bs), per_sample_weights=w.reshape(-1, hd),
+                        mode="sum").view(Bg, Hq, NB * bs)  # [Bg, Hq, NB * bs]
+    p = torch.softmax(s if g.bias is None else s + g.bias.to(s.dtype), dim=-1)  # [Bg, Hq, NB * bs]
+    # output: one bag per (seq, q head) = its context's V rows weighted by p
+    slots = torch.arange(bs, bs * 2, dtype=idt, device=q.device)
+    v_rows = ids * (2 * bs) + slots  # [Bg, H, G, NB, bs]
+    o = F.embedding_bag(v_rows.reshape(Bg * Hq, -1), pool.view(-1, hd), per_sample_weights=p.view(Bg * Hq, -1),
+                        mode="sum")  # [Bg * Hq, hd]
+    return o.view(Bg, Hq * hd)
+
+
+def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+    """q [Bg * Qm, Hq, hd] -> [Bg * Qm, Hq * hd] over the group's contexts gathered into ws."""
+    ids = g.read_blocks[layer]  # [Bg * H * NB]
+    (_, Hq, hd), bs = q.shape, pool.shape[2]
+    kb, vb = ws.kv(ids.numel() * bs * hd, pool)
+    torch.index_select(key_view(pool), 0, ids, out=kb.view(-1, hd, bs))
+    torch.index_select(value_view(pool), 0, ids, out=vb.view(-1, bs, hd))
+    Bg, Qm, NB = g.num_seqs, g.max_q, g.num_blocks
+    kc = kb.view(Bg, -1, NB, hd, bs).transpose(-1, -2).reshape(Bg, -1, NB * bs, hd)[:, :, : g.ctx_len]  # [Bg, H, C, hd]
+    vc = vb.view(Bg, -1, NB * bs, hd)[:, :, : g.ctx_len]  # [Bg, H, C, hd]
+    qp = q.view(Bg, Qm, Hq, hd).transpose(1, 2)  # [Bg, Hq, Qm, hd]
+    o = F.scaled_dot_product_attention(qp, kc, vc, attn_mask=g.mask, enable_gqa=Hq != kc.shape[1])
+    return o.transpose(1, 2).reshape(Bg * Qm, Hq * hd)
+
+
+def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+    if g.max_q == 1:
+        return _attend_decode(q, pool, layer, g)
+    return _attend_gather(q, pool, layer, g, ws)
 
 
 def paged_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, layer: int, ctx: AttnContext
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, layer: int, ctx: AttnContext,
+    ws: Workspace,
 ) -> torch.Tensor:
     """q [T, Hq, hd], k/v [T, H, hd] (new tokens, RoPE applied) -> attention output [T, Hq * hd]."""
-    T, Hq, hd = q.shape
     write_kv(pool, layer, k, v, ctx)
-    kc, vc = gather_kv(pool, layer, ctx)  # [B, H, C, hd]
-    B, Qm = ctx.num_seqs, ctx.max_q
-    qp = q if ctx.q_gather is None else q[ctx.q_gather]  # [B * Qm, Hq, hd]
-    qp = qp.view(B, Qm, Hq, hd).transpose(1, 2)  # [B, Hq, Qm, hd]
-    o = F.scaled_dot_product_attention(qp, kc, vc, attn_mask=ctx.mask, enable_gqa=Hq != kc.shape[1])
-    o = o.transpose(1, 2).reshape(B * Qm, Hq * hd)  # [B * Qm, Hq * hd]
-    return o if ctx.out_rows is None else o[ctx.out_rows]  # [T, Hq * hd]
+    if len(ctx.groups) == 1 and ctx.groups[0].q_rows is None:
+        return _attend(q, pool, layer, ctx.groups[0], ws)
+    T, Hq, hd = q.shape
+    out = q.new_empty(T, Hq * hd)
+    for g in ctx.groups:
+        o = _attend(q if g.q_rows is None else q[g.q_rows], pool, layer, g, ws)  # [Bg * Qm, Hq * hd]
+        out.index_copy_(0, g.out_rows, o if g.keep is None else o[g.keep])
+    return out

@@ -9,12 +9,13 @@ attention, SwiGLU MLP, tied or untied embeddings.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .attention import AttnContext, paged_attention
+from .attention import AttnContext, Workspace, paged_attention
 from .loader import ModelSpec
 
 
@@ -80,18 +81,26 @@ class Transformer:
         self.inv_freq = inv_frequencies(spec).to(pool.device)
         s = spec
         self.qkv_split = [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim]
+        self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
+
+    @property
+    def workspace(self) -> Workspace:
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            ws = self._local.ws = Workspace()
+        return ws
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, w.shape, w, self.spec.rms_norm_eps)
 
-    def _layer(self, i: int, x: torch.Tensor, cos, sin, ctx: AttnContext) -> torch.Tensor:
+    def _layer(self, i: int, x: torch.Tensor, cos, sin, ctx: AttnContext, ws: Workspace) -> torch.Tensor:
         """x [T, D] -> [T, D]."""
         w, s, T = self.layers[i], self.spec, x.shape[0]
         qkv = F.linear(self._norm(x, w.attn_norm), w.wqkv, w.bqkv)  # [T, (Hq + 2 H) * hd]
         q, k, v = qkv.split(self.qkv_split, dim=-1)
         q = apply_rope(q.view(T, s.num_heads, s.head_dim), cos, sin)  # [T, Hq, hd]
         k = apply_rope(k.view(T, s.num_kv_heads, s.head_dim), cos, sin)  # [T, H, hd]
-        attn = paged_attention(q, k, v.view(T, s.num_kv_heads, s.head_dim), self.pool, i, ctx)
+        attn = paged_attention(q, k, v.view(T, s.num_kv_heads, s.head_dim), self.pool, i, ctx, ws)
         x = x + F.linear(attn, w.wo)  # [T, D]
         gate, up = F.linear(self._norm(x, w.ffn_norm), w.w13).chunk(2, dim=-1)  # [T, I] each
         return x + F.linear(F.silu(gate) * up, w.w2)
@@ -100,7 +109,8 @@ class Transformer:
         """tokens [T] -> logits [B, V] (fp32) at each sequence's last token; writes K/V into the pool."""
         x = F.embedding(tokens, self.embed)  # [T, D]
         cos, sin = rope_cos_sin(self.inv_freq, ctx.positions, x.dtype)
+        ws = self.workspace
         for i in range(len(self.layers)):
-            x = self._layer(i, x, cos, sin, ctx)
+            x = self._layer(i, x, cos, sin, ctx, ws)
         last = self._norm(x[ctx.last_rows], self.norm)  # [B, D]
         return F.linear(last, self.lm_head).float()  # [B, V]

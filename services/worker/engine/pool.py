@@ -1,8 +1,13 @@
 """The head-wise KV pool: THE one place that defines its layout and the block-table index order.
 
-Pool tensor: `[num_blocks, 2, block_size, head_dim]` = (block id, K=0 / V=1, slot in block, dim).
+Pool tensor: `[num_blocks, 2, block_size, head_dim]` = (block id, K=0 / V=1, ...), contiguous.
 One head-wise block holds K and V of ONE layer x ONE KV head x `block_size` tokens, so blocks are
 interchangeable between LLMs whose head_dim and dtype match, whatever their layers and heads.
+  - V half, `value_view(pool)[n]`: `[block_size, head_dim]` (slot, dim).
+  - K half, `key_view(pool)[n]`: stored TRANSPOSED, `[head_dim, block_size]` (dim, slot): the
+    `block_size * head_dim` values of `pool[n, 0]` are K^T. A decode query's scores over a block are
+    then a weighted sum of the block's head_dim rows, which embedding_bag computes in place (no copy
+    of K); attention.py relies on this.
 
 A sequence's block table is a flat `list[int]` ordered [token_block][layer][kv_head]:
 token block i of layer l, KV head h is `table[(i * L + l) * H + h]` (L layers, H KV heads), and the
@@ -21,6 +26,17 @@ import torch
 def pool_shape(num_blocks: int, block_size: int, head_dim: int) -> tuple[int, int, int, int]:
     """Shape of a pool of `num_blocks` head-wise blocks."""
     return (num_blocks, 2, block_size, head_dim)
+
+
+def key_view(pool: torch.Tensor) -> torch.Tensor:
+    """[N, head_dim, block_size]: K^T of each block (a view)."""
+    n, _, bs, hd = pool.shape
+    return pool.view(n, 2, hd, bs)[:, 0]
+
+
+def value_view(pool: torch.Tensor) -> torch.Tensor:
+    """[N, block_size, head_dim]: V of each block (a view)."""
+    return pool[:, 1]
 
 
 def allocate_pool(
