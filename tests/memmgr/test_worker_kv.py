@@ -46,8 +46,8 @@ async def test_greedy_over_memmgr_pool_equals_transformers(tiny_llama, tiny_qwen
         outs = await asyncio.gather(*jobs)
         for i, (p, toks) in enumerate(zip(ps, outs)):
             assert toks == hf_greedy(tiny_llama if i % 2 == 0 else tiny_qwen2, p, 12), f"request {i}"
-        stats = await kv.client.stats()
-        assert {u.name: u.quota_blocks for u in stats.llms} == aeng.engine.quotas  # quotas are memmgr's
+        await wait_until(lambda: {u.name: u.quota_blocks for u in svc.stats().llms} == aeng.engine.quotas,
+                         5, "the engine's quotas to be memmgr's (synced every sync_interval_s)")
         await wait_until(lambda: svc.stats().free_blocks == svc.stats().capacity_blocks,
                          5, "idle LLMs to park their cached blocks")
         aeng.engine.check_integrity()
