@@ -123,7 +123,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="engine prefill token budget")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--systems", default="engine,hf_cb,hf_pad")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for every system (0 = torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from services.worker.engine.runner import keep_freed_memory
+
+    keep_freed_memory()  # the engine's allocator setting, applied before ANY system runs: same for all
     from muxserve.tiny import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,7 +31,7 @@ GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+
 class AttnGroup:
     """Sequences attended together, padded to the group's longest query chunk (Qm) and context (C)."""
 
-    read_blocks: torch.Tensor  # [L, Bg * H * NB] long: context blocks, [seq][kv_head][token block] (padding -> 0)
+    read_blocks: torch.Tensor  # [L, Bg * H * NB] int: context blocks, [seq][kv_head][token block] (padding -> 0)
     q_rows: torch.Tensor | None  # [Bg * Qm] long: flat token of each padded query row; None = all T in order
     keep: torch.Tensor | None  # [Tg] long: padded query rows that are real tokens; None = all
     out_rows: torch.Tensor | None  # [Tg] long: flat token of each kept row; None when q_rows is None
@@ -51,6 +51,8 @@ class AttnContext:
     last_rows: torch.Tensor  # [B] long: flat index of each sequence's last token
     groups: list[AttnGroup]
     block_size: int
+    dims: torch.Tensor  # [hd] read_blocks' dtype: 0..hd-1 (K^T rows of a block)
+    v_slots: torch.Tensor  # [bs] read_blocks' dtype: bs..2bs-1 (V rows of a block, after its K half)
 
 
 class Workspace:
@@ -115,7 +117,7 @@ class _Batch:
     first_tok: torch.Tensor  # flat index of each sequence's first token
 
 
-def _group(m: list[int], b: _Batch, tab: torch.Tensor, L: int, H: int, bs: int, window) -> AttnGroup:
+def _group(m: list[int], b: _Batch, tab: torch.Tensor, L: int, H: int, bs: int, window, idt) -> AttnGroup:
     idx = torch.tensor(m)
     Bg, lens, ends = len(m), b.lens[idx], b.ends[idx]
     Qm, C = int(lens.max()), int(ends.max())
@@ -123,7 +125,7 @@ def _group(m: list[int], b: _Batch, tab: torch.Tensor, L: int, H: int, bs: int, 
     lh = torch.arange(L * H)
     j = torch.arange(NB)  # token block
     at = torch.where(j < b.ntb[idx, None], b.base[idx, None] + j * (L * H), tab.numel() - L * H)  # [Bg, NB]
-    read = tab[at[:, :, None] + lh].view(Bg, NB, L, H).permute(2, 0, 3, 1).reshape(L, -1)  # [L, Bg * H * NB]
+    read = tab[at[:, :, None] + lh].view(Bg, NB, L, H).permute(2, 0, 3, 1).reshape(L, -1).to(idt)  # [L, Bg*H*NB]
     offs = torch.arange(Qm)
     valid = offs < lens[:, None]  # [Bg, Qm]
     qpos = torch.where(valid, b.starts[idx, None] + offs, ends[:, None] - 1)  # [Bg, Qm]
@@ -151,9 +153,11 @@ def build_context(
     sliding_window: int | None = None,
     device: str | torch.device = "cpu",
     seq_ids: list[int] | None = None,
+    head_dim: int = 1024,
 ) -> AttnContext:
     """seqs: (start_pos, n_tokens, block_table) per sequence, in flat-batch order (seq_ids name them in errors)."""
     L, H, bs = num_layers, num_kv_heads, block_size
+    idt = torch.int32 if num_blocks * 2 * max(bs, head_dim) < 2**31 else torch.int64  # embedding_bag: int32 is fast
     if not seqs or min(n for _, n, _ in seqs) < 1:
         raise InvalidRequestError("a step needs at least one sequence, each with at least one token")
     ends = [s + n for s, n, _ in seqs]
@@ -169,12 +173,13 @@ def build_context(
     blocks = tab[at[:, None] + torch.arange(L * H)]  # [T, L * H]
     write_blocks = blocks.view(-1, L, H).permute(1, 0, 2).reshape(L, -1)  # [L, T * H]
     write_slots = (positions % bs).repeat_interleave(H)  # [T * H]
-    groups = [_group(m, b, tab, L, H, bs, sliding_window) for m in _partition(ends, bs)]
+    groups = [_group(m, b, tab, L, H, bs, sliding_window, idt) for m in _partition(ends, bs)]
     to = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
     for g in groups:
         g.read_blocks, g.q_rows, g.keep, g.out_rows, g.mask, g.bias = map(
             to, (g.read_blocks, g.q_rows, g.keep, g.out_rows, g.mask, g.bias))
-    return AttnContext(to(positions), to(write_blocks), to(write_slots), to(lens.cumsum(0) - 1), groups, bs)
+    return AttnContext(to(positions), to(write_blocks), to(write_slots), to(lens.cumsum(0) - 1), groups, bs,
+                       to(torch.arange(head_dim, dtype=idt)), to(torch.arange(bs, 2 * bs, dtype=idt)))
 
 
 def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> None:
@@ -184,23 +189,21 @@ def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, c
     value_view(pool)[blocks, slots] = v.reshape(-1, hd)
 
 
-def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup) -> torch.Tensor:
+def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
     """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd], reading K and V in place."""
     (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
-    idt = torch.int32 if pool.numel() < 2**31 else torch.int64  # int32 takes embedding_bag's fast path
-    ids = g.read_blocks[layer].to(idt).view(Bg, -1, 1, NB, 1)  # [Bg, H, 1, NB, 1]
+    ids = g.read_blocks[layer].view(Bg, -1, 1, NB, 1)  # [Bg, H, 1, NB, 1]
     H = ids.shape[1]
     G = Hq // H
     ids = ids.expand(Bg, H, G, NB, 1)  # [Bg, H, G, NB, 1]
     # scores: one bag per (seq, q head, block) = its K^T rows (hd x bs) weighted by the query
-    k_rows = ids * (2 * hd) + torch.arange(hd, dtype=idt, device=q.device)  # [Bg, H, G, NB, hd]
+    k_rows = ids * (2 * hd) + ctx.dims[:hd]  # [Bg, H, G, NB, hd]
     w = (q * hd**-0.5).view(Bg, H, G, 1, hd).expand(Bg, H, G, NB, hd)  # [Bg, H, G, NB, hd]
     s = F.embedding_bag(k_rows.reshape(-1, hd), pool.view(-1, bs), per_sample_weights=w.reshape(-1, hd),
                         mode="sum").view(Bg, Hq, NB * bs)  # [Bg, Hq, NB * bs]
     p = torch.softmax(s if g.bias is None else s + g.bias.to(s.dtype), dim=-1)  # [Bg, Hq, NB * bs]
     # output: one bag per (seq, q head) = its context's V rows weighted by p
-    slots = torch.arange(bs, bs * 2, dtype=idt, device=q.device)
-    v_rows = ids * (2 * bs) + slots  # [Bg, H, G, NB, bs]
+    v_rows = ids * (2 * bs) + ctx.v_slots  # [Bg, H, G, NB, bs]
     o = F.embedding_bag(v_rows.reshape(Bg * Hq, -1), pool.view(-1, hd), per_sample_weights=p.view(Bg * Hq, -1),
                         mode="sum")  # [Bg * Hq, hd]
     return o.view(Bg, Hq * hd)
@@ -221,9 +224,9 @@ def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup
     return o.transpose(1, 2).reshape(Bg * Qm, Hq * hd)
 
 
-def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext, ws: Workspace):
     if g.max_q == 1:
-        return _attend_decode(q, pool, layer, g)
+        return _attend_decode(q, pool, layer, g, ctx)
     return _attend_gather(q, pool, layer, g, ws)
 
 
@@ -234,10 +237,10 @@ def paged_attention(
     """q [T, Hq, hd], k/v [T, H, hd] (new tokens, RoPE applied) -> attention output [T, Hq * hd]."""
     write_kv(pool, layer, k, v, ctx)
     if len(ctx.groups) == 1 and ctx.groups[0].q_rows is None:
-        return _attend(q, pool, layer, ctx.groups[0], ws)
+        return _attend(q, pool, layer, ctx.groups[0], ctx, ws)
     T, Hq, hd = q.shape
     out = q.new_empty(T, Hq * hd)
     for g in ctx.groups:
-        o = _attend(q if g.q_rows is None else q[g.q_rows], pool, layer, g, ws)  # [Bg * Qm, Hq * hd]
+        o = _attend(q if g.q_rows is None else q[g.q_rows], pool, layer, g, ctx, ws)  # [Bg * Qm, Hq * hd]
         out.index_copy_(0, g.out_rows, o if g.keep is None else o[g.keep])
     return out

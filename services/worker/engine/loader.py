@@ -1,11 +1,12 @@
 """Load a decoder-only Hugging Face checkpoint (config.json + *.safetensors) from a local folder.
 
 `load_weights(path, dtype, device) -> (ModelSpec, weights)`. `weights` is a flat dict of plain
-tensors in this engine's own naming, with the projections fused for fast decode:
+tensors in this engine's own naming, with the projections fused and the matrices stored [in, out]
+(transposed from HF's [out, in]: `x @ w` streams them faster on CPU, see model.linear):
 
-    embed [V, D]   norm [D]   lm_head [V, D] (absent when tied: the model uses embed)
-    layers.{i}.attn_norm [D]  layers.{i}.wqkv [(Hq + 2 Hkv) * hd, D]  layers.{i}.bqkv (qwen2 only)
-    layers.{i}.wo [D, Hq * hd]  layers.{i}.ffn_norm [D]  layers.{i}.w13 [2 I, D]  layers.{i}.w2 [D, I]
+    embed [V, D]   norm [D]   lm_head [D, V] (absent when tied: the model uses embed [V, D])
+    layers.{i}.attn_norm [D]  layers.{i}.wqkv [D, (Hq + 2 Hkv) * hd]  layers.{i}.bqkv (qwen2 only)
+    layers.{i}.wo [Hq * hd, D]  layers.{i}.ffn_norm [D]  layers.{i}.w13 [D, 2 I]  layers.{i}.w2 [I, D]
 
 The dict can be put in shared memory once and handed to several processes (model.Transformer
 builds over it without copying). Unsupported architectures fail here, naming the supported ones.
@@ -148,18 +149,18 @@ def _fuse(spec: ModelSpec, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     w = {"embed": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
     head = raw.pop("lm_head.weight", None)
     if head is not None and not (spec.tie_word_embeddings and torch.equal(head, w["embed"])):
-        w["lm_head"] = head  # like transformers: a distinct lm_head in the file wins over tying
+        w["lm_head"] = head.t()  # like transformers: a distinct lm_head in the file wins over tying
     for i in range(spec.num_layers):
         p, a, m = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
         w[f"layers.{i}.attn_norm"] = take(p + "input_layernorm.weight")
         w[f"layers.{i}.ffn_norm"] = take(p + "post_attention_layernorm.weight")
-        w[f"layers.{i}.wqkv"] = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"])
+        w[f"layers.{i}.wqkv"] = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"]).t()
         if spec.qkv_bias:
             w[f"layers.{i}.bqkv"] = torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"])
-        w[f"layers.{i}.wo"] = take(a + "o_proj.weight")
-        w[f"layers.{i}.w13"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")])
-        w[f"layers.{i}.w2"] = take(m + "down_proj.weight")
-    return w
+        w[f"layers.{i}.wo"] = take(a + "o_proj.weight").t()
+        w[f"layers.{i}.w13"] = torch.cat([take(m + "gate_proj.weight"), take(m + "up_proj.weight")]).t()
+        w[f"layers.{i}.w2"] = take(m + "down_proj.weight").t()
+    return w  # transposed views; load_weights makes them contiguous
 
 
 def weight_bytes(weights: dict[str, torch.Tensor]) -> int:

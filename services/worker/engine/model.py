@@ -55,15 +55,41 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+SPLIT_MAX_ROWS = 256  # linear(): up to this many rows, split the weight over the threads
+
+
+def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ wt [K, N] (+ b [N]) -> [M, N].
+
+    On CPU with S > 1 threads and few rows, MKL reads the weight at about one core's bandwidth (and
+    is slower still for 2-16 rows), while decode is bandwidth-bound. A bmm with one batch per thread
+    reads it on all cores: one row splits K (each thread streams a contiguous slab of wt, then the S
+    partial sums are added), a few rows split N.
+    """
+    S, (M, K), N = torch.get_num_threads(), x.shape, wt.shape[1]
+    if S == 1 or M > SPLIT_MAX_ROWS or x.device.type != "cpu":
+        y = x @ wt  # [M, N]
+    elif M == 1 and K % S == 0:
+        y = torch.bmm(x.view(S, 1, K // S), wt.view(S, K // S, N)).sum(0)  # [S, 1, N] -> [1, N]
+    elif N % S == 0:
+        y = torch.bmm(x.expand(S, M, K), wt.view(K, S, N // S).transpose(0, 1))  # [S, M, N / S]
+        y = y.transpose(0, 1).reshape(M, N)  # [M, N]
+    else:
+        y = x @ wt
+    return y if b is None else y + b
+
+
 @dataclass
 class Layer:
+    """One decoder layer's weights; matrices are stored [in, out] (x @ w), see loader.py."""
+
     attn_norm: torch.Tensor  # [D]
-    wqkv: torch.Tensor  # [(Hq + 2 H) * hd, D]
+    wqkv: torch.Tensor  # [D, (Hq + 2 H) * hd]
     bqkv: torch.Tensor | None  # [(Hq + 2 H) * hd]
-    wo: torch.Tensor  # [D, Hq * hd]
+    wo: torch.Tensor  # [Hq * hd, D]
     ffn_norm: torch.Tensor  # [D]
-    w13: torch.Tensor  # [2 I, D]
-    w2: torch.Tensor  # [D, I]
+    w13: torch.Tensor  # [D, 2 I]
+    w2: torch.Tensor  # [I, D]
 
 
 class Transformer:
@@ -72,15 +98,16 @@ class Transformer:
             raise ValueError(f"pool (head_dim {pool.shape[-1]}, {pool.dtype}) does not fit {spec.name} "
                              f"(head_dim {spec.head_dim}, {spec.dtype})")
         self.spec, self.pool = spec, pool
-        self.embed, self.norm = weights["embed"], weights["norm"]
-        self.lm_head = weights.get("lm_head", self.embed)
+        self.embed, self.norm = weights["embed"], weights["norm"]  # [V, D], [D]
+        self.tied = "lm_head" not in weights
+        self.lm_head = weights.get("lm_head", self.embed)  # [D, V]; tied: the embedding itself [V, D]
         self.layers = [
             Layer(*(weights.get(f"layers.{i}.{n}") for n in ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")))
             for i in range(spec.num_layers)
         ]
         self.inv_freq = inv_frequencies(spec).to(pool.device)
         s = spec
-        self.qkv_split = [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim]
+        self.qk_v_split = [(s.num_heads + s.num_kv_heads) * s.head_dim, s.num_kv_heads * s.head_dim]
         self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
 
     @property
@@ -96,14 +123,14 @@ class Transformer:
     def _layer(self, i: int, x: torch.Tensor, cos, sin, ctx: AttnContext, ws: Workspace) -> torch.Tensor:
         """x [T, D] -> [T, D]."""
         w, s, T = self.layers[i], self.spec, x.shape[0]
-        qkv = F.linear(self._norm(x, w.attn_norm), w.wqkv, w.bqkv)  # [T, (Hq + 2 H) * hd]
-        q, k, v = qkv.split(self.qkv_split, dim=-1)
-        q = apply_rope(q.view(T, s.num_heads, s.head_dim), cos, sin)  # [T, Hq, hd]
-        k = apply_rope(k.view(T, s.num_kv_heads, s.head_dim), cos, sin)  # [T, H, hd]
+        qkv = linear(self._norm(x, w.attn_norm), w.wqkv, w.bqkv)  # [T, (Hq + 2 H) * hd]
+        qk, v = qkv.split(self.qk_v_split, dim=-1)
+        qk = apply_rope(qk.view(T, s.num_heads + s.num_kv_heads, s.head_dim), cos, sin)  # [T, Hq + H, hd]
+        q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)  # [T, Hq, hd], [T, H, hd]
         attn = paged_attention(q, k, v.view(T, s.num_kv_heads, s.head_dim), self.pool, i, ctx, ws)
-        x = x + F.linear(attn, w.wo)  # [T, D]
-        gate, up = F.linear(self._norm(x, w.ffn_norm), w.w13).chunk(2, dim=-1)  # [T, I] each
-        return x + F.linear(F.silu(gate) * up, w.w2)
+        x = x + linear(attn, w.wo)  # [T, D]
+        gate, up = linear(self._norm(x, w.ffn_norm), w.w13).chunk(2, dim=-1)  # [T, I] each
+        return x + linear(F.silu(gate) * up, w.w2)
 
     def forward(self, tokens: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         """tokens [T] -> logits [B, V] (fp32) at each sequence's last token; writes K/V into the pool."""
@@ -113,4 +140,5 @@ class Transformer:
         for i in range(len(self.layers)):
             x = self._layer(i, x, cos, sin, ctx, ws)
         last = self._norm(x[ctx.last_rows], self.norm)  # [B, D]
-        return F.linear(last, self.lm_head).float()  # [B, V]
+        logits = F.linear(last, self.embed) if self.tied else linear(last, self.lm_head)  # [B, V]
+        return logits.float()

@@ -76,7 +76,7 @@ class ModelRunner:
         ctx = build_context(
             [(q.start_pos, len(q.token_ids), q.block_table) for q in step.seqs],
             s.num_layers, s.num_kv_heads, self.block_size, self.pool.shape[0], s.sliding_window, self.device,
-            [q.seq_id for q in step.seqs],
+            [q.seq_id for q in step.seqs], s.head_dim,
         )
         tokens = torch.tensor([t for q in step.seqs for t in q.token_ids], dtype=torch.long).to(self.device)
         logits = self.model.forward(tokens, ctx)  # [B, V]
