@@ -42,7 +42,7 @@ def run_engine(path: str, reqs, args) -> dict:
     from services.worker.engine.engine import UnitEngine
     from services.worker.engine.types import SamplingParams
 
-    cfg = EngineConfig(block_size=16, num_blocks=args.num_blocks, max_num_seqs=args.requests,
+    cfg = EngineConfig(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.requests,
                        max_prefill_tokens=args.prefill_tokens, device=args.device)
     eng = UnitEngine([LLMConfig("m", path)], cfg)
     eng.generate("m", [reqs[0][0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
@@ -119,6 +119,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=1408)
     ap.add_argument("--batch-size", type=int, default=16, help="hf_pad batch size")
+    ap.add_argument("--block-size", type=int, default=16, help="engine KV block size (tokens)")
     ap.add_argument("--num-blocks", type=int, default=40000, help="engine pool, head-wise blocks")
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="engine prefill token budget")
     ap.add_argument("--device", default="cpu")
