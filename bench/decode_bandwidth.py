@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from services.worker.engine.loader import load_weights  # noqa: E402
+from services.worker.engine.config import EngineConfig  # noqa: E402
 from services.worker.engine.pool import allocate_pool, blocks_for_tokens  # noqa: E402
 from services.worker.engine.runner import ModelRunner, keep_freed_memory  # noqa: E402
 from services.worker.engine.types import SamplingParams, SeqStep, StepInput  # noqa: E402
 
-BLOCK = 16
+BLOCK = EngineConfig.block_size
 
 
 def write_random_llama(path: Path, a) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
 
 
 def make_requests(n: int, seed: int, prompt: tuple[int, int], output: tuple[int, int], vocab: int):
@@ -38,12 +39,11 @@ def make_requests(n: int, seed: int, prompt: tuple[int, int], output: tuple[int,
 
 
 def run_engine(path: str, reqs, args) -> dict:
-    from services.worker.engine.config import EngineConfig, LLMConfig
     from services.worker.engine.engine import UnitEngine
     from services.worker.engine.types import SamplingParams
 
-    cfg = EngineConfig(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.requests,
-                       max_prefill_tokens=args.prefill_tokens, device=args.device)
+    cfg = EngineConfig(block_size=args.block_size, num_blocks=args.num_blocks * 16 // args.block_size,
+                       max_num_seqs=args.requests, max_prefill_tokens=args.prefill_tokens, device=args.device)
     eng = UnitEngine([LLMConfig("m", path)], cfg)
     eng.generate("m", [reqs[0][0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
@@ -119,8 +119,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=1408)
     ap.add_argument("--batch-size", type=int, default=16, help="hf_pad batch size")
-    ap.add_argument("--block-size", type=int, default=16, help="engine KV block size (tokens)")
-    ap.add_argument("--num-blocks", type=int, default=40000, help="engine pool, head-wise blocks")
+    ap.add_argument("--block-size", type=int, default=EngineConfig.block_size, help="engine KV block size (tokens)")
+    ap.add_argument("--num-blocks", type=int, default=40000, help="engine pool, head-wise blocks of 16 tokens (scaled to --block-size)")
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="engine prefill token budget")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--systems", default="engine,hf_cb,hf_pad")

@@ -4,7 +4,7 @@
       host: 127.0.0.1
       port: 50053
       unit_id: unit-0
-      block_size: 16                 # tokens per head-wise block (must match the workers')
+      block_size: 32                 # tokens per head-wise block (the workers adopt it)
       pools:                         # one pool per (head_dim, dtype); or `auto` (the default)
         - {head_dim: 64, dtype: float32, num_blocks: 4096}
         - {head_dim: 128, dtype: bfloat16, bytes: 2GiB}   # or a size; num_blocks derived
@@ -48,7 +48,7 @@ class MemmgrConfig:
     host: str = "127.0.0.1"
     port: int = 50053
     unit_id: str = "unit-0"
-    block_size: int = 16
+    block_size: int = 32
     pools: tuple[PoolSpec, ...] | None = None  # None = auto
     auto_memory_fraction: float = 0.5
     auto_dtype: str = "float32"
@@ -62,7 +62,7 @@ class MemmgrConfig:
         try:
             q = sec.get("quota") or {}
             cfg = cls(str(sec.get("host", "127.0.0.1")), int(sec.get("port", 50053)),
-                      str(sec.get("unit_id", "unit-0")), int(sec.get("block_size", 16)),
+                      str(sec.get("unit_id", "unit-0")), int(sec.get("block_size", 32)),
                       _pools(sec.get("pools", "auto")), float(sec.get("auto_memory_fraction", 0.5)),
                       str(sec.get("auto_dtype", "float32")),
                       float(sec.get("heartbeat_timeout_s", 10.0)),

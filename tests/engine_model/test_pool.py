@@ -89,3 +89,20 @@ def test_bad_steps_raise_invalid_request(checkpoints):
     with pytest.raises(InvalidRequestError, match="positions"):
         run(start_pos=d.spec.max_model_len)
     run()  # the runner still works afterwards
+
+
+def test_decode_steps_group_coarser_than_prefill_steps():
+    """Contexts 40 and 100 (ratio 2.5): one group in a decode step, two when the step holds prefill chunks."""
+    from services.worker.engine.attention import build_context
+
+    L, H, bs = 2, 1, 4
+    tables = [list(range(0, 26 * L * H)), list(range(100, 100 + 26 * L * H))]
+
+    def groups(lens):  # lens: tokens this step per sequence; contexts end at 40 and 100
+        seqs = [(end - n, n, t) for end, n, t in zip((40, 100), lens, tables)]
+        return [g.num_seqs for g in build_context(seqs, L, H, bs, num_blocks=1000, head_dim=8).groups]
+
+    assert groups([1, 1]) == [2]
+    assert groups([8, 1]) == [1, 1]
+    far = [(0, 1, list(range(L * H))), (999, 1, list(range(250 * L * H)))]  # contexts 1 and 1000
+    assert [g.num_seqs for g in build_context(far, L, H, bs, num_blocks=1000, head_dim=8).groups] == [1, 1]

@@ -5,7 +5,7 @@ A step mixes prefill chunks of any length and single decode tokens. Its metadata
 every layer:
   - new K/V are written into their pool slots (`write_blocks`, `write_slots`),
   - sequences are grouped by context length (`AttnGroup`: sorted by context, a group's longest is
-    at most GROUP_RATIO x its shortest), so padding each group to its longest wastes little,
+    at most GROUP_RATIO x its shortest, DECODE_GROUP_RATIO in decode-only steps), so padding each group to its longest wastes little,
   - decode groups (one query per sequence) never copy the context: scores and the weighted sum of
     V are each one embedding_bag straight over the pool (K is stored transposed per block, see
     pool.py), because on CPU copying the context is what a decode step spends its time on,
@@ -25,6 +25,9 @@ from .pool import key_view, value_view
 from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
+# Decode-only steps group coarser: a decode group reads only real blocks from memory (padding reads block 0,
+# cached), so fewer, larger groups win until the padded work dwarfs the real one (bench/engine_breakdown.py).
+DECODE_GROUP_RATIO = 4.0
 
 
 @dataclass
@@ -85,11 +88,11 @@ def _tables(seqs, ntb: list[int], per_tb: int, num_blocks: int, seq_ids) -> torc
     return tab
 
 
-def _partition(ends: list[int], bs: int) -> list[list[int]]:
-    """Sequence indices grouped by context length; flat order inside each group."""
+def _partition(ends: list[int], bs: int, ratio: float) -> list[list[int]]:
+    """Sequence indices grouped by context length (longest <= ratio x shortest + bs); flat order inside each."""
     groups: list[list[int]] = []
     for i in sorted(range(len(ends)), key=ends.__getitem__):
-        if groups and ends[i] <= GROUP_RATIO * ends[groups[-1][0]] + bs:
+        if groups and ends[i] <= ratio * ends[groups[-1][0]] + bs:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -173,7 +176,8 @@ def build_context(
     blocks = tab[at[:, None] + torch.arange(L * H)]  # [T, L * H]
     write_blocks = blocks.view(-1, L, H).permute(1, 0, 2).reshape(L, -1)  # [L, T * H]
     write_slots = (positions % bs).repeat_interleave(H)  # [T * H]
-    groups = [_group(m, b, tab, L, H, bs, sliding_window, idt) for m in _partition(ends, bs)]
+    ratio = DECODE_GROUP_RATIO if all(n == 1 for _, n, _ in seqs) else GROUP_RATIO
+    groups = [_group(m, b, tab, L, H, bs, sliding_window, idt) for m in _partition(ends, bs, ratio)]
     to = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
     for g in groups:
         g.read_blocks, g.q_rows, g.keep, g.out_rows, g.mask, g.bias = map(
