@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from services.worker.engine import loader, pool as pool_mod
+from services.worker.engine import admission, loader, pool as pool_mod
+from services.worker.engine.admission import merge_chunks
 from services.worker.engine.block_manager import BlockManager, BlockSources
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
@@ -29,7 +30,7 @@ from services.worker.engine.launch import job_shares, load_tokenizer, make_jobs 
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
-    CapacityError, Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
+    Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
 )
 
 
@@ -166,8 +167,9 @@ class UnitEngine:
         if not isinstance(sampling, SamplingParams):
             raise InvalidRequestError(f"sampling must be SamplingParams, got {type(sampling).__name__}")
         sampling.validate()
-        ids = self._prompt_ids(hosted, prompt, prompt_token_ids)
-        self._check_lengths(hosted, len(ids), sampling.max_tokens)
+        ids = admission.prompt_ids(hosted.tokenizer, hosted.spec.vocab_size, prompt, prompt_token_ids)
+        need = self.blocks[llm].blocks_for(len(ids) + sampling.max_tokens - 1)
+        admission.check_lengths(len(ids), sampling.max_tokens, hosted.max_model_len, need, self.blocks.capacity)
         with self._lock:
             if request_id in self._seqs:
                 raise InvalidRequestError(f"request id {request_id!r} is already in use")
@@ -175,29 +177,6 @@ class UnitEngine:
             seq.detok = IncrementalDetokenizer(hosted.tokenizer, tuple(sampling.stop))
             self._seqs[request_id] = seq
             self.scheduler.add(seq)
-
-    def _prompt_ids(self, hosted: HostedLLM, prompt, prompt_token_ids) -> list[int]:
-        if prompt_token_ids:
-            ids = [int(t) for t in prompt_token_ids]
-            bad = [t for t in ids if not 0 <= t < hosted.spec.vocab_size]
-            if bad:
-                raise InvalidRequestError(f"prompt token ids {bad[:4]} outside the vocabulary [0, {hosted.spec.vocab_size})")
-            return ids
-        ids = hosted.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-        if not ids:
-            raise InvalidRequestError("empty prompt: give a non-empty prompt or prompt_token_ids")
-        return ids
-
-    def _check_lengths(self, hosted: HostedLLM, n_prompt: int, max_tokens: int) -> None:
-        limit = hosted.max_model_len
-        if n_prompt > limit:
-            raise InvalidRequestError(f"prompt has {n_prompt} tokens, more than max_model_len {limit}")
-        if n_prompt + max_tokens > limit:
-            raise InvalidRequestError(
-                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds max_model_len {limit}")
-        need = self.blocks[hosted.cfg.name].blocks_for(n_prompt + max_tokens - 1)
-        if need > self.blocks.capacity:
-            raise CapacityError(f"the request needs {need} KV blocks; the unit's pool has {self.blocks.capacity}")
 
     def abort(self, request_id: str) -> None:
         """Abort a request (unknown or finished ids are ignored); its blocks return to the pool."""
@@ -320,12 +299,4 @@ class UnitEngine:
         for hosted in list(self.llms.values()):
             hosted.close()
         self.llms.clear()
-
-
-def merge_chunks(a: Chunk | None, b: Chunk | None) -> Chunk:
-    """a then b of one request as one chunk."""
-    if a is None or b is None:
-        return a or b
-    return Chunk(a.token_ids + b.token_ids, a.text + b.text, b.finish_reason or a.finish_reason,
-                 b.prompt_tokens, b.completion_tokens, b.error or a.error)
 
