@@ -97,14 +97,18 @@ async def _generate(stub, model: str) -> tuple[list[int], str]:
     return [t for c in chunks for t in c.token_ids], chunks[-1].finish_reason
 
 
-async def _traffic(stub, stop: asyncio.Event, results: list) -> None:
-    """Requests for a, b and c back to back until `stop`; (model, tokens, finish, error) per request."""
+async def _traffic(stub, stop: asyncio.Event, results: list, period_s: float = 1.0) -> None:
+    """Requests for a, b and c in rounds of at least `period_s` (at most 1 req/s per model however fast this
+    machine serves, so the observed rates stay what the docstring computes) until `stop`;
+    (model, tokens, finish, error, time) per request."""
     while not stop.is_set():
+        started = time.monotonic()
         for model in ("a", "b", "c"):
             try:
                 results.append((model, *await _generate(stub, model), None, time.monotonic()))
             except grpc.aio.AioRpcError as exc:
                 results.append((model, None, None, f"{exc.code().name}: {exc.details()}", time.monotonic()))
+        await asyncio.sleep(max(0.0, started + period_s - time.monotonic()))
 
 
 async def _shift_popularity(redis_url: str, stop: asyncio.Event) -> None:
