@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import services.worker.engine  # noqa: E402,F401  (before torch: the engine's OpenMP setting, for every system)
+
+import torch  # noqa: E402
 from services.worker.engine.loader import load_weights  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
 from services.worker.engine.pool import allocate_pool, blocks_for_tokens  # noqa: E402

@@ -22,9 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import services.worker.engine  # noqa: E402,F401  (before torch: the engine's OpenMP setting, for every system)
+
+import torch  # noqa: E402
 from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
 
 
