@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-import services.worker.engine  # noqa: E402,F401  (before torch: the engine's OpenMP setting, for every system)
+import torch
 
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from services.worker.engine.loader import load_weights  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
 from services.worker.engine.pool import allocate_pool, blocks_for_tokens  # noqa: E402

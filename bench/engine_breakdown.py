@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT)]
-import services.worker.engine  # noqa: E402,F401  (before torch: the engine's OpenMP setting)
-
-import torch  # noqa: E402
 import decode_bandwidth as db  # noqa: E402
 import engine_throughput as et  # noqa: E402
 import services.worker.engine.attention as A  # noqa: E402

@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-import services.worker.engine  # noqa: E402,F401  (before torch: the engine's OpenMP setting, for every system)
+import torch
 
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
 
 
