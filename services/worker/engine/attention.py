@@ -16,6 +16,7 @@ Block ids and slots follow pool.py's layout (the one place that defines it).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -193,8 +194,31 @@ def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, c
     value_view(pool)[blocks, slots] = v.reshape(-1, hd)
 
 
+SERIAL_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head) rows run their bags on one thread
+
+
+@contextmanager
+def _serial(on: bool):
+    """One intra-op thread inside the block when `on`: a small multi-threaded embedding_bag slowed the
+    matmuls that follow it by ~25% (bench/engine_breakdown.py, docs/benchmarks.md)."""
+    n = torch.get_num_threads()
+    if not on or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
     """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd], reading K and V in place."""
+    with _serial(q.device.type == "cpu" and q.shape[0] * q.shape[1] <= SERIAL_MAX_ROWS):
+        return _decode_bags(q, pool, layer, g, ctx)
+
+
+def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
     (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
     ids = g.read_blocks[layer].view(Bg, -1, 1, NB, 1)  # [Bg, H, 1, NB, 1]
     H = ids.shape[1]
