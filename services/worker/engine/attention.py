@@ -5,7 +5,8 @@ A step mixes prefill chunks of any length and single decode tokens. Its metadata
 every layer:
   - new K/V are written into their pool slots (`write_blocks`, `write_slots`),
   - sequences are grouped by context length (`AttnGroup`: sorted by context, a group's longest is
-    at most GROUP_RATIO x its shortest, DECODE_GROUP_RATIO in decode-only steps), so padding each group to its longest wastes little,
+    at most GROUP_RATIO x its shortest, DECODE_GROUP_RATIO in decode-only steps), so padding each
+    group to its longest wastes little,
   - decode groups (one query per sequence) never copy the context: scores and the weighted sum of
     V are each one embedding_bag straight over the pool (K is stored transposed per block, see
     pool.py), because on CPU copying the context is what a decode step spends its time on,
@@ -27,7 +28,7 @@ from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
 # Decode-only steps group coarser: a decode group reads only real blocks from memory (padding reads block 0,
-# cached), so fewer, larger groups win until the padded work dwarfs the real one (bench/engine_breakdown.py).
+# cached), so fewer, larger groups win until the padded work dwarfs the real one (docs/benchmarks.md).
 DECODE_GROUP_RATIO = 4.0
 
 
@@ -200,7 +201,8 @@ SERIAL_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head
 @contextmanager
 def _serial(on: bool):
     """One intra-op thread inside the block when `on`: a small multi-threaded embedding_bag slowed the
-    matmuls that follow it by ~25% (bench/engine_breakdown.py, docs/benchmarks.md)."""
+    matmuls that follow it by 25-35% (`bench/engine_breakdown.py --parallel-bags`, docs/benchmarks.md).
+    torch.set_num_threads sets this thread's OpenMP and MKL thread counts only."""
     n = torch.get_num_threads()
     if not on or n == 1:
         yield
