@@ -202,7 +202,8 @@ SERIAL_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head
 def _serial(on: bool):
     """One intra-op thread inside the block when `on`: a small multi-threaded embedding_bag slowed the
     matmuls that follow it by 25-35% (`bench/engine_breakdown.py --parallel-bags`, docs/benchmarks.md).
-    torch.set_num_threads sets this thread's OpenMP and MKL thread counts only."""
+    torch.set_num_threads sets this thread's OpenMP and MKL counts (and, meanwhile, the default that a
+    thread doing its first torch work picks up); the count is restored on exit."""
     n = torch.get_num_threads()
     if not on or n == 1:
         yield
