@@ -62,7 +62,7 @@ class MemmgrConfig:
         try:
             q = sec.get("quota") or {}
             cfg = cls(str(sec.get("host", "127.0.0.1")), int(sec.get("port", 50053)),
-                      str(sec.get("unit_id", "unit-0")), int(sec.get("block_size", 32)),
+                      str(sec.get("unit_id", "unit-0")), int(sec.get("block_size", cls.block_size)),
                       _pools(sec.get("pools", "auto")), float(sec.get("auto_memory_fraction", 0.5)),
                       str(sec.get("auto_dtype", "float32")),
                       float(sec.get("heartbeat_timeout_s", 10.0)),
