@@ -11,6 +11,9 @@ each as the best of a few repetitions (the least disturbed one). Every round yie
 the bound; the summary is their median. Prints one JSON line at the end.
 
     python bench/decode_bandwidth.py [--threads 1] [--rounds 5] [--steps 8] [--context 128]
+                                     [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+
+On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
 """
 
 from __future__ import annotations
@@ -61,12 +64,19 @@ def write_random_llama(path: Path, a) -> Path:
     return path
 
 
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bandwidth_gbs(x: torch.Tensor, reps: int = 3) -> float:
     """Read bandwidth (GB/s): best of `reps` sums over `x`."""
     best = float("inf")
     for _ in range(reps):
+        sync(x.device)
         t0 = time.perf_counter()
         x.sum()
+        sync(x.device)
         best = min(best, time.perf_counter() - t0)
     return x.numel() * x.element_size() / best / 1e9
 
@@ -74,10 +84,11 @@ def bandwidth_gbs(x: torch.Tensor, reps: int = 3) -> float:
 class EngineDecode:
     """This engine's runner with one sequence: a `context`-token prefill, then batch-1 decode steps."""
 
-    def __init__(self, path: Path, context: int, max_steps: int):
-        spec, weights = load_weights(path)
+    def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32):
+        spec, weights = load_weights(path, dtype, device)
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
-        self.runner = ModelRunner(spec, weights, allocate_pool(n, BLOCK, spec.head_dim, torch.float32), BLOCK)
+        pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
+        self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
         self.table, self.context = list(range(n)), context
         embed = weights["embed"]
         tied = "lm_head" not in weights
@@ -92,8 +103,9 @@ class EngineDecode:
         """Prefill the context again, then the best of `steps` decode steps (ms)."""
         tok, best = self._step(list(range(3, 3 + self.context)), 0), float("inf")
         for i in range(steps):
+            sync(self.device)
             t0 = time.perf_counter()
-            tok = self._step([tok], self.context + i)
+            tok = self._step([tok], self.context + i)  # the token id comes back to the host: a sync
             best = min(best, time.perf_counter() - t0)
         return best * 1e3
 
@@ -101,15 +113,17 @@ class EngineDecode:
 class HFDecode:
     """transformers' generate (greedy, its KV cache): ms per generated token, prefill subtracted."""
 
-    def __init__(self, path: Path, context: int):
+    def __init__(self, path: Path, context: int, device="cpu", dtype=torch.float32):
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        self.ids = torch.arange(3, 3 + context)[None]
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.ids, self.device = torch.arange(3, 3 + context, device=device)[None], device
 
     def _gen(self, n: int) -> float:
+        sync(self.device)
         t0 = time.perf_counter()
         self.model.generate(self.ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        sync(self.device)
         return time.perf_counter() - t0
 
     def best_step_ms(self, steps: int, reps: int = 2) -> float:
@@ -124,15 +138,18 @@ def main(argv: list[str] | None = None) -> dict:
                      steps=8, context=128, rounds=5, threads=0).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a = ap.parse_args(argv)
+    dtype = getattr(torch, a.dtype)
     if a.threads:
         torch.set_num_threads(a.threads)
     keep_freed_memory()  # the engine's allocator setting, for every system and the bandwidth probe alike
     with tempfile.TemporaryDirectory() as tmp:
         path = write_random_llama(Path(tmp) / "llama", a)
-        eng = EngineDecode(path, a.context, a.steps)
-        hf = None if a.skip_transformers else HFDecode(path, a.context)
-        probe = torch.ones(1 << 28)  # 1 GiB of fp32
+        eng = EngineDecode(path, a.context, a.steps, a.device, dtype)
+        hf = None if a.skip_transformers else HFDecode(path, a.context, a.device, dtype)
+        probe = torch.ones(1 << 28, device=a.device)  # 1 GiB of fp32
         eng.best_step_ms(2)  # warm-up
         hf and hf.best_step_ms(2, reps=1)
         rounds = []
@@ -147,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({100 * bound / row['engine_ms']:5.1f}%)" + (f"  transformers {row['hf_ms']:6.1f} ms "
                   f"({100 * bound / row['hf_ms']:5.1f}%)" if hf else ""), flush=True)
     med = lambda key: statistics.median(r["bound_ms"] / r[key] for r in rounds)  # noqa: E731
-    summary = {"threads": torch.get_num_threads(), "weight_bytes": eng.weight_bytes, "bytes_read": eng.bytes_read,
+    summary = {"device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
+               "weight_bytes": eng.weight_bytes, "bytes_read": eng.bytes_read,
                "context": a.context, "rounds": rounds, "engine_of_bound": med("engine_ms")}
     if hf:
         summary["transformers_of_bound"] = med("hf_ms")

@@ -11,6 +11,7 @@ and prints output tokens/s of each and the ratios (one JSON line at the end).
 
     python bench/engine_throughput.py                       # 64 requests, ~25M-param Llama, CPU
     python bench/engine_throughput.py --requests 16 --systems engine,hf_pad
+    python bench/engine_throughput.py --device cuda --dtype bfloat16 [--hidden 2048 --layers 16 ...]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def run_engine(path: str, reqs, args) -> dict:
     from services.worker.engine.types import SamplingParams
 
     cfg = EngineConfig(block_size=args.block_size, num_blocks=args.num_blocks * 16 // args.block_size,
-                       max_num_seqs=args.requests, max_prefill_tokens=args.prefill_tokens, device=args.device)
+                       max_num_seqs=args.requests, max_prefill_tokens=args.prefill_tokens, device=args.device,
+                       dtype=args.dtype)
     eng = UnitEngine([LLMConfig("m", path)], cfg)
     eng.generate("m", [reqs[0][0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
@@ -59,16 +61,21 @@ def run_engine(path: str, reqs, args) -> dict:
     return {"tokens": tokens, "seconds": elapsed, "steps": steps, "preemptions": pre}
 
 
-def hf_model(path: str, device: str):
+def hf_model(path: str, device: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def run_hf_cb(path: str, reqs, args) -> dict:
     from transformers import GenerationConfig
 
-    model = hf_model(path, args.device)
+    model = hf_model(path, args.device, args.dtype)
     gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=max(n for _, n in reqs))
     with model.continuous_batching_context_manager(generation_config=gen, block=True, timeout=30) as mgr:
         t0 = time.perf_counter()
@@ -87,7 +94,7 @@ def run_hf_cb(path: str, reqs, args) -> dict:
 
 @torch.no_grad()
 def run_hf_pad(path: str, reqs, args) -> dict:
-    model = hf_model(path, args.device)
+    model = hf_model(path, args.device, args.dtype)
     tokens, t0 = 0, time.perf_counter()
     for b in range(0, len(reqs), args.batch_size):
         batch = reqs[b:b + args.batch_size]
@@ -101,6 +108,7 @@ def run_hf_pad(path: str, reqs, args) -> dict:
                        max_new_tokens=max(n for _, n in batch), min_new_tokens=max(n for _, n in batch),
                        eos_token_id=None, pad_token_id=0)
         tokens += sum(n for _, n in batch)
+    sync(args.device)
     return {"tokens": tokens, "seconds": time.perf_counter() - t0}
 
 
@@ -125,6 +133,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--num-blocks", type=int, default=40000, help="engine pool, head-wise blocks of 16 tokens (scaled to --block-size)")
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="engine prefill token budget")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--systems", default="engine,hf_cb,hf_pad")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for every system (0 = torch's default)")
     args = ap.parse_args(argv)
@@ -153,7 +162,7 @@ def main(argv=None) -> dict:
     ratios = {f"engine/{k}": results["engine"]["tok_per_s"] / v["tok_per_s"]
               for k, v in results.items() if k != "engine" and "engine" in results}
     summary = {"params": params, "requests": args.requests, "threads": torch.get_num_threads(),
-               "device": args.device, "results": results, "ratios": ratios}
+               "device": args.device, "dtype": args.dtype, "results": results, "ratios": ratios}
     print(json.dumps(summary))
     return summary
 

@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from muxserve.tiny import write_tiny_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pytest_addoption(parser):
+    """Device and dtype of the model parity tests (tests/engine_model): CI runs the defaults (cpu, float32);
+    a GPU run is `pytest tests/engine_model --device cuda --dtype bfloat16` (docs/benchmarks.md, GPU)."""
+    parser.addoption("--device", default="cpu", help="device of the engine-model parity tests (cpu, cuda)")
+    parser.addoption("--dtype", default="float32", choices=sorted(DTYPES),
+                     help="weights, KV pool and reference dtype of the engine-model parity tests")
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> str:
+    dev = pytestconfig.getoption("--device")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"--device {dev}: CUDA is not available here")
+    return dev
+
+
+@pytest.fixture(scope="session")
+def dtype(pytestconfig) -> torch.dtype:
+    return DTYPES[pytestconfig.getoption("--dtype")]
 
 
 @pytest.fixture(scope="session")

@@ -17,5 +17,5 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def hf_models(checkpoints):
-    return {a: hf_model(p) for a, p in checkpoints.items()}
+def hf_models(checkpoints, device, dtype):
+    return {a: hf_model(p, device, dtype) for a, p in checkpoints.items()}

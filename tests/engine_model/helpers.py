@@ -18,16 +18,24 @@ BLOCK_SIZE = 4
 NUM_BLOCKS = 1024
 
 
-def hf_model(path):
+# Largest |logit difference| to transformers in the same dtype. fp32: the same math in another order
+# (seen: < 1e-7). bf16 / fp16: every op rounds to 8 / 11 mantissa bits and the two implementations round
+# at different places (fused QKV, paged attention); seen on the CPU (`pytest tests/engine_model --dtype
+# bfloat16`, then float16, with the tolerance set to 0 to print them): up to 1.5e-3 / 2.4e-4, a few
+# units in the last place of the tiny models' largest logits (|logit| < 1). The tolerances allow ~7x that.
+TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def hf_model(path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
 
 def hf_last_logits(model, tokens: list[int]) -> torch.Tensor:
-    """transformers' logits [V] at the last position, recomputing the whole sequence."""
+    """transformers' logits [V] (fp32, on the CPU) at the last position, recomputing the whole sequence."""
     with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0, -1].float()
+        return model(torch.tensor([tokens], device=model.device)).logits[0, -1].float().cpu()
 
 
 @dataclass
@@ -41,10 +49,11 @@ class Seq:
 class Driver:
     """Runs sequences through a ModelRunner; block ids come from a shuffled free list."""
 
-    def __init__(self, path, max_tokens: int = 64, seed: int = 0, block_size: int = BLOCK_SIZE):
-        self.spec, weights = load_weights(path)
-        self.pool = allocate_pool(NUM_BLOCKS, block_size, self.spec.head_dim, torch.float32)
-        self.runner = ModelRunner(self.spec, weights, self.pool, block_size)
+    def __init__(self, path, max_tokens: int = 64, seed: int = 0, block_size: int = BLOCK_SIZE,
+                 device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.spec, weights = load_weights(path, dtype, device)
+        self.pool = allocate_pool(NUM_BLOCKS, block_size, self.spec.head_dim, dtype, device)
+        self.runner = ModelRunner(self.spec, weights, self.pool, block_size, device)
         self.free = list(range(NUM_BLOCKS))
         random.Random(seed).shuffle(self.free)
         self.max_tokens, self.block_size = max_tokens, block_size

@@ -113,3 +113,50 @@ def test_killed_child_fails_its_steps_and_restarts(unit):
     job.restart()
     assert job.wait_ready(60) and job.alive
     assert job.submit(long_step).result(timeout=60).token_ids == futures[0].result().token_ids
+
+
+
+def test_cuda_jobs_share_weights_and_pool_over_ipc(device, dtype, tmp_path):
+    """--device cuda: prefill and decode children over CUDA IPC handles of the parent's weights and pool
+    give transformers' greedy tokens (check_greedy's near-tie rule below fp32), and neither child holds
+    a second copy of the weights: the GPU memory a big-model child takes (device-wide free memory
+    before and after it starts) exceeds a tiny-model child's by under 25% of the weights."""
+    if not device.startswith("cuda"):
+        pytest.skip("needs --device cuda")
+    from tests.engine_model.test_model_vs_hf import check_greedy
+
+    big = dict(hidden_size=2048, num_layers=8, num_heads=16, num_kv_heads=8, intermediate_size=5632)  # ~1.3 GB fp32
+    path = write_tiny_checkpoint(tmp_path / "big", "llama", seed=11, **big)
+    spec, weights = load_weights(path, dtype, device)
+    pool = allocate_pool(2048, BS, spec.head_dim, dtype, device)
+    small_spec, small_w = load_weights(write_tiny_checkpoint(tmp_path / "small", "llama"), dtype, device)
+    small_pool = allocate_pool(256, BS, small_spec.head_dim, dtype, device)
+    free = lambda: torch.cuda.mem_get_info(torch.device(device))[0]  # noqa: E731 - device-wide, all processes
+    jobs, taken = {}, {}
+    try:
+        before = free()
+        jobs["baseline"] = ProcessJob(small_spec, small_w, small_pool, BS, device, name="baseline")
+        jobs["baseline"].submit(StepInput("s", [SeqStep(0, [1, 2], 0, list(range(8)), SamplingParams())])).result(60)
+        taken["baseline"] = before - free()
+        for name, pct in (("prefill", 30), ("decode", 70)):
+            before = free()
+            jobs[name] = ProcessJob(spec, weights, pool, BS, device, ComputeShare(gpu_percentage=pct), name)
+            jobs[name].submit(StepInput(spec.name, [SeqStep(0, [1, 2, 3], 0, list(range(spec.num_layers
+                                                    * spec.num_kv_heads)), SamplingParams())])).result(60)
+            taken[name] = before - free()
+        wb = spec.weight_bytes
+        for name in ("prefill", "decode"):
+            extra = taken[name] - taken["baseline"]
+            assert extra < 0.25 * wb, f"{name} child takes {extra / 1e6:.0f} MB more GPU memory than a tiny " \
+                                      f"model's child ({wb / 1e6:.0f} MB of weights)"
+        prompts = {0: [1, 20, 30, 40, 50, 60, 70], 1: list(range(100, 111))}
+        ours = run_greedy(dict(spec=spec, **jobs), prompts, new=10)
+        hf = hf_model(path, device, dtype)
+        for sid, p in prompts.items():
+            ref = hf.generate(torch.tensor([p], device=device), max_new_tokens=10, do_sample=False)[0, len(p):]
+            cut = next((i + 1 for i, t in enumerate(ours[sid]) if t in spec.eos_token_ids), 10)
+            check_greedy(hf, p, ours[sid][:cut], ref.tolist(), dtype)
+        assert pool[1900:2000].abs().sum() > 0  # the children's K/V writes landed in OUR pool tensor
+    finally:
+        for job in jobs.values():
+            job.close()

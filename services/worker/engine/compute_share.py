@@ -50,6 +50,39 @@ def mps_running() -> bool:
     return os.path.exists(os.path.join(pipe_dir, "control"))
 
 
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def start_mps_daemon(timeout_s: float = 10.0) -> bool:
+    """Start the CUDA MPS control daemon unless one runs; True when one runs afterwards.
+
+    Where the binary is missing, starting is not permitted (not root, GPU not in a shareable compute
+    mode) or the pipe does not appear, log why and return False: jobs then time-share the GPU. A
+    daemon this starts keeps running after the engine stops, like one an administrator started
+    (`echo quit | nvidia-cuda-mps-control` stops it)."""
+    import shutil
+    import subprocess
+    import time
+
+    if mps_running():
+        return True
+    exe = shutil.which(MPS_CONTROL)
+    if exe is None:
+        log.warning("%s not found: jobs time-share the GPU (no MPS compute shares)", MPS_CONTROL)
+        return False
+    try:
+        subprocess.run([exe, "-d"], check=True, timeout=timeout_s, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not start the MPS daemon (%s): jobs time-share the GPU", exc)
+        return False
+    deadline = time.monotonic() + timeout_s
+    while not mps_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not mps_running():
+        log.warning("the MPS daemon started but its control pipe did not appear: jobs time-share the GPU")
+    return mps_running()
+
+
 def child_env(share: ComputeShare, device: str) -> dict[str, str]:
     """Environment variables the child needs before it starts (CUDA MPS percentage)."""
     if share.gpu_percentage is None or not str(device).startswith("cuda"):

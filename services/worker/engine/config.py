@@ -40,6 +40,7 @@ class EngineConfig:
     device: str = "cpu"
     job_mode: str = "thread"
     compute_shares: dict[str, float] = field(default_factory=dict)
+    start_mps: bool = False  # device cuda + job_mode process: start the CUDA MPS daemon if none runs
 
     def __post_init__(self):
         for key in ("block_size", "max_num_seqs", "max_prefill_tokens"):
