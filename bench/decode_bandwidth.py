@@ -14,6 +14,9 @@ the bound; the summary is their median. Prints one JSON line at the end.
                                      [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 
 On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
+On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
+allows (services/worker/engine/hugepages.py); --with-4k-pages adds, in every round, the same engine
+with its weights on ordinary pages ("engine_4k").
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from services.worker.engine.hugepages import huge_copy  # noqa: E402
 from services.worker.engine.loader import load_weights  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
 from services.worker.engine.pool import allocate_pool, blocks_for_tokens  # noqa: E402
@@ -84,8 +88,9 @@ def bandwidth_gbs(x: torch.Tensor, reps: int = 3) -> float:
 class EngineDecode:
     """This engine's runner with one sequence: a `context`-token prefill, then batch-1 decode steps."""
 
-    def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32):
-        spec, weights = load_weights(path, dtype, device)
+    def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32,
+                 huge_pages: bool = True):
+        spec, weights = load_weights(path, dtype, device, huge_pages)
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
         pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
                      steps=8, context=128, rounds=5, threads=0).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--with-4k-pages", action="store_true", help="also the engine with weights on 4 KiB pages")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a = ap.parse_args(argv)
@@ -149,28 +155,36 @@ def main(argv: list[str] | None = None) -> dict:
         path = write_random_llama(Path(tmp) / "llama", a)
         eng = EngineDecode(path, a.context, a.steps, a.device, dtype)
         hf = None if a.skip_transformers else HFDecode(path, a.context, a.device, dtype)
-        probe = torch.ones(1 << 28, device=a.device)  # 1 GiB of fp32
+        eng4k = EngineDecode(path, a.context, a.steps, a.device, dtype, huge_pages=False) if a.with_4k_pages else None
+        probe = huge_copy(torch.ones(1 << 28, device=a.device))  # 1 GiB of fp32, on the pages the weights get
         eng.best_step_ms(2)  # warm-up
+        eng4k and eng4k.best_step_ms(2)
         hf and hf.best_step_ms(2, reps=1)
         rounds = []
         for r in range(a.rounds):
             gbs = bandwidth_gbs(probe)
             bound = eng.bytes_read / (gbs * 1e9) * 1e3
             row = {"gbs": gbs, "bound_ms": bound, "engine_ms": eng.best_step_ms(a.steps)}
+            if eng4k:
+                row["engine_4k_ms"] = eng4k.best_step_ms(a.steps)
             if hf:
                 row["hf_ms"] = hf.best_step_ms(a.steps)
             rounds.append(row)
-            print(f"round {r}: {gbs:5.1f} GB/s  bound {bound:6.1f} ms  engine {row['engine_ms']:6.1f} ms "
-                  f"({100 * bound / row['engine_ms']:5.1f}%)" + (f"  transformers {row['hf_ms']:6.1f} ms "
-                  f"({100 * bound / row['hf_ms']:5.1f}%)" if hf else ""), flush=True)
+            print(f"round {r}: {gbs:5.1f} GB/s  bound {bound:6.1f} ms  " + "  ".join(
+                f"{name} {row[k]:6.1f} ms ({100 * bound / row[k]:5.1f}%)" for name, k in
+                (("engine", "engine_ms"), ("engine_4k", "engine_4k_ms"), ("transformers", "hf_ms")) if k in row),
+                flush=True)
     med = lambda key: statistics.median(r["bound_ms"] / r[key] for r in rounds)  # noqa: E731
     summary = {"device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
                "weight_bytes": eng.weight_bytes, "bytes_read": eng.bytes_read,
                "context": a.context, "rounds": rounds, "engine_of_bound": med("engine_ms")}
+    if eng4k:
+        summary["engine_4k_of_bound"] = med("engine_4k_ms")
     if hf:
         summary["transformers_of_bound"] = med("hf_ms")
     print(f"threads {summary['threads']}  weights {eng.weight_bytes / 1e6:.0f} MB, read per step "
           f"{eng.bytes_read / 1e6:.0f} MB  median of rounds: engine {100 * summary['engine_of_bound']:.1f}% of bound"
+          + (f", engine_4k {100 * summary['engine_4k_of_bound']:.1f}%" if eng4k else "")
           + (f", transformers {100 * summary['transformers_of_bound']:.1f}%" if hf else ""))
     print(json.dumps(summary))
     return summary

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .hugepages import huge_copy
+
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 SUPPORTED_ROPE = ("default", "linear", "llama3")
 
@@ -164,19 +166,23 @@ def _fuse(spec: ModelSpec, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def weight_bytes(weights: dict[str, torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `weights`."""
-    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in weights.values()}
-    return sum(seen.values())
+    """Bytes of the distinct tensors in `weights` (one tensor under two names counts once; a tensor's
+    storage may be larger, e.g. a huge-page mapping with its alignment slack, see hugepages.py)."""
+    seen = {(t.data_ptr(), t.numel() * t.element_size()) for t in weights.values()}
+    return sum(n for _, n in seen)
 
 
 def load_weights(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    huge_pages: bool = True,
 ) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
-    """Read spec and weights once; tensors are contiguous, in `dtype`, on `device`."""
+    """Read spec and weights once; tensors are contiguous, in `dtype`, on `device` (CPU: on transparent
+    huge pages where the kernel allows, unless huge_pages=False; see hugepages.py)."""
     spec = read_spec(path, dtype)
     raw = _read_checkpoint(Path(path))
     fused = _fuse(spec, raw)
-    weights = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in fused.items()}
+    place = huge_copy if huge_pages else (lambda t: t)
+    weights = {k: place(v.to(device=device, dtype=dtype).contiguous()) for k, v in fused.items()}
     return replace(spec, weight_bytes=weight_bytes(weights)), weights
 
 
