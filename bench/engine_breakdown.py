@@ -7,7 +7,7 @@ Explains bench/engine_throughput.py and bench/decode_bandwidth.py (numbers in do
                          the threads) and oneDNN (torch.utils.mkldnn), measured back to back
   --workload throughput  the 64-request run of engine_throughput.py (engine only): seconds per function
 
-    python bench/engine_breakdown.py [--workload decode|throughput] [--parallel-bags]
+    python bench/engine_breakdown.py [--workload decode|throughput] [--decode-bags]
 """
 
 from __future__ import annotations
@@ -122,12 +122,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=("decode", "throughput"), default="decode")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--parallel-bags", action="store_true",
-                    help="decode attention's embedding_bags on every thread even for small groups "
-                         "(attention.SERIAL_MAX_ROWS = 0, the behaviour before it existed)")
+    ap.add_argument("--decode-bags", action="store_true",
+                    help="every decode group through embedding_bags, small ones too (attention.GATHER_MAX_ROWS = 0)")
     args = ap.parse_args()
-    if args.parallel_bags:
-        A.SERIAL_MAX_ROWS = 0
+    if args.decode_bags:
+        A.GATHER_MAX_ROWS = 0
     instrument()
     (decode if args.workload == "decode" else throughput)(args)
 

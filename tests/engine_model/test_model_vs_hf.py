@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import services.worker.engine.attention as attention
 from tests.engine_model.helpers import ARCHS, TOLERANCE, Driver, hf_last_logits, hf_model
 
 
@@ -35,9 +37,12 @@ def check_greedy(hf, prompt: list[int], ours: list[int], ref: list[int], dtype: 
     assert gap < TOLERANCE[dtype], f"token {i}: ours {ours[i]} vs {ref[i]}, a logit gap of {gap} is no near-tie"
 
 
+@pytest.mark.parametrize("decode", ["gathered", "bags"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_mixed_flat_batches_match_transformers(arch, checkpoints, hf_models, device, dtype):
-    """Prefill of mixed lengths, decode, a sequence joining mid-flight, a chunked prefill."""
+def test_mixed_flat_batches_match_transformers(arch, decode, checkpoints, hf_models, device, dtype, monkeypatch):
+    """Prefill of mixed lengths, decode, a sequence joining mid-flight, a chunked prefill; decode
+    attention through each of its two paths (attention.GATHER_MAX_ROWS picks one per group)."""
+    monkeypatch.setattr(attention, "GATHER_MAX_ROWS", 10**9 if decode == "gathered" else 0)
     d, hf = Driver(checkpoints[arch], seed=1, device=device, dtype=dtype), hf_models[arch]
     d.add(0, [5, 17, 99, 3, 250, 7, 8])  # 7 tokens: 2 token blocks
     d.add(1, list(range(40, 53)))  # 13 tokens: 4 token blocks

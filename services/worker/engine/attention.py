@@ -9,7 +9,9 @@ every layer:
     group to its longest wastes little,
   - decode groups (one query per sequence) never copy the context: scores and the weighted sum of
     V are each one embedding_bag straight over the pool (K is stored transposed per block, see
-    pool.py), because on CPU copying the context is what a decode step spends its time on,
+    pool.py), because on CPU copying the context is what a decode step spends its time on; except
+    small decode groups (GATHER_MAX_ROWS), which copy their whole blocks with one index_select and
+    run two matmuls (at batch 1, cheaper than two bags: docs/benchmarks.md, "decode bandwidth"),
   - prefill groups gather their context blocks into a reused `Workspace` (index_select into
     preallocated buffers: fresh multi-MB tensors per layer cost page faults) and run SDPA.
 Block ids and slots follow pool.py's layout (the one place that defines it).
@@ -17,7 +19,6 @@ Block ids and slots follow pool.py's layout (the one place that defines it).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,13 @@ class Workspace:
     """Grow-only flat gather buffers for K and V, reused across layers and steps (one per thread)."""
 
     def __init__(self):
-        self.k = self.v = torch.empty(0)
+        self.k = self.v = self.b = torch.empty(0)
+
+    def blocks(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """-> one flat buffer [numel] with pool `like`'s dtype and device (whole K+V blocks)."""
+        if self.b.numel() < numel or self.b.dtype != like.dtype or self.b.device != like.device:
+            self.b = like.new_empty(numel + numel // 4)
+        return self.b[:numel]
 
     def kv(self, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> two flat buffers [numel] with pool `like`'s dtype and device."""
@@ -195,30 +202,34 @@ def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, c
     value_view(pool)[blocks, slots] = v.reshape(-1, hd)
 
 
-SERIAL_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head) rows run their bags on one thread
+GATHER_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head) rows: _decode_gathered
 
 
-@contextmanager
-def _serial(on: bool):
-    """One intra-op thread inside the block when `on`: a small multi-threaded embedding_bag slowed the
-    matmuls that follow it by 25-35% (`bench/engine_breakdown.py --parallel-bags`, docs/benchmarks.md).
-    torch.set_num_threads sets this thread's OpenMP and MKL counts (and, meanwhile, the default that a
-    thread doing its first torch work picks up); the count is restored on exit."""
-    n = torch.get_num_threads()
-    if not on or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext,
+                   ws: Workspace) -> torch.Tensor:
+    """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd]."""
+    if q.shape[0] * q.shape[1] <= GATHER_MAX_ROWS:
+        return _decode_gathered(q, pool, layer, g, ws)
+    return _decode_bags(q, pool, layer, g, ctx)
 
 
-def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
-    """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd], reading K and V in place."""
-    with _serial(q.device.type == "cpu" and q.shape[0] * q.shape[1] <= SERIAL_MAX_ROWS):
-        return _decode_bags(q, pool, layer, g, ctx)
+def _decode_gathered(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+    """Small groups: copy the context's whole blocks (K^T and V halves, one index_select), then matmuls.
+    Replaced two single-threaded bags here: multi-threaded bags slowed the matmuls after them by
+    25-35%, single-threaded ones read the cold blocks slowly (docs/benchmarks.md)."""
+    ids = g.read_blocks[layer]  # [Bg * H * NB]
+    (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
+    H = ids.numel() // (Bg * NB)
+    G = Hq // H
+    kv = ws.blocks(ids.numel() * 2 * bs * hd, pool).view(-1, 2, bs, hd)
+    torch.index_select(pool, 0, ids, out=kv)  # [Bg * H * NB, 2, bs, hd]: K^T half, V half (pool.py)
+    kt = kv[:, 0].view(Bg * H, NB, hd, bs)  # [Bg * H, NB, hd, bs]
+    s = torch.matmul((q * hd**-0.5).view(Bg * H, 1, G, hd), kt)  # [Bg * H, NB, G, bs]
+    s = s.transpose(1, 2).reshape(Bg, Hq, NB * bs)  # [Bg, Hq, NB * bs]
+    p = torch.softmax(s if g.bias is None else s + g.bias.to(s.dtype), dim=-1)  # [Bg, Hq, NB * bs]
+    pv = p.view(Bg * H, G, NB, bs).transpose(1, 2)  # [Bg * H, NB, G, bs]
+    o = torch.matmul(pv, kv[:, 1].view(Bg * H, NB, bs, hd))  # [Bg * H, NB, G, hd]: per-block partial sums
+    return o.sum(1).view(Bg, Hq * hd)
 
 
 def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
@@ -257,7 +268,7 @@ def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup
 
 def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext, ws: Workspace):
     if g.max_q == 1:
-        return _attend_decode(q, pool, layer, g, ctx)
+        return _attend_decode(q, pool, layer, g, ctx, ws)
     return _attend_gather(q, pool, layer, g, ws)
 
 
