@@ -5,18 +5,21 @@ where bytes_read is every weight except the embedding table (a step reads one ro
 embeddings the table is the LM head and counts in full). Bandwidth is measured in the same run (a
 1 GiB fp32 tensor sum: reads only, like the weights). Random weights are written to a temp dir (fp32).
 
-On a shared machine the bandwidth and the step times drift with other tenants, so the run is split
-into rounds; each round measures the bandwidth, then this engine's step, then transformers' generate,
-each as the best of a few repetitions (the least disturbed one). Every round yields its own ratios to
-the bound; the summary is their median. Prints one JSON line at the end.
+On a shared machine the bandwidth and the step times drift with other tenants (within seconds), so the
+run is split into rounds, and inside a round the probe and this engine's decode steps take turns: one
+bandwidth sample, one step of each engine, `--steps` times. A round's bound uses its best bandwidth
+sample and each engine its best step, all from the same stretch of time; transformers' generate runs
+after them (best of 2). Every round yields its own ratios; the summary is their median. One JSON line
+at the end.
 
     python bench/decode_bandwidth.py [--threads 1] [--rounds 5] [--steps 8] [--context 128]
                                      [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 
 On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
 On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
-allows (services/worker/engine/hugepages.py); --with-4k-pages adds, in every round, the same engine
-with its weights on ordinary pages ("engine_4k").
+allows (services/worker/engine/hugepages.py). `--also` adds variants of the engine, measured in every
+round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `decode-bags` (every decode
+group through embedding_bags: attention.GATHER_MAX_ROWS = 0).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import services.worker.engine.attention as attention  # noqa: E402
 from services.worker.engine.hugepages import huge_copy  # noqa: E402
 from services.worker.engine.loader import load_weights  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
@@ -40,6 +44,7 @@ from services.worker.engine.runner import ModelRunner, keep_freed_memory  # noqa
 from services.worker.engine.types import SamplingParams, SeqStep, StepInput  # noqa: E402
 
 BLOCK = EngineConfig.block_size
+VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0}}
 
 
 def write_random_llama(path: Path, a) -> Path:
@@ -89,8 +94,9 @@ class EngineDecode:
     """This engine's runner with one sequence: a `context`-token prefill, then batch-1 decode steps."""
 
     def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32,
-                 huge_pages: bool = True):
+                 huge_pages: bool = True, gather_max_rows: int | None = None):
         spec, weights = load_weights(path, dtype, device, huge_pages)
+        self.gather_max_rows = attention.GATHER_MAX_ROWS if gather_max_rows is None else gather_max_rows
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
         pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
@@ -104,15 +110,33 @@ class EngineDecode:
         seq = SeqStep(0, tokens, start, self.table, SamplingParams())
         return self.runner.execute(StepInput("b", [seq])).token_ids[0]
 
-    def best_step_ms(self, steps: int) -> float:
-        """Prefill the context again, then the best of `steps` decode steps (ms)."""
-        tok, best = self._step(list(range(3, 3 + self.context)), 0), float("inf")
-        for i in range(steps):
+    def restart(self) -> None:
+        """Prefill the context again; decode steps continue from it."""
+        self.tok, self.pos = self._step(list(range(3, 3 + self.context)), 0), self.context
+
+    def step_ms(self) -> float:
+        """One decode step (ms), with this engine's decode attention setting."""
+        default, attention.GATHER_MAX_ROWS = attention.GATHER_MAX_ROWS, self.gather_max_rows
+        try:
             sync(self.device)
             t0 = time.perf_counter()
-            tok = self._step([tok], self.context + i)  # the token id comes back to the host: a sync
-            best = min(best, time.perf_counter() - t0)
-        return best * 1e3
+            self.tok = self._step([self.tok], self.pos)  # the token id comes back to the host: a sync
+            self.pos += 1
+            return (time.perf_counter() - t0) * 1e3
+        finally:
+            attention.GATHER_MAX_ROWS = default
+
+
+def interleaved_round(probe: torch.Tensor, engines: dict[str, EngineDecode], steps: int) -> dict[str, float]:
+    """Best bandwidth sample (GB/s) and each engine's best step (ms), taking turns `steps` times."""
+    for e in engines.values():
+        e.restart()
+    best = {"gbs": 0.0} | {f"{name}_ms": float("inf") for name in engines}
+    for _ in range(steps):
+        best["gbs"] = max(best["gbs"], bandwidth_gbs(probe, reps=1))
+        for name, e in engines.items():
+            best[f"{name}_ms"] = min(best[f"{name}_ms"], e.step_ms())
+    return best
 
 
 class HFDecode:
@@ -143,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                      steps=8, context=128, rounds=5, threads=0).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--skip-transformers", action="store_true")
-    ap.add_argument("--with-4k-pages", action="store_true", help="also the engine with weights on 4 KiB pages")
+    ap.add_argument("--also", default="", help="engine variants measured too: 4k-pages,decode-bags")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a = ap.parse_args(argv)
@@ -155,36 +179,35 @@ def main(argv: list[str] | None = None) -> dict:
         path = write_random_llama(Path(tmp) / "llama", a)
         eng = EngineDecode(path, a.context, a.steps, a.device, dtype)
         hf = None if a.skip_transformers else HFDecode(path, a.context, a.device, dtype)
-        eng4k = EngineDecode(path, a.context, a.steps, a.device, dtype, huge_pages=False) if a.with_4k_pages else None
+        variants = {f"engine_{v.replace('-', '_')}": EngineDecode(path, a.context, a.steps, a.device, dtype,
+                                                                  **VARIANTS[v])
+                    for v in filter(None, a.also.split(","))}
         probe = huge_copy(torch.ones(1 << 28, device=a.device))  # 1 GiB of fp32, on the pages the weights get
-        eng.best_step_ms(2)  # warm-up
-        eng4k and eng4k.best_step_ms(2)
+        engines = {"engine": eng, **variants}
+        interleaved_round(probe, engines, 2)  # warm-up
         hf and hf.best_step_ms(2, reps=1)
         rounds = []
         for r in range(a.rounds):
-            gbs = bandwidth_gbs(probe)
-            bound = eng.bytes_read / (gbs * 1e9) * 1e3
-            row = {"gbs": gbs, "bound_ms": bound, "engine_ms": eng.best_step_ms(a.steps)}
-            if eng4k:
-                row["engine_4k_ms"] = eng4k.best_step_ms(a.steps)
+            row = interleaved_round(probe, engines, a.steps)
+            gbs = row["gbs"]
+            row["bound_ms"] = bound = eng.bytes_read / (gbs * 1e9) * 1e3
             if hf:
                 row["hf_ms"] = hf.best_step_ms(a.steps)
             rounds.append(row)
             print(f"round {r}: {gbs:5.1f} GB/s  bound {bound:6.1f} ms  " + "  ".join(
-                f"{name} {row[k]:6.1f} ms ({100 * bound / row[k]:5.1f}%)" for name, k in
-                (("engine", "engine_ms"), ("engine_4k", "engine_4k_ms"), ("transformers", "hf_ms")) if k in row),
-                flush=True)
+                f"{k[:-3].replace('hf', 'transformers')} {v:6.1f} ms ({100 * bound / v:5.1f}%)"
+                for k, v in row.items() if k.endswith("_ms") and k != "bound_ms"), flush=True)
     med = lambda key: statistics.median(r["bound_ms"] / r[key] for r in rounds)  # noqa: E731
     summary = {"device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
                "weight_bytes": eng.weight_bytes, "bytes_read": eng.bytes_read,
                "context": a.context, "rounds": rounds, "engine_of_bound": med("engine_ms")}
-    if eng4k:
-        summary["engine_4k_of_bound"] = med("engine_4k_ms")
+    for name in variants:
+        summary[f"{name}_of_bound"] = med(f"{name}_ms")
     if hf:
         summary["transformers_of_bound"] = med("hf_ms")
     print(f"threads {summary['threads']}  weights {eng.weight_bytes / 1e6:.0f} MB, read per step "
           f"{eng.bytes_read / 1e6:.0f} MB  median of rounds: engine {100 * summary['engine_of_bound']:.1f}% of bound"
-          + (f", engine_4k {100 * summary['engine_4k_of_bound']:.1f}%" if eng4k else "")
+          + "".join(f", {name} {100 * summary[f'{name}_of_bound']:.1f}%" for name in variants)
           + (f", transformers {100 * summary['transformers_of_bound']:.1f}%" if hf else ""))
     print(json.dumps(summary))
     return summary
