@@ -17,8 +17,9 @@ Keys (all optional):
                           sync_interval_s 1.0     how often quotas are read from memmgr (ADBS) and the
                                                   waiting counts reported
                           connect_timeout_s 30    how long to wait for memmgr at the first load
-    engine              EngineConfig keys (services/worker/engine/config.py): block_size, num_blocks, ...
-                        (memmgr mode: the pool and its block_size are memmgr's; num_blocks is ignored)
+    engine              EngineConfig keys (services/worker/engine/config.py): block_size, num_blocks, dtype,
+                        device (default: cluster.device), start_mps, ... (memmgr mode: the pool and its
+                        block_size are memmgr's; num_blocks is ignored)
     drain_timeout_s     how long an unloaded LLM may finish its in-flight requests (default 120)
 
 Cached free blocks (memmgr mode) go back to memmgr when an LLM has held no block for idle_release_s,
@@ -86,6 +87,10 @@ class WorkerConfig:
         if cfg.kv not in KV_MODES:
             raise ValueError(f"worker.kv must be one of {KV_MODES}, got {cfg.kv!r}")
         return cfg
+
+    def engine_section(self, cluster_device: str) -> dict:
+        """The `engine` keys with `device` defaulting to the cluster's (cpu or cuda)."""
+        return {"device": cluster_device, **self.engine}
 
     def advertised_address(self, bound_port: int) -> str:
         if self.advertise:

@@ -73,7 +73,8 @@ class Worker:
 
         if self.engine is None and new:
             log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
-            self.engine = await self.kv.create_engine(new, EngineConfig.from_section(self.wcfg.engine))
+            engine = EngineConfig.from_section(self.wcfg.engine_section(self.mesh.cluster.device))
+            self.engine = await self.kv.create_engine(new, engine)
         else:
             for llm in new:
                 log.info("loading %s from %s", llm.name, llm.path)

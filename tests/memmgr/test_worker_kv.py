@@ -167,3 +167,11 @@ async def test_expired_session_fails_requests_then_recovers_with_a_new_one(tiny_
     finally:
         await kv.close()
         await svc.stop()
+
+
+def test_engine_device_defaults_to_the_clusters():
+    from services.worker.engine.config import EngineConfig
+
+    assert EngineConfig.from_section(WorkerConfig.from_section({}).engine_section("cuda")).device == "cuda"
+    own = WorkerConfig.from_section({"engine": {"device": "cpu", "dtype": "bfloat16"}}).engine_section("cuda")
+    assert EngineConfig.from_section(own).device == "cpu" and own["dtype"] == "bfloat16"  # an explicit key wins
