@@ -19,7 +19,9 @@ On CUDA every timing synchronizes the device first and last; the probe sums a 1 
 On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
 allows (services/worker/engine/hugepages.py). `--also` adds variants of the engine, measured in every
 round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `decode-bags` (every decode
-group through embedding_bags: attention.GATHER_MAX_ROWS = 0).
+group through embedding_bags: attention.GATHER_MAX_ROWS = 0), `no-panels` (matrices [K, N], K split over
+the threads in one bmm: the layout before column panels), `no-native` (panels through bmm, without
+native.gemv).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 import services.worker.engine.attention as attention  # noqa: E402
+import services.worker.engine.model as model  # noqa: E402
 from services.worker.engine.hugepages import huge_copy  # noqa: E402
 from services.worker.engine.loader import load_weights  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
@@ -44,7 +47,8 @@ from services.worker.engine.runner import ModelRunner, keep_freed_memory  # noqa
 from services.worker.engine.types import SamplingParams, SeqStep, StepInput  # noqa: E402
 
 BLOCK = EngineConfig.block_size
-VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0}}
+VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0},
+            "no-panels": {"panels": False}, "no-native": {"native": False}}
 
 
 def write_random_llama(path: Path, a) -> Path:
@@ -94,9 +98,11 @@ class EngineDecode:
     """This engine's runner with one sequence: a `context`-token prefill, then batch-1 decode steps."""
 
     def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32,
-                 huge_pages: bool = True, gather_max_rows: int | None = None):
-        spec, weights = load_weights(path, dtype, device, huge_pages)
+                 huge_pages: bool = True, gather_max_rows: int | None = None, panels: bool = True,
+                 native: bool = True):
+        spec, weights = load_weights(path, dtype, device, huge_pages, panels)
         self.gather_max_rows = attention.GATHER_MAX_ROWS if gather_max_rows is None else gather_max_rows
+        self.gemv = model.GEMV if native else None
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
         pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
@@ -116,7 +122,8 @@ class EngineDecode:
 
     def step_ms(self) -> float:
         """One decode step (ms), with this engine's decode attention setting."""
-        default, attention.GATHER_MAX_ROWS = attention.GATHER_MAX_ROWS, self.gather_max_rows
+        default = attention.GATHER_MAX_ROWS, model.GEMV
+        attention.GATHER_MAX_ROWS, model.GEMV = self.gather_max_rows, self.gemv
         try:
             sync(self.device)
             t0 = time.perf_counter()
@@ -124,7 +131,7 @@ class EngineDecode:
             self.pos += 1
             return (time.perf_counter() - t0) * 1e3
         finally:
-            attention.GATHER_MAX_ROWS = default
+            attention.GATHER_MAX_ROWS, model.GEMV = default
 
 
 def interleaved_round(probe: torch.Tensor, engines: dict[str, EngineDecode], steps: int) -> dict[str, float]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .attention import AttnContext, Workspace, paged_attention
 from .loader import ModelSpec
 
@@ -59,32 +60,49 @@ SPLIT_MAX_ROWS = 256  # linear(): up to this many rows, split the weight over th
 
 
 def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ wt [K, N] (+ b [N]) -> [M, N].
+    """x [M, K] @ wt (+ b [N]) -> [M, N]; wt is [K, N] or column panels [P, K, wp] (panels.py).
 
-    On CPU with S > 1 threads and few rows, MKL reads the weight at about one core's bandwidth (and
-    is slower still for 2-16 rows), while decode is bandwidth-bound. A bmm with one batch per thread
-    reads it on all cores: one row splits K (each thread streams a contiguous slab of wt, then the S
-    partial sums are added), a few rows split N.
+    Panels (CPU fp32, only where native.gemv runs, see loader.py): up to native.MAX_ROWS rows go
+    through native.gemv, which streams each panel once; more rows are one bmm over the panels, then
+    the [P, M, wp] result is laid out as [M, N]. [K, N] on CPU with S > 1 threads and few rows: MKL
+    reads the weight at about one core's bandwidth, while decode is bandwidth-bound, so a bmm with
+    one batch per thread reads it on all cores: one row splits K (the S partial sums are added), a
+    few rows split N.
     """
+    y = _panels(x, wt) if wt.dim() == 3 else _matrix(x, wt)
+    return y if b is None else y + b
+
+
+def _panels(x: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+    P, K, w = wp.shape
+    M = x.shape[0]
+    if M <= native.MAX_ROWS and GEMV is not None and x.dtype == torch.float32:
+        return GEMV(x.contiguous(), wp)  # [M, P * w]
+    y = torch.bmm(x.expand(P, M, K), wp)  # [P, M, w]
+    return y.view(1, P * w) if M == 1 else y.transpose(0, 1).reshape(M, P * w)
+
+
+def _matrix(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     S, (M, K), N = torch.get_num_threads(), x.shape, wt.shape[1]
     if S == 1 or M > SPLIT_MAX_ROWS or x.device.type != "cpu":
-        y = x @ wt  # [M, N]
-    elif M == 1 and K % S == 0:
-        y = torch.bmm(x.view(S, 1, K // S), wt.view(S, K // S, N)).sum(0)  # [S, 1, N] -> [1, N]
-    elif N % S == 0:
+        return x @ wt  # [M, N]
+    if M == 1 and K % S == 0:
+        return torch.bmm(x.view(S, 1, K // S), wt.view(S, K // S, N)).sum(0)  # [S, 1, N] -> [1, N]
+    if N % S == 0:
         y = torch.bmm(x.expand(S, M, K), wt.view(K, S, N // S).transpose(0, 1))  # [S, M, N / S]
-        y = y.transpose(0, 1).reshape(M, N)  # [M, N]
-    else:
-        y = x @ wt
-    return y if b is None else y + b
+        return y.transpose(0, 1).reshape(M, N)  # [M, N]
+    return x @ wt
+
+
+GEMV = native.gemv()  # None where the native kernel cannot run: _panels uses bmm then
 
 
 @dataclass
 class Layer:
-    """One decoder layer's weights; matrices are stored [in, out] (x @ w), see loader.py."""
+    """One decoder layer's weights; matrices are [in, out] (x @ w) or column panels (panels.py)."""
 
     attn_norm: torch.Tensor  # [D]
-    wqkv: torch.Tensor  # [D, (Hq + 2 H) * hd]
+    wqkv: torch.Tensor  # [D, (Hq + 2 H) * hd] or its panels
     bqkv: torch.Tensor | None  # [(Hq + 2 H) * hd]
     wo: torch.Tensor  # [Hq * hd, D]
     ffn_norm: torch.Tensor  # [D]
@@ -100,7 +118,7 @@ class Transformer:
         self.spec, self.pool = spec, pool
         self.embed, self.norm = weights["embed"], weights["norm"]  # [V, D], [D]
         self.tied = "lm_head" not in weights
-        self.lm_head = weights.get("lm_head", self.embed)  # [D, V]; tied: the embedding itself [V, D]
+        self.lm_head = weights.get("lm_head", self.embed)  # [D, V] or panels; tied: the embedding itself [V, D]
         self.layers = [
             Layer(*(weights.get(f"layers.{i}.{n}") for n in ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")))
             for i in range(spec.num_layers)

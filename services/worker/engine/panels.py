@@ -1,0 +1,41 @@
+"""Column-panel layout of CPU weight matrices: THE one place that defines it.
+
+A matrix used as `x @ w` with w [K, N] is stored on the CPU (fp32) as P = N / wp contiguous panels
+`[P, K, wp]`: panel p holds columns p * wp .. (p + 1) * wp - 1 of w, row by row. A batch-1 decode step
+then streams each panel front to back (native.gemv: one thread per panel at a time), and a batch of
+rows is one bmm over the panels. The width wp is the first of PANEL_WIDTHS dividing N; a matrix
+whose N has none stays [K, N].
+"""
+
+from __future__ import annotations
+
+import torch
+
+PANEL_WIDTHS = (256, 128, 64, 32, 16)
+MATRICES = ("wqkv", "wo", "w13", "w2", "lm_head")  # loader names (layers.{i}.<name>, lm_head)
+
+
+def panel_width(n: int) -> int | None:
+    return next((wp for wp in PANEL_WIDTHS if n % wp == 0), None)
+
+
+def to_panels(w: torch.Tensor) -> torch.Tensor:
+    """w [K, N] -> [N / wp, K, wp] contiguous (or w itself when no panel width divides N)."""
+    K, N = w.shape
+    wp = panel_width(N)
+    if wp is None:
+        return w
+    return w.reshape(K, N // wp, wp).transpose(0, 1).contiguous()
+
+
+def from_panels(p: torch.Tensor) -> torch.Tensor:
+    """[P, K, wp] -> the [K, P * wp] matrix (a copy); a 2-D matrix is returned as it is."""
+    if p.dim() == 2:
+        return p
+    P, K, wp = p.shape
+    return p.transpose(0, 1).reshape(K, P * wp)
+
+
+def out_features(w: torch.Tensor) -> int:
+    """N of a matrix in either layout."""
+    return w.shape[-1] if w.dim() == 2 else w.shape[0] * w.shape[2]
