@@ -130,6 +130,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--block-size", type=int, default=EngineConfig.block_size, help="engine KV block size (tokens)")
     ap.add_argument("--decode-group-ratio", type=float, default=None,
                     help="engine: attention.DECODE_GROUP_RATIO (default: the engine's)")
+    ap.add_argument("--gather-max-rows", type=int, default=None,
+                    help="engine: attention.GATHER_MAX_ROWS (default: the engine's)")
+    ap.add_argument("--no-panels", action="store_true", help="engine: matrices [K, N], not column panels")
     ap.add_argument("--num-blocks", type=int, default=40000, help="engine pool, head-wise blocks of 16 tokens (scaled to --block-size)")
     ap.add_argument("--prefill-tokens", type=int, default=4096, help="engine prefill token budget")
     ap.add_argument("--device", default="cpu")
@@ -139,10 +142,15 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.decode_group_ratio is not None:
-        import services.worker.engine.attention as attention
+    import services.worker.engine.attention as attention
+    import services.worker.engine.loader as loader
 
+    if args.decode_group_ratio is not None:
         attention.DECODE_GROUP_RATIO = args.decode_group_ratio
+    if args.gather_max_rows is not None:
+        attention.GATHER_MAX_ROWS = args.gather_max_rows
+    if args.no_panels:
+        loader.PANELS = False
     from services.worker.engine.runner import keep_freed_memory
 
     keep_freed_memory()  # the engine's allocator setting, applied before ANY system runs: same for all
