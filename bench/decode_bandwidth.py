@@ -18,10 +18,10 @@ at the end.
 On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
 On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
 allows (services/worker/engine/hugepages.py). `--also` adds variants of the engine, measured in every
-round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `decode-bags` (every decode
-group through embedding_bags: attention.GATHER_MAX_ROWS = 0), `no-panels` (matrices [K, N], K split over
-the threads in one bmm: the layout before column panels), `no-native` (panels through bmm, without
-native.gemv).
+round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `decode-bags` / `decode-gather`
+(every decode group through embedding_bags / small ones gathered: attention.GATHER_MAX_ROWS 0 / 64),
+`no-native` (the engine where native.gemv cannot run: matrices [K, N] with K split over the threads in
+one bmm, small decode groups gathered).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from services.worker.engine.types import SamplingParams, SeqStep, StepInput  # n
 
 BLOCK = EngineConfig.block_size
 VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0},
-            "no-panels": {"panels": False}, "no-native": {"native": False}}
+            "decode-gather": {"gather_max_rows": 64}, "no-native": {"panels": False, "gather_max_rows": 64}}
 
 
 def write_random_llama(path: Path, a) -> Path:

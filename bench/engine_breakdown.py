@@ -3,11 +3,12 @@
 Explains bench/engine_throughput.py and bench/decode_bandwidth.py (numbers in docs/benchmarks.md):
   --workload decode      the ~350M Llama of decode_bandwidth.py at batch 1 (context 128): per-step ms in the
                          linear layers, attention and the whole forward; then the read rate (GB/s) of
-                         every weight matrix through a plain sum, MKL `x @ w`, `model.linear` (K split over
-                         the threads) and oneDNN (torch.utils.mkldnn), measured back to back
+                         every weight matrix through a plain sum, `model.linear` on the engine's stored
+                         layout (column panels + native.gemv where it runs), the K-split bmm over [K, N],
+                         MKL `x @ w` and oneDNN (torch.utils.mkldnn), measured back to back
   --workload throughput  the 64-request run of engine_throughput.py (engine only): seconds per function
 
-    python bench/engine_breakdown.py [--workload decode|throughput] [--decode-bags]
+    python bench/engine_breakdown.py [--workload decode|throughput] [--decode-bags | --decode-gather]
 """
 
 from __future__ import annotations
@@ -67,10 +68,15 @@ def best(fn, reps: int = 5) -> float:
 
 
 def read_rates(model) -> dict[str, float]:
-    """GB/s over all weight matrices of `model` (batch-1 x for the matmuls)."""
+    """GB/s over all weight matrices of `model` (batch-1 x for the matmuls): as the engine stores them
+    (column panels where native.gemv runs) and as [K, N] copies (on huge pages too) for the others."""
     from torch.utils import mkldnn
 
-    mats = [model.lm_head] + [w for L in model.layers for w in (L.wqkv, L.wo, L.w13, L.w2)]  # [K, N] each
+    from services.worker.engine.hugepages import huge_copy
+    from services.worker.engine.panels import from_panels
+
+    stored = [model.lm_head] + [w for L in model.layers for w in (L.wqkv, L.wo, L.w13, L.w2)]
+    mats = [huge_copy(from_panels(w).contiguous()) for w in stored]  # [K, N] each
     nbytes = sum(w.numel() * w.element_size() for w in mats)
     xs = {w.shape[0]: torch.randn(1, w.shape[0]) for w in mats}
     lins = []
@@ -78,9 +84,10 @@ def read_rates(model) -> dict[str, float]:
         lin = torch.nn.Linear(*w.shape, bias=False)
         lin.weight.data = w.t().contiguous()
         lins.append(mkldnn.to_mkldnn(lin))
-    kernels = {"sum": lambda: [w.sum() for w in mats],
+    kernels = {"sum": lambda: [w.sum() for w in stored],
+               "model.linear (as stored)": lambda: [M.linear(xs[w.shape[0]], s) for w, s in zip(mats, stored)],
+               "K-split bmm over [K, N]": lambda: [M._matrix(xs[w.shape[0]], w) for w in mats],
                "x @ w (MKL)": lambda: [xs[w.shape[0]] @ w for w in mats],
-               "model.linear": lambda: [M.linear(xs[w.shape[0]], w) for w in mats],
                "oneDNN linear": lambda: [lin(xs[w.shape[0]]) for lin, w in zip(lins, mats)]}
     return {k: nbytes / best(f) / 1e9 for k, f in kernels.items()}
 
@@ -124,9 +131,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--decode-bags", action="store_true",
                     help="every decode group through embedding_bags, small ones too (attention.GATHER_MAX_ROWS = 0)")
+    ap.add_argument("--decode-gather", action="store_true",
+                    help="small decode groups gathered (attention.GATHER_MAX_ROWS = 64)")
     args = ap.parse_args()
     if args.decode_bags:
         A.GATHER_MAX_ROWS = 0
+    if args.decode_gather:
+        A.GATHER_MAX_ROWS = 64
     instrument()
     (decode if args.workload == "decode" else throughput)(args)
 

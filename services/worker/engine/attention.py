@@ -9,9 +9,9 @@ every layer:
     group to its longest wastes little,
   - decode groups (one query per sequence) never copy the context: scores and the weighted sum of
     V are each one embedding_bag straight over the pool (K is stored transposed per block, see
-    pool.py), because on CPU copying the context is what a decode step spends its time on; except
-    small decode groups (GATHER_MAX_ROWS), which copy their whole blocks with one index_select and
-    run two matmuls (at batch 1, cheaper than two bags: docs/benchmarks.md, "decode bandwidth"),
+    pool.py), because on CPU copying the context is what a decode step spends its time on; except,
+    without the native GEMV, small decode groups (GATHER_MAX_ROWS), which copy their whole blocks
+    with one index_select and run two matmuls (docs/benchmarks.md, "decode bandwidth"),
   - prefill groups gather their context blocks into a reused `Workspace` (index_select into
     preallocated buffers: fresh multi-MB tensors per layer cost page faults) and run SDPA.
 Block ids and slots follow pool.py's layout (the one place that defines it).
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .pool import key_view, value_view
 from .types import InvalidRequestError
 
@@ -202,7 +203,10 @@ def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, c
     value_view(pool)[blocks, slots] = v.reshape(-1, hd)
 
 
-GATHER_MAX_ROWS = 64  # decode groups of at most this many (sequence, query head) rows: _decode_gathered
+# Decode groups of at most this many (sequence, query head) rows use _decode_gathered. Only without the
+# native GEMV: next to MKL's matmuls small multi-threaded bags cost 1.5x per batch-1 step, next to the
+# native kernel they beat the gather by a few % (docs/benchmarks.md, decode bandwidth).
+GATHER_MAX_ROWS = 0 if native.gemv() is not None else 64
 
 
 def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext,
@@ -215,8 +219,8 @@ def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup
 
 def _decode_gathered(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
     """Small groups: copy the context's whole blocks (K^T and V halves, one index_select), then matmuls.
-    Replaced two single-threaded bags here: multi-threaded bags slowed the matmuls after them by
-    25-35%, single-threaded ones read the cold blocks slowly (docs/benchmarks.md)."""
+    Next to MKL's matmuls, multi-threaded bags slowed the matmuls after them by 25-35% and
+    single-threaded ones read the cold blocks slowly (docs/benchmarks.md)."""
     ids = g.read_blocks[layer]  # [Bg * H * NB]
     (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
     H = ids.numel() // (Bg * NB)
