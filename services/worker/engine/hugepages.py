@@ -3,7 +3,7 @@
 `huge_copy(t)` returns a copy of `t` in a fresh anonymous mapping, 2 MiB aligned and advised
 MADV_HUGEPAGE, when that can help: Linux, CPU tensor of at least 2 MiB, and the kernel's THP mode
 (/sys/kernel/mm/transparent_hugepage/enabled) `madvise` or `always`. Otherwise it returns `t` itself.
-A batch-1 decode step of the ~350M Llama ran 2-10% faster with its weights in huge pages
+A batch-1 decode step of the ~350M Llama ran 2-15% faster with its weights in huge pages
 (docs/benchmarks.md, "decode bandwidth").
 
 Shared-memory tensors (process jobs: loader.share_weights) live in shmem, which gets huge pages only
