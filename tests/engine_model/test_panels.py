@@ -58,7 +58,8 @@ def test_loader_uses_panels_only_where_the_kernel_runs(checkpoints):
     assert (w["layers.0.w13"].dim() == 3) == (GEMV is not None)
     _, w16 = load_weights(checkpoints["llama"], torch.bfloat16)
     assert w16["layers.0.w13"].dim() == 2  # the kernel is fp32 only
-    assert torch.equal(from_panels(w["layers.0.wqkv"]), load_weights(checkpoints["llama"], panels=False)[1]["layers.0.wqkv"])
+    _, plain = load_weights(checkpoints["llama"], panels=False)
+    assert torch.equal(from_panels(w["layers.0.wqkv"]), plain["layers.0.wqkv"])
 
 
 def test_greedy_tokens_same_with_and_without_the_native_kernel(checkpoints, monkeypatch):

@@ -70,15 +70,20 @@ class Workspace:
 
     def blocks(self, numel: int, like: torch.Tensor) -> torch.Tensor:
         """-> one flat buffer [numel] with pool `like`'s dtype and device (whole K+V blocks)."""
-        if self.b.numel() < numel or self.b.dtype != like.dtype or self.b.device != like.device:
-            self.b = like.new_empty(numel + numel // 4)
+        self.b = _fit(self.b, numel, like)
         return self.b[:numel]
 
     def kv(self, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> two flat buffers [numel] with pool `like`'s dtype and device."""
-        if self.k.numel() < numel or self.k.dtype != like.dtype or self.k.device != like.device:
-            self.k, self.v = like.new_empty(numel + numel // 4), like.new_empty(numel + numel // 4)
+        self.k, self.v = _fit(self.k, numel, like), _fit(self.v, numel, like)
         return self.k[:numel], self.v[:numel]
+
+
+def _fit(buf: torch.Tensor, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """`buf` if it holds numel of like's dtype and device, else a new one with 25% headroom."""
+    if buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        return like.new_empty(numel + numel // 4)
+    return buf
 
 
 def _tables(seqs, ntb: list[int], per_tb: int, num_blocks: int, seq_ids) -> torch.Tensor:

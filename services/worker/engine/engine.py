@@ -24,7 +24,6 @@ import torch
 from services.worker.engine import admission, loader, pool as pool_mod
 from services.worker.engine.admission import merge_chunks
 from services.worker.engine.block_manager import BlockManager, BlockSources
-from services.worker.engine.compute_share import start_mps_daemon
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
 from services.worker.engine.launch import job_shares, load_tokenizer, make_jobs  # noqa: F401 (re-exported)
@@ -63,9 +62,6 @@ class UnitEngine:
         self.head_dim = pool.shape[-1] if pool is not None else specs[0].head_dim
         self.pool = pool if pool is not None else self._allocate_pool()
         self.pool_attach = pool_attach
-        c = self.config
-        if c.start_mps and c.device.startswith("cuda") and c.job_mode == "process":
-            start_mps_daemon()  # before any job starts: children read the daemon's pipe at CUDA init
         capacity = getattr(block_source, "capacity", None) or self.pool.shape[0]
         self.block_source: BlockSources | object = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)

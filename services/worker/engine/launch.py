@@ -31,7 +31,10 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
     spec = replace(spec, name=cfg.name)
     if config.job_mode == "process":
         from services.worker.engine import jobs
+        from services.worker.engine.compute_share import start_mps_daemon
 
+        if config.start_mps and config.device.startswith("cuda"):
+            start_mps_daemon()  # before the jobs start (children find the daemon at CUDA init); no-op if up
         shares = job_shares(cfg.name, config)
         return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
                                        name=f"{cfg.name}-{kind}", pool_attach=pool_attach)

@@ -190,7 +190,8 @@ def load_weights(
     raw = _read_checkpoint(Path(path))
     fused = _fuse(spec, raw)
     place = huge_copy if huge_pages else (lambda t: t)
-    panel = panels and PANELS and torch.device(device).type == "cpu" and dtype == torch.float32 and native.gemv() is not None
+    panel = (panels and PANELS and torch.device(device).type == "cpu" and dtype == torch.float32
+             and native.gemv() is not None)
     weights = {k: place(_layout(k, v.to(device=device, dtype=dtype).contiguous(), panel)) for k, v in fused.items()}
     return replace(spec, weight_bytes=weight_bytes(weights)), weights
 
