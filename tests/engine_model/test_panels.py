@@ -28,12 +28,13 @@ def test_panel_layout_round_trips():
 @pytest.mark.parametrize("K,N", [(64, 16), (300, 1024), (1024, 3072 + 128)])
 def test_native_gemv_matches_matmul(rows, K, N):
     w, x = torch.randn(K, N), torch.randn(rows, K)
+    default = torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
             y = GEMV(x, to_panels(w))
         finally:
-            torch.set_num_threads(2)
+            torch.set_num_threads(default)
         ref = (x.double() @ w.double()).float()
         assert y.shape == (rows, N) and torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * K**0.5)
 

@@ -38,8 +38,9 @@ def _torch_libgomp() -> str | None:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
-    paths = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line and "/" in line}
-    return min(paths, default=None)  # one runtime; min() only makes the choice deterministic
+    paths = sorted({line.split()[-1] for line in maps.splitlines() if "libgomp" in line and "/" in line})
+    mine = [p for p in paths if p.startswith(os.path.dirname(torch.__file__))]
+    return (mine or paths or [None])[0]  # torch's own copy when it ships one
 
 
 def _cache_dir() -> Path:
