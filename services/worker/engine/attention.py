@@ -63,7 +63,7 @@ class AttnContext:
 
 
 class Workspace:
-    """Grow-only flat gather buffers for K and V, reused across layers and steps (one per thread)."""
+    """Grow-only flat gather buffers (K and V, or whole blocks), reused across layers and steps (one per thread)."""
 
     def __init__(self):
         self.k = self.v = self.b = torch.empty(0)

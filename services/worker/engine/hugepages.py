@@ -14,6 +14,7 @@ out of its huge pages into shmem.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import sys
 from pathlib import Path
@@ -34,10 +35,15 @@ def thp_mode() -> str:
     return text[text.find("[") + 1: text.find("]")] if "[" in text else "never"
 
 
-def _madvise(ptr: int, length: int) -> bool:
+@functools.cache
+def _libc_madvise():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise(ptr, length, MADV_HUGEPAGE) == 0
+    return libc.madvise
+
+
+def _madvise(ptr: int, length: int) -> bool:
+    return _libc_madvise()(ptr, length, MADV_HUGEPAGE) == 0
 
 
 def huge_copy(t: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,8 @@
 """Native CPU kernels, built on first use with the system's C compiler (optional: torch paths otherwise).
 
 `gemv()` returns a callable `(x [M, K] fp32, panels [P, K, w] fp32) -> y [M, P * w]` for M <= MAX_ROWS
-(csrc/gemv.c), or
-None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU OpenMP, a failed
-build, or MUXSERVE_NATIVE=0. The library is compiled with -O3 -march=native -fopenmp once per source,
+(csrc/gemv.c), or None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU
+OpenMP, a failed build, or MUXSERVE_NATIVE=0. The library is compiled with -O3 -march=native -fopenmp once per source,
 compiler, CPU and OpenMP runtime into $MUXSERVE_CACHE_DIR (default ~/.cache/muxserve) and linked
 against the libgomp that torch has loaded, so the kernel's threads are torch's own (two OpenMP
 runtimes in one process would fight over the cores). Every failure is logged once and falls back.
