@@ -18,10 +18,11 @@ at the end.
 On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
 On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
 allows (services/worker/engine/hugepages.py). `--also` adds variants of the engine, measured in every
-round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `decode-bags` / `decode-gather`
-(every decode group through embedding_bags / small ones gathered: attention.GATHER_MAX_ROWS 0 / 64),
-`no-native` (the engine where native.gemv cannot run: matrices [K, N] with K split over the threads in
-one bmm, small decode groups gathered).
+round, step for step with it: `4k-pages` (weights on ordinary 4 KiB pages), `no-fused` (decode steps on
+the torch path, layer by layer, instead of fused.py's one native call), `decode-bags` / `decode-gather`
+(no-fused, and every decode group through embedding_bags / small ones gathered: attention.GATHER_MAX_ROWS
+0 / 64), `no-native` (the engine where the native kernels cannot run: matrices [K, N] with K split over
+the threads in one bmm, small decode groups gathered).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from services.worker.engine.runner import ModelRunner, keep_freed_memory  # noqa
 from services.worker.engine.types import SamplingParams, SeqStep, StepInput  # noqa: E402
 
 BLOCK = EngineConfig.block_size
-VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0},
-            "decode-gather": {"gather_max_rows": 64}, "no-native": {"panels": False, "gather_max_rows": 64}}
+VARIANTS = {"4k-pages": {"huge_pages": False}, "decode-bags": {"gather_max_rows": 0, "fused": False},
+            "decode-gather": {"gather_max_rows": 64, "fused": False}, "no-fused": {"fused": False},
+            "no-native": {"panels": False, "gather_max_rows": 64, "fused": False}}
 
 
 def write_random_llama(path: Path, a) -> Path:
@@ -99,10 +101,11 @@ class EngineDecode:
 
     def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32,
                  huge_pages: bool = True, gather_max_rows: int | None = None, panels: bool = True,
-                 native: bool = True):
+                 native: bool = True, fused: bool = True):
         spec, weights = load_weights(path, dtype, device, huge_pages, panels)
         self.gather_max_rows = attention.GATHER_MAX_ROWS if gather_max_rows is None else gather_max_rows
         self.gemv = model.GEMV if native else None
+        self.fused = fused
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
         pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
@@ -122,8 +125,8 @@ class EngineDecode:
 
     def step_ms(self) -> float:
         """One decode step (ms), with this engine's decode attention setting."""
-        default = attention.GATHER_MAX_ROWS, model.GEMV
-        attention.GATHER_MAX_ROWS, model.GEMV = self.gather_max_rows, self.gemv
+        default = attention.GATHER_MAX_ROWS, model.GEMV, model.FUSED
+        attention.GATHER_MAX_ROWS, model.GEMV, model.FUSED = self.gather_max_rows, self.gemv, self.fused
         try:
             sync(self.device)
             t0 = time.perf_counter()
@@ -131,7 +134,7 @@ class EngineDecode:
             self.pos += 1
             return (time.perf_counter() - t0) * 1e3
         finally:
-            attention.GATHER_MAX_ROWS, model.GEMV = default
+            attention.GATHER_MAX_ROWS, model.GEMV, model.FUSED = default
 
 
 def interleaved_round(probe: torch.Tensor, engines: dict[str, EngineDecode], steps: int) -> dict[str, float]:

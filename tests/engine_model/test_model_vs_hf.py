@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import services.worker.engine.attention as attention
+import services.worker.engine.model as model
 from tests.engine_model.helpers import ARCHS, TOLERANCE, Driver, hf_last_logits, hf_model
 
 
@@ -37,13 +38,21 @@ def check_greedy(hf, prompt: list[int], ours: list[int], ref: list[int], dtype: 
     assert gap < TOLERANCE[dtype], f"token {i}: ours {ours[i]} vs {ref[i]}, a logit gap of {gap} is no near-tie"
 
 
-@pytest.mark.parametrize("decode", ["gathered", "bags"])
+@pytest.mark.parametrize("decode", ["fused", "gathered", "bags"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mixed_flat_batches_match_transformers(arch, decode, checkpoints, hf_models, device, dtype, monkeypatch):
-    """Prefill of mixed lengths, decode, a sequence joining mid-flight, a chunked prefill; decode
-    attention through each of its two paths (attention.GATHER_MAX_ROWS picks one per group)."""
+    """Prefill of mixed lengths, decode, a sequence joining mid-flight, a chunked prefill; decode-only
+    steps through the fused native layers (fused.py), or on the torch path through each of its two decode
+    attention paths (attention.GATHER_MAX_ROWS picks one per group)."""
     monkeypatch.setattr(attention, "GATHER_MAX_ROWS", 10**9 if decode == "gathered" else 0)
+    monkeypatch.setattr(model, "FUSED", decode == "fused")
     d, hf = Driver(checkpoints[arch], seed=1, device=device, dtype=dtype), hf_models[arch]
+    fused_calls = []
+    if decode == "fused":
+        if d.runner.model.fused is None:
+            pytest.skip("fused decode steps need the native kernels, CPU fp32 (fused.py)")
+        real = d.runner.model.fused
+        d.runner.model.fused = lambda *a: fused_calls.append(a[0].shape[0]) or real(*a)
     d.add(0, [5, 17, 99, 3, 250, 7, 8])  # 7 tokens: 2 token blocks
     d.add(1, list(range(40, 53)))  # 13 tokens: 4 token blocks
     d.add(2, [300, 301, 2, 77, 78, 79, 80, 81, 82, 83, 84])  # joins later, prefilled in 2 chunks
@@ -54,6 +63,7 @@ def test_mixed_flat_batches_match_transformers(arch, decode, checkpoints, hf_mod
         assert out.logits.shape == (len(plan), d.spec.vocab_size)
         check_logits(d, hf, plan, out)
     assert d.seqs[1].computed > 16  # contexts span many blocks
+    assert fused_calls == ([3] * 6 if decode == "fused" else [])  # the decode-only steps, 3 sequences each
 
 
 @pytest.mark.parametrize("arch", ARCHS)

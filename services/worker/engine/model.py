@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import fused as fused_layers
 from . import native
 from .attention import AttnContext, Workspace, paged_attention
 from .loader import ModelSpec
@@ -95,6 +96,7 @@ def _matrix(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
 
 
 GEMV = native.gemv()  # None where the native kernel cannot run: _panels uses bmm then
+FUSED = True  # decode-only steps of few sequences through fused.FusedLayers where it runs (benchmarks switch it off)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Transformer:
         s = spec
         self.qk_v_split = [(s.num_heads + s.num_kv_heads) * s.head_dim, s.num_kv_heads * s.head_dim]
         self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
+        self.fused = fused_layers.build(spec, self.layers, pool)  # None: decode steps take the torch path
 
     @property
     def workspace(self) -> Workspace:
@@ -157,6 +160,21 @@ class Transformer:
         ws = self.workspace
         for i in range(len(self.layers)):
             x = self._layer(i, x, cos, sin, ctx, ws)
-        last = self._norm(x[ctx.last_rows], self.norm)  # [B, D]
+        return self._logits(x[ctx.last_rows])
+
+    def can_fuse(self, num_seqs: int) -> bool:
+        """Whether a decode-only step of num_seqs sequences can run through `decode`."""
+        return FUSED and self.fused is not None and num_seqs <= native.MAX_ROWS
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """One new token per sequence through fused.FusedLayers (see can_fuse): tokens, positions [M] long,
+        tables [M, S] int32 (fused.decode_tables) -> logits [M, V] (fp32); writes K/V into the pool."""
+        x = F.embedding(tokens, self.embed)  # [M, D], a fresh tensor: the kernel updates it in place
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # [M, 1, hd] each
+        return self._logits(self.fused(x, positions, tables, cos, sin))
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        """last [B, D] hidden states -> logits [B, V] (fp32)."""
+        last = self._norm(last, self.norm)
         logits = F.linear(last, self.embed) if self.tied else linear(last, self.lm_head)  # [B, V]
         return logits.float()

@@ -1,8 +1,9 @@
 """Native CPU kernels, built on first use with the system's C compiler (optional: torch paths otherwise).
 
 `gemv()` returns a callable `(x [M, K] fp32, panels [P, K, w] fp32) -> y [M, P * w]` for M <= MAX_ROWS
-(csrc/gemv.c), or None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU
-OpenMP, a failed build, or MUXSERVE_NATIVE=0. The library is compiled with -O3 -march=native -fopenmp once per source,
+(csrc/gemv.c); `decode_layers()` the raw fused decode step of csrc/decode.c (wrapped by fused.py). Each
+is None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU
+OpenMP, a failed build, or MUXSERVE_NATIVE=0. The library (every csrc/*.c) is compiled with -O3 -march=native -fopenmp once per source,
 compiler, CPU and OpenMP runtime into $MUXSERVE_CACHE_DIR (default ~/.cache/muxserve) and linked
 against the libgomp that torch has loaded, so the kernel's threads are torch's own (two OpenMP
 runtimes in one process would fight over the cores). Every failure is logged once and falls back.
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("csrc") / "gemv.c"
+CSRC = Path(__file__).with_name("csrc")
 MAX_ROWS = 8  # csrc/gemv.c MAX_M
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
@@ -57,18 +58,21 @@ def _cpu_id() -> str:
 
 
 def _build(cc: str, gomp: str) -> Path:
-    """Compile csrc/gemv.c into the cache (atomically: several job processes may race) -> the .so."""
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, cc.encode(), gomp.encode(), _cpu_id().encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"gemv-{key}.so"
+    """Compile csrc/*.c into one library in the cache (atomically: several job processes may race) -> the .so."""
+    sources = sorted(CSRC.glob("*.c"))
+    text = [p.read_bytes() for p in sorted(CSRC.glob("*.[ch]"))]
+    key = hashlib.sha256(b"\0".join([*text, cc.encode(), gomp.encode(), _cpu_id().encode()])).hexdigest()[:16]
+    out = _cache_dir() / f"kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        obj, lib = Path(tmp) / "gemv.o", Path(tmp) / "gemv.so"
-        subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([cc, "-shared", str(obj), gomp, f"-Wl,-rpath,{Path(gomp).parent}", "-o", str(lib)],
+        objs = [str(Path(tmp) / f"{src.stem}.o") for src in sources]
+        for src, obj in zip(sources, objs):
+            subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-fPIC", "-c", str(src), "-o", obj],
+                           check=True, capture_output=True, timeout=120)
+        lib = Path(tmp) / "kernels.so"
+        subprocess.run([cc, "-shared", *objs, gomp, f"-Wl,-rpath,{Path(gomp).parent}", "-o", str(lib)],
                        check=True, capture_output=True, timeout=120)
         os.replace(lib, out)
     return out
@@ -90,19 +94,32 @@ def _load():
         log.warning("native CPU kernels off, the build failed (%s %s): using torch's matmuls", exc,
                     err.decode(errors="replace")[-400:])
         return None
-    fn = lib.gemv_panels
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int]
-    return fn
+    gemv_fn = lib.gemv_panels
+    gemv_fn.restype = ctypes.c_int
+    gemv_fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    decode = lib.decode_layers
+    decode.restype = ctypes.c_int
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    decode.argtypes = [p, i64, p, ctypes.c_float, p, p, p, i64, p, p, p, ctypes.c_int]
+    return {"gemv": _wrap(gemv_fn), "decode_layers": decode}
+
+
+def _kernel(name: str):
+    with _lock:
+        if "lib" not in _loaded:
+            _loaded["lib"] = _load()
+        lib = _loaded["lib"]
+        return None if lib is None else lib[name]
 
 
 def gemv():
     """The panel matrix-vector kernel as `f(x, panels) -> y`, or None (see the module docstring)."""
-    with _lock:
-        if "gemv" not in _loaded:
-            fn = _load()
-            _loaded["gemv"] = None if fn is None else _wrap(fn)
-        return _loaded["gemv"]
+    return _kernel("gemv")
+
+
+def decode_layers():
+    """csrc/decode.c's `decode_layers` (ctypes; its contract is in that file), or None."""
+    return _kernel("decode_layers")
 
 
 def _wrap(fn):

@@ -18,6 +18,7 @@ import torch
 
 from . import sampler
 from .attention import build_context
+from .fused import decode_tables
 from .loader import ModelSpec
 from .model import Transformer
 from .types import InvalidRequestError, StepInput, StepOutput
@@ -72,14 +73,8 @@ class ModelRunner:
     def execute(self, step: StepInput) -> StepOutput:
         t0 = time.perf_counter()
         self._check(step)
-        s = self.spec
-        ctx = build_context(
-            [(q.start_pos, len(q.token_ids), q.block_table) for q in step.seqs],
-            s.num_layers, s.num_kv_heads, self.block_size, self.pool.shape[0], s.sliding_window, self.device,
-            [q.seq_id for q in step.seqs], s.head_dim,
-        )
         tokens = torch.tensor([t for q in step.seqs for t in q.token_ids], dtype=torch.long).to(self.device)
-        logits = self.model.forward(tokens, ctx)  # [B, V]
+        logits = self._decode(step, tokens) if self._fusable(step) else self._forward(step, tokens)  # [B, V]
         want = [i for i, q in enumerate(step.seqs) if q.want_sample]
         picks = sampler.sample(
             logits[want], [step.seqs[i].sampling for i in want], [step.seqs[i].sample_index for i in want]
@@ -89,6 +84,26 @@ class ModelRunner:
             token_ids[i] = t
         out_logits = logits.cpu() if step.return_logits else None
         return StepOutput(token_ids, out_logits, time.perf_counter() - t0)
+
+
+    def _fusable(self, step: StepInput) -> bool:
+        return self.model.can_fuse(len(step.seqs)) and all(len(q.token_ids) == 1 for q in step.seqs)
+
+    def _decode(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
+        """A decode-only step through the fused native layers (fused.py)."""
+        s = self.spec
+        tables = decode_tables([(q.start_pos, q.block_table) for q in step.seqs], s.num_layers, s.num_kv_heads,
+                               self.block_size, self.pool.shape[0], [q.seq_id for q in step.seqs])
+        return self.model.decode(tokens, torch.tensor([q.start_pos for q in step.seqs]), tables)
+
+    def _forward(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        ctx = build_context(
+            [(q.start_pos, len(q.token_ids), q.block_table) for q in step.seqs],
+            s.num_layers, s.num_kv_heads, self.block_size, self.pool.shape[0], s.sliding_window, self.device,
+            [q.seq_id for q in step.seqs], s.head_dim,
+        )
+        return self.model.forward(tokens, ctx)
 
 
 class ThreadJob:

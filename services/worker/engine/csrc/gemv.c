@@ -13,15 +13,14 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_W 256
-#define MAX_M 8
+#include "kernels.h"
+
 typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 
-/* One panel: y[m][0:w] = x[m][0:K] @ Wp (K rows of w floats), for M <= MAX_M rows of x. */
-static void panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
-                  int64_t K, int64_t w) {
+void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
+                int64_t K, int64_t w, int add) {
     v16 acc[MAX_M * (MAX_W / 16)] __attribute__((aligned(64)));
     const int64_t nv = w / 16;  /* w is a multiple of 16 (panels.py) */
     memset(acc, 0, sizeof(v16) * nv * M);
@@ -40,15 +39,24 @@ static void panel(const float *restrict x, int64_t M, const float *restrict Wp, 
             for (; v < nv; v++) am[v] += a * load(row + 16 * v);
         }
     }
-    for (int64_t m = 0; m < M; m++) memcpy(y + m * ldy, acc + m * nv, sizeof(float) * w);
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = (const float *)(acc + m * nv);
+        float *ym = y + m * ldy;
+        if (add)
+            for (int64_t j = 0; j < w; j++) ym[j] += a[j];
+        else
+            memcpy(ym, a, sizeof(float) * w);
+    }
 }
+
+int gemv_check(int64_t M, int64_t w) { return (w > MAX_W || w < 16 || w % 16 || M < 1 || M > MAX_M) ? -1 : 0; }
 
 /* x [M][K] (M <= MAX_M), W [P][K][w] (16 <= w <= MAX_W, w % 16 == 0), y [M][P * w]; nthreads OpenMP
    threads share the panels. Returns 0, or -1 for a shape it does not take (nothing computed). */
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
-    if (w > MAX_W || w < 16 || w % 16 || M < 1 || M > MAX_M) return -1;
+    if (gemv_check(M, w)) return -1;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t p = 0; p < P; p++) panel(x, M, W + p * K * w, y + p * w, P * w, K, w);
+    for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, P * w, K, w, 0);
     return 0;
 }

@@ -1,0 +1,166 @@
+/* Every decoder layer of a decode step in one call (CPU fp32): M <= MAX_M sequences, one new token each.
+ *
+ * The same math as model.Transformer._layer on the torch path (RMSNorm, fused QKV (+ bias), RoPE, K/V
+ * written into the head-wise pool, grouped-query attention over each sequence's blocks with an optional
+ * sliding window, output projection + residual, RMSNorm, SwiGLU, down projection + residual), inside ONE
+ * OpenMP parallel region: the matrices are split over the threads panel by panel (gemv_panel), attention
+ * by (sequence, head), and the few small vectors in between are computed by one thread. A batch-1 step
+ * on the torch path spends ~1/4 of its time dispatching ~40 small ops per layer (docs/benchmarks.md);
+ * here a layer costs its weight reads plus ~8 barriers.
+ *
+ * Layouts (the engine's own, see pool.py and panels.py):
+ *   x [M][D] hidden states in, out; matrices as column panels [N / w][K][w] of their [K, N] form;
+ *   pool [num_blocks][2][bs][hd]: K^T [hd][bs] then V [bs][hd] per block;
+ *   tables [M][tstride] int32: a sequence's block table, index (token_block * L + layer) * H + kv_head;
+ *   cos, sin [M][hd]: RoPE of each sequence's new position (half-split convention).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+enum { L_, D_, HQ_, H_, HD_, I_, BS_, WINDOW_, WQKV_, WO_, W13_, W2_, NDIMS_ };
+enum { ATTN_NORM, WQKV, BQKV, WO, FFN_NORM, W13, W2, NWEIGHTS };
+
+typedef struct {
+    int64_t L, D, Hq, H, hd, I, bs, window, wqkv, wo, w13, w2;
+    float eps;
+} Dims;
+
+typedef struct {
+    const float *w[NWEIGHTS];
+} LayerW;
+
+/* y[m] = x[m] * rsqrt(mean(x[m]^2) + eps) * g, for M rows of D. */
+static void rms_norm(const float *x, const float *g, float *y, int64_t M, int64_t D, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * D;
+        float ss = 0.f;
+        for (int64_t j = 0; j < D; j++) ss += xm[j] * xm[j];
+        const float r = 1.f / sqrtf(ss / (float)D + eps);
+        for (int64_t j = 0; j < D; j++) y[m * D + j] = xm[j] * r * g[j];
+    }
+}
+
+/* v[hd] rotated in place: v * cos + rotate_half(v) * sin. */
+static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
+    const int64_t h = hd / 2;
+    for (int64_t d = 0; d < h; d++) {
+        const float a = v[d], b = v[d + h];
+        v[d] = a * cos[d] - b * sin[d];
+        v[d + h] = b * cos[d + h] + a * sin[d + h];
+    }
+}
+
+/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). */
+static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add) {
+    const int64_t P = N / w;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add);
+}
+
+/* New token's K (rotated) and V of (sequence m, kv head h) into its pool slot; bias added first. */
+static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int64_t h, float *qkv, float *pool,
+                     const int32_t *table, int64_t pos, const float *cos, const float *sin) {
+    const int64_t hd = d->hd, N = (d->Hq + 2 * d->H) * hd, bs = d->bs;
+    float *k = qkv + m * N + (d->Hq + h) * hd, *v = k + d->H * hd;
+    const float *b = lw->w[BQKV];
+    if (b)
+        for (int64_t j = 0; j < hd; j++) k[j] += b[(d->Hq + h) * hd + j], v[j] += b[(d->Hq + d->H + h) * hd + j];
+    rope(k, cos, sin, hd);
+    float *blk = pool + (int64_t)table[((pos / bs) * d->L + l) * d->H + h] * 2 * bs * hd;
+    const int64_t slot = pos % bs;
+    for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
+}
+
+/* out[hd] = softmax(q . K[start..pos] / sqrt(hd)) @ V[start..pos] of (sequence m, query head qh) of layer l. */
+static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *pool, const int32_t *table,
+                   int64_t pos, float *s, float *out) {
+    const int64_t hd = d->hd, bs = d->bs, h = qh / (d->Hq / d->H);
+    const int64_t start = d->window > 0 && pos + 1 > d->window ? pos + 1 - d->window : 0;
+    const float scale = 1.f / sqrtf((float)hd);
+    for (int64_t j = 0; j < hd; j++) q[j] *= scale;
+    float mx = -INFINITY;
+    for (int64_t t0 = start - start % bs; t0 <= pos; t0 += bs) {  /* scores, block by block */
+        const float *kt = pool + (int64_t)table[((t0 / bs) * d->L + l) * d->H + h] * 2 * bs * hd;
+        float acc[bs];
+        memset(acc, 0, sizeof acc);
+        for (int64_t j = 0; j < hd; j++)
+            for (int64_t t = 0; t < bs; t++) acc[t] += q[j] * kt[j * bs + t];
+        for (int64_t t = t0 < start ? start - t0 : 0; t < bs && t0 + t <= pos; t++)
+            s[t0 + t - start] = acc[t], mx = fmaxf(mx, acc[t]);
+    }
+    const int64_t n = pos + 1 - start;
+    float sum = 0.f;
+    for (int64_t t = 0; t < n; t++) sum += (s[t] = expf(s[t] - mx));
+    memset(out, 0, sizeof(float) * hd);
+    for (int64_t t = 0; t < n; t++) {  /* weighted sum of V rows */
+        const int64_t at = start + t;
+        const float *vb = pool + (int64_t)table[((at / bs) * d->L + l) * d->H + h] * 2 * bs * hd + bs * hd;
+        const float *vr = vb + (at % bs) * hd, p = s[t] / sum;
+        for (int64_t j = 0; j < hd; j++) out[j] += p * vr[j];
+    }
+}
+
+static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
+                  int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *h, float *qkv,
+                  float *attn, float *g, float *act, float *s, int64_t smax) {
+    const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
+#pragma omp single
+    rms_norm(x, lw->w[ATTN_NORM], h, M, D, d->eps);
+    gemv_for(h, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * d->H; i++)
+        write_kv(d, lw, l, i / d->H, i % d->H, qkv, pool, tables + (i / d->H) * tstride, pos[i / d->H],
+                 cos + (i / d->H) * hd, sin + (i / d->H) * hd);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * d->Hq; i++) {
+        const int64_t m = i / d->Hq, qh = i % d->Hq;
+        float *q = qkv + m * Nqkv + qh * hd;
+        if (lw->w[BQKV])
+            for (int64_t j = 0; j < hd; j++) q[j] += lw->w[BQKV][qh * hd + j];
+        rope(q, cos + m * hd, sin + m * hd, hd);
+        attend(d, l, qh, q, pool, tables + m * tstride, pos[m], s + i * smax, attn + m * d->Hq * hd + qh * hd);
+    }
+    gemv_for(attn, M, lw->w[WO], x, d->Hq * hd, d->wo, D, 1);
+#pragma omp single
+    rms_norm(x, lw->w[FFN_NORM], h, M, D, d->eps);
+    gemv_for(h, M, lw->w[W13], g, D, d->w13, 2 * I, 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * I; i++) {  /* act = silu(gate) * up */
+        const float a = g[(i / I) * 2 * I + i % I];
+        act[i] = a / (1.f + expf(-a)) * g[(i / I) * 2 * I + I + i % I];
+    }
+    gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1);
+}
+
+/* x [M][D] through all L layers, in place. dims: L, D, Hq, H, hd, I, bs, window (0: none) and the panel widths
+   of wqkv, wo, w13, w2; weights [L][7]: addresses of attn_norm, wqkv, bqkv (0: none), wo, ffn_norm, w13, w2;
+   pos [M]: each sequence's new position, its K/V slot. Returns 0, -1 for shapes it does not take, -2 when out
+   of memory (nothing computed then). */
+int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int64_t *weights, float *pool,
+                  const int32_t *tables, int64_t tstride, const int64_t *pos, const float *cos, const float *sin,
+                  int nthreads) {
+    Dims d = {dims[L_], dims[D_], dims[HQ_], dims[H_], dims[HD_], dims[I_], dims[BS_], dims[WINDOW_], dims[WQKV_],
+              dims[WO_], dims[W13_], dims[W2_], eps};
+    if (gemv_check(M, d.wqkv) || gemv_check(M, d.wo) || gemv_check(M, d.w13) || gemv_check(M, d.w2) ||
+        d.Hq % d.H || d.hd % 2 || d.bs > 1024)
+        return -1;
+    int64_t smax = 1;
+    for (int64_t m = 0; m < M; m++) smax = pos[m] + 1 > smax ? pos[m] + 1 : smax;
+    const int64_t Nqkv = (d.Hq + 2 * d.H) * d.hd;
+    float *buf = malloc(sizeof(float) * M * (d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax));
+    if (!buf) return -2;
+    float *h = buf, *qkv = h + M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
+    float *s = act + M * d.I;
+#pragma omp parallel num_threads(nthreads)
+    for (int64_t l = 0; l < d.L; l++) {
+        LayerW lw;
+        for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = (const float *)(intptr_t)weights[l * NWEIGHTS + k];
+        layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, h, qkv, attn, g, act, s, smax);
+    }
+    free(buf);
+    return 0;
+}
