@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+import services.worker.engine.model as model
+
 from services.worker.engine.loader import UnsupportedModelError, load_weights
 from services.worker.engine.pool import (
     LocalBlockSource,
@@ -89,6 +91,31 @@ def test_bad_steps_raise_invalid_request(checkpoints):
     with pytest.raises(InvalidRequestError, match="positions"):
         run(start_pos=d.spec.max_model_len)
     run()  # the runner still works afterwards
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bad_decode_steps_raise_invalid_request_and_write_nothing(checkpoints, fused, monkeypatch):
+    """Decode-only steps (the fused native path where it runs, and the torch path): a bad block table names
+    its sequence, and no K/V of the step reaches the pool."""
+    monkeypatch.setattr(model, "FUSED", fused)
+    d = Driver(checkpoints["llama"])
+    L, H = d.spec.num_layers, d.spec.num_kv_heads
+    need = 2 * L * H  # position 5, block size 4: token blocks 0 and 1
+    sp = SamplingParams()
+
+    def run(bad_table):
+        ok = SeqStep(7, [3], 5, list(range(need)), sp)
+        d.runner.execute(StepInput("x", [ok, SeqStep(8, [4], 5, bad_table, sp)]))
+
+    before = d.pool.clone()
+    with pytest.raises(InvalidRequestError, match=f"seq 8: block table has {need - 1} ids, needs {need}"):
+        run(list(range(need - 1)))
+    for bad in (10**6, -1, 2**40):
+        with pytest.raises(InvalidRequestError, match="seq 8: block id out of range"):
+            run(list(range(need - 1)) + [bad])
+    assert torch.equal(d.pool, before)
+    run(list(range(need, 2 * need)))  # the runner still works afterwards
+    assert not torch.equal(d.pool, before)
 
 
 def test_decode_steps_group_coarser_than_prefill_steps():

@@ -3,10 +3,11 @@
 A decode step of a few sequences on the CPU is bound by reading the weights; on the torch path each
 layer also dispatches ~40 small ops (norms, RoPE, K/V writes, attention, residuals), a quarter of a
 batch-1 step (docs/benchmarks.md). `FusedLayers` runs the same math for up to native.MAX_ROWS sequences
-of one new token each in one OpenMP region. It exists only where it can run: CPU, fp32, every layer
-matrix in column panels of a width the kernel takes (panels.py), the native library built (native.py);
-`build` returns None otherwise and the model stays on the torch path. Prefill and larger batches always
-take the torch path (model.Transformer.forward).
+of one new token each in one OpenMP region: all layers, the final norm and (stored as column panels)
+the LM head. It exists only where it can run: CPU, fp32, every layer matrix in column panels of a width
+the kernel takes (panels.py), the native library built (native.py); `build` returns None otherwise and
+the model stays on the torch path. Prefill and larger batches always take the torch path
+(model.Transformer.forward).
 """
 
 from __future__ import annotations
@@ -14,71 +15,86 @@ from __future__ import annotations
 from array import array
 
 import torch
+import torch.nn.functional as F
 
 from . import native
 from .loader import ModelSpec
 from .types import InvalidRequestError
 
-WEIGHTS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")  # csrc/decode.c NWEIGHTS order
+WEIGHTS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")  # csrc/decode.c: per layer, this order
+MATRICES = ("wqkv", "wo", "w13", "w2")
+
+
+def _takes(m: torch.Tensor) -> bool:
+    """Column panels of a width csrc/gemv.c takes."""
+    return m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and 16 <= m.shape[2] <= 256 \
+        and m.shape[2] % 16 == 0
 
 
 class FusedLayers:
-    """All decoder layers of one model over its pool, as `fused(x, positions, tables, cos, sin)` (x in place)."""
+    """One model's layers, final norm and LM head over its pool: `fused(tokens, positions, tables) -> logits`."""
 
-    def __init__(self, spec: ModelSpec, layers: list, pool: torch.Tensor, kernel):
-        s = spec
-        widths = [layers[0].wqkv.shape[2], layers[0].wo.shape[2], layers[0].w13.shape[2], layers[0].w2.shape[2]]
+    def __init__(self, spec: ModelSpec, layers: list, pool: torch.Tensor, embed: torch.Tensor, norm: torch.Tensor,
+                 lm_head: torch.Tensor | None, inv_freq: torch.Tensor, kernels):
+        s, first = spec, layers[0]
+        self.lm_head = lm_head if lm_head is not None and _takes(lm_head) else None  # else F.linear(x, embed)
+        widths = [getattr(first, n).shape[2] for n in MATRICES]
         self.dims = torch.tensor([s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
-                                  s.intermediate_size, pool.shape[2], s.sliding_window or 0, *widths])
-        self.weights = [getattr(layer, n) for layer in layers for n in WEIGHTS]  # keeps them alive
-        self.addresses = torch.tensor([0 if t is None else t.data_ptr() for t in self.weights])  # [L * 7] int64
-        self.spec, self.pool, self.kernel = spec, pool, kernel
+                                  s.intermediate_size, pool.shape[2], s.sliding_window or 0, *widths, s.vocab_size,
+                                  0 if self.lm_head is None else self.lm_head.shape[2], pool.shape[0]])
+        self.inv_freq = inv_freq.float().contiguous()
+        self.tensors = [getattr(layer, n) for layer in layers for n in WEIGHTS] + [norm, self.lm_head, self.inv_freq]
+        self.addresses = torch.tensor([0 if t is None else t.data_ptr() for t in self.tensors])  # int64
+        self.spec, self.pool, self.embed = spec, pool, embed
+        self.kernel, self.bad_row = kernels
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor) -> torch.Tensor:
-        """x [M, D] fp32 contiguous (overwritten), positions [M] int64, tables [M, S] int32 (decode_tables),
-        cos / sin [M, hd] of those positions -> x after the last layer (before the final norm)."""
-        M = x.shape[0]
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """tokens, positions [M] int64 (M <= native.MAX_ROWS), tables [M, S] int32 from `tables` (trusted) ->
+        logits [M, V] (fp32); writes each row's K/V at its position into the pool."""
+        M = tokens.shape[0]
+        x = F.embedding(tokens, self.embed)  # [M, D], a fresh tensor: the kernel updates it in place
+        logits = x.new_empty(M, self.spec.vocab_size) if self.lm_head is not None else None
         rc = self.kernel(x.data_ptr(), M, self.dims.data_ptr(), self.spec.rms_norm_eps, self.addresses.data_ptr(),
                          self.pool.data_ptr(), tables.data_ptr(), tables.shape[1], positions.data_ptr(),
-                         cos.data_ptr(), sin.data_ptr(), torch.get_num_threads())
+                         None if logits is None else logits.data_ptr(), torch.get_num_threads())
         if rc != 0:
             raise (MemoryError if rc == -2 else ValueError)(f"decode_layers: {M} rows, dims {self.dims.tolist()}: "
                                                             f"returned {rc}")
-        return x
+        return logits if logits is not None else F.linear(x, self.embed)  # x: after the final norm
+
+    def tables(self, seqs: list[tuple[int, list[int]]], seq_ids: list[int]) -> torch.Tensor:
+        """seqs: (position of the new token, block table) -> tables [M, S] int32, each cut to the blocks up to that
+        position (pool.py's index order), zero-padded. Raises InvalidRequestError, naming the sequence, for a
+        table too short for its context or with a block id outside the pool (the kernel trusts them)."""
+        L, H, bs, nb = self.spec.num_layers, self.spec.num_kv_heads, self.pool.shape[2], self.pool.shape[0]
+        need = [(pos // bs + 1) * L * H for pos, _ in seqs]
+        out = torch.zeros(len(seqs), max(need), dtype=torch.int32)
+        for i, ((pos, table), n) in enumerate(zip(seqs, need)):
+            if len(table) < n:
+                raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n} for its "
+                                          f"context")
+            try:
+                out[i, :n] = torch.frombuffer(array("i", table[:n]), dtype=torch.int32)
+            except OverflowError:
+                out[i, 0] = -1  # not an int32: out of range below
+        positions = torch.tensor([pos for pos, _ in seqs])
+        bad = self.bad_row(self.dims.data_ptr(), out.data_ptr(), len(seqs), out.shape[1], positions.data_ptr())
+        if bad >= 0:
+            raise InvalidRequestError(f"seq {seq_ids[bad]}: block id out of range [0, {nb})")
+        return out
 
 
-def build(spec: ModelSpec, layers: list, pool: torch.Tensor) -> FusedLayers | None:
-    """FusedLayers for these weights and pool, or None where the kernel cannot run them (module docstring)."""
-    kernel = native.decode_layers()
-    mats = [getattr(layer, n) for layer in layers for n in ("wqkv", "wo", "w13", "w2")]
-    if kernel is None or pool.device.type != "cpu" or pool.dtype != torch.float32 or not pool.is_contiguous():
+def build(spec: ModelSpec, layers: list, pool: torch.Tensor, embed: torch.Tensor, norm: torch.Tensor,
+          lm_head: torch.Tensor | None, inv_freq: torch.Tensor) -> FusedLayers | None:
+    """FusedLayers for these weights and pool, or None where the kernel cannot run them (module docstring).
+    lm_head None: tied to embed [V, D]."""
+    kernels = native.decode_layers()
+    if kernels is None or pool.device.type != "cpu" or pool.dtype != torch.float32 or not pool.is_contiguous():
         return None
-    if not all(m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and 16 <= m.shape[2] <= 256
-               and m.shape[2] % 16 == 0 for m in mats):
+    if not all(_takes(getattr(layer, n)) for layer in layers for n in MATRICES):
         return None
-    shapes = {n: {getattr(layer, n).shape for layer in layers} for n in ("wqkv", "wo", "w13", "w2")}
-    if any(len(v) != 1 for v in shapes.values()) or spec.num_heads % spec.num_kv_heads:
+    if any(len({getattr(layer, n).shape for layer in layers}) != 1 for n in MATRICES):
         return None
-    return FusedLayers(spec, layers, pool, kernel)
-
-
-def decode_tables(seqs: list[tuple[int, list[int]]], num_layers: int, num_kv_heads: int, block_size: int,
-                  num_blocks: int, seq_ids: list[int]) -> torch.Tensor:
-    """seqs: (position of the new token, block table) -> tables [M, S] int32, each cut to the blocks up to that
-    position (pool.py's index order), zero-padded. Raises InvalidRequestError, naming the sequence, for a table
-    too short for its context or with a block id outside [0, num_blocks) (the kernel trusts them)."""
-    per_tb = num_layers * num_kv_heads
-    need = [(pos // block_size + 1) * per_tb for pos, _ in seqs]
-    out = torch.zeros(len(seqs), max(need), dtype=torch.int32)
-    for i, ((pos, table), n) in enumerate(zip(seqs, need)):
-        if len(table) < n:
-            raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n} for its context")
-        try:
-            row = torch.frombuffer(array("i", table[:n]), dtype=torch.int32)
-        except OverflowError:
-            row = None
-        if row is None or int(row.min()) < 0 or int(row.max()) >= num_blocks:
-            raise InvalidRequestError(f"seq {seq_ids[i]}: block id out of range [0, {num_blocks})")
-        out[i, :n] = row
-    return out
+    if spec.num_heads % spec.num_kv_heads or embed.dtype != torch.float32:
+        return None
+    return FusedLayers(spec, layers, pool, embed, norm, lm_head, inv_freq, kernels)

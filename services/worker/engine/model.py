@@ -129,7 +129,8 @@ class Transformer:
         s = spec
         self.qk_v_split = [(s.num_heads + s.num_kv_heads) * s.head_dim, s.num_kv_heads * s.head_dim]
         self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
-        self.fused = fused_layers.build(spec, self.layers, pool)  # None: decode steps take the torch path
+        self.fused = fused_layers.build(spec, self.layers, pool, self.embed, self.norm,
+                                        None if self.tied else self.lm_head, self.inv_freq)  # None: torch path only
 
     @property
     def workspace(self) -> Workspace:
@@ -163,15 +164,8 @@ class Transformer:
         return self._logits(x[ctx.last_rows])
 
     def can_fuse(self, num_seqs: int) -> bool:
-        """Whether a decode-only step of num_seqs sequences can run through `decode`."""
+        """Whether a decode-only step of num_seqs sequences can run through self.fused (fused.FusedLayers)."""
         return FUSED and self.fused is not None and num_seqs <= native.MAX_ROWS
-
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-        """One new token per sequence through fused.FusedLayers (see can_fuse): tokens, positions [M] long,
-        tables [M, S] int32 (fused.decode_tables) -> logits [M, V] (fp32); writes K/V into the pool."""
-        x = F.embedding(tokens, self.embed)  # [M, D], a fresh tensor: the kernel updates it in place
-        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # [M, 1, hd] each
-        return self._logits(self.fused(x, positions, tables, cos, sin))
 
     def _logits(self, last: torch.Tensor) -> torch.Tensor:
         """last [B, D] hidden states -> logits [B, V] (fp32)."""

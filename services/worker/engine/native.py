@@ -100,8 +100,11 @@ def _load():
     decode = lib.decode_layers
     decode.restype = ctypes.c_int
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    decode.argtypes = [p, i64, p, ctypes.c_float, p, p, p, i64, p, p, p, ctypes.c_int]
-    return {"gemv": _wrap(gemv_fn), "decode_layers": decode}
+    decode.argtypes = [p, i64, p, ctypes.c_float, p, p, p, i64, p, p, ctypes.c_int]
+    bad_row = lib.decode_bad_row
+    bad_row.restype = ctypes.c_int
+    bad_row.argtypes = [p, p, i64, i64, p]
+    return {"gemv": _wrap(gemv_fn), "decode": (decode, bad_row)}
 
 
 def _kernel(name: str):
@@ -118,8 +121,8 @@ def gemv():
 
 
 def decode_layers():
-    """csrc/decode.c's `decode_layers` (ctypes; its contract is in that file), or None."""
-    return _kernel("decode_layers")
+    """csrc/decode.c's `(decode_layers, decode_bad_row)` (ctypes; contracts in that file), or None."""
+    return _kernel("decode")
 
 
 def _wrap(fn):

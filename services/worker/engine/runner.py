@@ -18,7 +18,6 @@ import torch
 
 from . import sampler
 from .attention import build_context
-from .fused import decode_tables
 from .loader import ModelSpec
 from .model import Transformer
 from .types import InvalidRequestError, StepInput, StepOutput
@@ -91,10 +90,9 @@ class ModelRunner:
 
     def _decode(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         """A decode-only step through the fused native layers (fused.py)."""
-        s = self.spec
-        tables = decode_tables([(q.start_pos, q.block_table) for q in step.seqs], s.num_layers, s.num_kv_heads,
-                               self.block_size, self.pool.shape[0], [q.seq_id for q in step.seqs])
-        return self.model.decode(tokens, torch.tensor([q.start_pos for q in step.seqs]), tables)
+        fused = self.model.fused
+        tables = fused.tables([(q.start_pos, q.block_table) for q in step.seqs], [q.seq_id for q in step.seqs])
+        return fused(tokens, torch.tensor([q.start_pos for q in step.seqs]), tables)
 
     def _forward(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         s = self.spec

@@ -12,7 +12,7 @@
  *   x [M][D] hidden states in, out; matrices as column panels [N / w][K][w] of their [K, N] form;
  *   pool [num_blocks][2][bs][hd]: K^T [hd][bs] then V [bs][hd] per block;
  *   tables [M][tstride] int32: a sequence's block table, index (token_block * L + layer) * H + kv_head;
- *   cos, sin [M][hd]: RoPE of each sequence's new position (half-split convention).
+ *   RoPE in the half-split convention of transformers' Llama (rotate_half).
  */
 #include <math.h>
 #include <stdint.h>
@@ -21,11 +21,13 @@
 
 #include "kernels.h"
 
-enum { L_, D_, HQ_, H_, HD_, I_, BS_, WINDOW_, WQKV_, WO_, W13_, W2_, NDIMS_ };
+enum { L_, D_, HQ_, H_, HD_, I_, BS_, WINDOW_, WQKV_, WO_, W13_, W2_, V_, WLM_, NBLOCKS_, NDIMS_ };
 enum { ATTN_NORM, WQKV, BQKV, WO, FFN_NORM, W13, W2, NWEIGHTS };
 
+enum { NORM, LM_HEAD, INV_FREQ, NTAIL };  /* after the layers' weights */
+
 typedef struct {
-    int64_t L, D, Hq, H, hd, I, bs, window, wqkv, wo, w13, w2;
+    int64_t L, D, Hq, H, hd, I, bs, window, wqkv, wo, w13, w2, V, wlm, num_blocks;
     float eps;
 } Dims;
 
@@ -136,30 +138,69 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
     gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1);
 }
 
-/* x [M][D] through all L layers, in place. dims: L, D, Hq, H, hd, I, bs, window (0: none) and the panel widths
-   of wqkv, wo, w13, w2; weights [L][7]: addresses of attn_norm, wqkv, bqkv (0: none), wo, ffn_norm, w13, w2;
-   pos [M]: each sequence's new position, its K/V slot. Returns 0, -1 for shapes it does not take, -2 when out
-   of memory (nothing computed then). */
+/* cos, sin [M][hd] of each row's position: angle pos * inv_freq[d % (hd / 2)] (transformers' default RoPE
+   embedding; scaled RoPE types come in through inv_freq, model.inv_frequencies). */
+static void rope_tables(const int64_t *pos, const float *inv_freq, int64_t M, int64_t hd, float *cos, float *sin) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t d = 0; d < hd; d++) {
+            const float a = (float)pos[m] * inv_freq[d % (hd / 2)];
+            cos[m * hd + d] = cosf(a), sin[m * hd + d] = sinf(a);
+        }
+}
+
+static const float *addr(const int64_t *weights, int64_t i) { return (const float *)(intptr_t)weights[i]; }
+
+static Dims dims_of(const int64_t *v, float eps) {
+    Dims d = {v[L_], v[D_], v[HQ_], v[H_], v[HD_], v[I_], v[BS_], v[WINDOW_], v[WQKV_], v[WO_], v[W13_], v[W2_], v[V_],
+              v[WLM_], v[NBLOCKS_], eps};
+    return d;
+}
+
+/* -1 if every block id row m reads or writes (its table's first (pos[m] / bs + 1) * L * H entries) lies in
+   [0, num_blocks), else the first row that has one outside. */
+int decode_bad_row(const int64_t *dims, const int32_t *tables, int64_t M, int64_t tstride, const int64_t *pos) {
+    const Dims d = dims_of(dims, 0.f);
+    for (int64_t m = 0; m < M; m++) {
+        const int64_t n = (pos[m] / d.bs + 1) * d.L * d.H;
+        if (n > tstride) return (int)m;
+        for (int64_t i = 0; i < n; i++)
+            if (tables[m * tstride + i] < 0 || tables[m * tstride + i] >= d.num_blocks) return (int)m;
+    }
+    return -1;
+}
+
+/* x [M][D] (the new tokens' embeddings) through all L layers and the final norm, in place; then, when the LM
+   head is given, logits [M][V] = x @ lm_head.
+   dims (int64): L, D, Hq, H, hd, I, bs, window (0: none), the panel widths of wqkv, wo, w13, w2, V, the LM head's
+   panel width, num_blocks of the pool. weights (addresses): [L][7] attn_norm, wqkv, bqkv (0: none), wo,
+   ffn_norm, w13, w2, then the final norm, the LM head (0: not here), RoPE inv_freq [hd / 2].
+   tables [M][tstride], checked by decode_bad_row; pos [M]: each row's new position, where its K/V go.
+   Returns 0, -1 for shapes it does not take, -2 when out of memory (nothing computed then). */
 int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int64_t *weights, float *pool,
-                  const int32_t *tables, int64_t tstride, const int64_t *pos, const float *cos, const float *sin,
-                  int nthreads) {
-    Dims d = {dims[L_], dims[D_], dims[HQ_], dims[H_], dims[HD_], dims[I_], dims[BS_], dims[WINDOW_], dims[WQKV_],
-              dims[WO_], dims[W13_], dims[W2_], eps};
+                  const int32_t *tables, int64_t tstride, const int64_t *pos, float *logits, int nthreads) {
+    const Dims d = dims_of(dims, eps);
+    const float *norm = addr(weights, d.L * NWEIGHTS + NORM), *lm_head = addr(weights, d.L * NWEIGHTS + LM_HEAD);
     if (gemv_check(M, d.wqkv) || gemv_check(M, d.wo) || gemv_check(M, d.w13) || gemv_check(M, d.w2) ||
-        d.Hq % d.H || d.hd % 2 || d.bs > 1024)
+        (lm_head && gemv_check(M, d.wlm)) || d.Hq % d.H || d.hd % 2 || d.bs > 1024)
         return -1;
     int64_t smax = 1;
     for (int64_t m = 0; m < M; m++) smax = pos[m] + 1 > smax ? pos[m] + 1 : smax;
     const int64_t Nqkv = (d.Hq + 2 * d.H) * d.hd;
-    float *buf = malloc(sizeof(float) * M * (d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax));
+    float *buf = malloc(sizeof(float) * M * (d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax + 2 * d.hd));
     if (!buf) return -2;
     float *h = buf, *qkv = h + M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
-    float *s = act + M * d.I;
+    float *cos = act + M * d.I, *sin = cos + M * d.hd, *s = sin + M * d.hd;
+    rope_tables(pos, addr(weights, d.L * NWEIGHTS + INV_FREQ), M, d.hd, cos, sin);
 #pragma omp parallel num_threads(nthreads)
-    for (int64_t l = 0; l < d.L; l++) {
-        LayerW lw;
-        for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = (const float *)(intptr_t)weights[l * NWEIGHTS + k];
-        layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, h, qkv, attn, g, act, s, smax);
+    {
+        for (int64_t l = 0; l < d.L; l++) {
+            LayerW lw;
+            for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = addr(weights, l * NWEIGHTS + k);
+            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, h, qkv, attn, g, act, s, smax);
+        }
+#pragma omp single
+        rms_norm(x, norm, x, M, d.D, d.eps);
+        if (lm_head) gemv_for(x, M, lm_head, logits, d.D, d.wlm, d.V, 0);
     }
     free(buf);
     return 0;
