@@ -53,7 +53,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], sample_indices: l
     out = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.temperature == 0]
     if greedy:
-        picks = logits[greedy].argmax(dim=-1).tolist()  # [G]
+        rows = logits if len(greedy) == len(params) else logits[greedy]  # [G, V]
+        picks = rows.argmax(dim=-1).tolist()  # [G]
         for i, t in zip(greedy, picks):
             out[i] = t
     sampled = [i for i, p in enumerate(params) if p.temperature != 0]

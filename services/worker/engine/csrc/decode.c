@@ -15,6 +15,7 @@
  *   RoPE in the half-split convention of transformers' Llama (rotate_half).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,30 +107,53 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
     }
 }
 
-static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
-                  int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *h, float *qkv,
-                  float *attn, float *g, float *act, float *s, int64_t smax) {
-    const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
-#pragma omp single
-    rms_norm(x, lw->w[ATTN_NORM], h, M, D, d->eps);
-    gemv_for(h, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < M * d->H; i++)
-        write_kv(d, lw, l, i / d->H, i % d->H, qkv, pool, tables + (i / d->H) * tstride, pos[i / d->H],
-                 cos + (i / d->H) * hd, sin + (i / d->H) * hd);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < M * d->Hq; i++) {
-        const int64_t m = i / d->Hq, qh = i % d->Hq;
+/* Prefetch this thread's share of the context blocks layer l reads (they are cold: every layer's weights
+   streamed through the caches since), so attention finds them cached instead of waiting on each block. */
+static void prefetch_kv(const Dims *d, int64_t l, int64_t M, const float *pool, const int32_t *tables,
+                        int64_t tstride, const int64_t *pos, int64_t nb_max) {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < M * d->H * nb_max; i++) {
+        const int64_t m = i / (d->H * nb_max), h = (i / nb_max) % d->H, b = i % nb_max;
+        const int64_t start = d->window > 0 && pos[m] + 1 > d->window ? pos[m] + 1 - d->window : 0;
+        if (b < start / d->bs || b > pos[m] / d->bs) continue;
+        const char *blk = (const char *)(pool + (int64_t)tables[m * tstride + (b * d->L + l) * d->H + h] * 2 * d->bs * d->hd);
+        for (int64_t o = 0; o < 2 * d->bs * d->hd * (int64_t)sizeof(float); o += 64) __builtin_prefetch(blk + o, 0, 3);
+    }
+}
+
+/* Attention of layer l for (sequence m, kv head h): its new K/V into the pool, then its G query heads. */
+static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int64_t h, float *qkv, float *pool,
+                         const int32_t *table, int64_t pos, const float *cos, const float *sin, float *s,
+                         int64_t smax, float *attn) {
+    const int64_t hd = d->hd, G = d->Hq / d->H, Nqkv = (d->Hq + 2 * d->H) * hd;
+    write_kv(d, lw, l, m, h, qkv, pool, table, pos, cos, sin);
+    for (int64_t qh = h * G; qh < (h + 1) * G; qh++) {
         float *q = qkv + m * Nqkv + qh * hd;
         if (lw->w[BQKV])
             for (int64_t j = 0; j < hd; j++) q[j] += lw->w[BQKV][qh * hd + j];
-        rope(q, cos + m * hd, sin + m * hd, hd);
-        attend(d, l, qh, q, pool, tables + m * tstride, pos[m], s + i * smax, attn + m * d->Hq * hd + qh * hd);
+        rope(q, cos, sin, hd);
+        attend(d, l, qh, q, pool, table, pos, s + (m * d->Hq + qh) * smax, attn + (m * d->Hq + qh) * hd);
+    }
+}
+
+/* One layer, called by every thread of the region. hp: this thread's own [M][D] (each thread normalizes x
+   itself: no barrier for it). 6 barriers: after each matrix, after attention, after SwiGLU. */
+static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
+                  int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *hp, float *qkv,
+                  float *attn, float *g, float *act, float *s, int64_t smax) {
+    const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
+    prefetch_kv(d, l, M, pool, tables, tstride, pos, smax / d->bs + 1);
+    rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
+    gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * d->H; i++) {
+        const int64_t m = i / d->H;
+        attend_group(d, lw, l, m, i % d->H, qkv, pool, tables + m * tstride, pos[m], cos + m * hd, sin + m * hd, s,
+                     smax, attn);
     }
     gemv_for(attn, M, lw->w[WO], x, d->Hq * hd, d->wo, D, 1);
-#pragma omp single
-    rms_norm(x, lw->w[FFN_NORM], h, M, D, d->eps);
-    gemv_for(h, M, lw->w[W13], g, D, d->w13, 2 * I, 0);
+    rms_norm(x, lw->w[FFN_NORM], hp, M, D, d->eps);
+    gemv_for(hp, M, lw->w[W13], g, D, d->w13, 2 * I, 0);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * I; i++) {  /* act = silu(gate) * up */
         const float a = g[(i / I) * 2 * I + i % I];
@@ -186,17 +210,18 @@ int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int
     int64_t smax = 1;
     for (int64_t m = 0; m < M; m++) smax = pos[m] + 1 > smax ? pos[m] + 1 : smax;
     const int64_t Nqkv = (d.Hq + 2 * d.H) * d.hd;
-    float *buf = malloc(sizeof(float) * M * (d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax + 2 * d.hd));
+    float *buf = malloc(sizeof(float) * M * (nthreads * d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax + 2 * d.hd));
     if (!buf) return -2;
-    float *h = buf, *qkv = h + M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
+    float *h = buf, *qkv = h + nthreads * M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
     float *cos = act + M * d.I, *sin = cos + M * d.hd, *s = sin + M * d.hd;
     rope_tables(pos, addr(weights, d.L * NWEIGHTS + INV_FREQ), M, d.hd, cos, sin);
 #pragma omp parallel num_threads(nthreads)
     {
+        float *hp = h + omp_get_thread_num() * M * d.D;
         for (int64_t l = 0; l < d.L; l++) {
             LayerW lw;
             for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = addr(weights, l * NWEIGHTS + k);
-            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, h, qkv, attn, g, act, s, smax);
+            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, s, smax);
         }
 #pragma omp single
         rms_norm(x, norm, x, M, d.D, d.eps);
