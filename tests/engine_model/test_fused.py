@@ -1,0 +1,63 @@
+"""The fused native decode step (fused.py, csrc/decode.c) against the engine's torch path on the same steps.
+
+Parity with transformers itself is in test_model_vs_hf.py (`[fused]` and the config variants); here: batches
+up to native.MAX_ROWS rows, 1 and 2 threads, the K/V it writes, and which steps take it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import services.worker.engine.model as model
+from services.worker.engine import native
+from services.worker.engine.fused import FusedLayers
+from tests.engine_model.helpers import Driver
+
+pytestmark = pytest.mark.skipif(native.decode_layers() is None, reason="needs the native kernels (C compiler)")
+
+
+def _decode_run(path, rows: int, fused: bool, monkeypatch, steps: int = 3):
+    """rows sequences of different prompt lengths, prefilled, then `steps` decode-only steps -> (driver, logits)."""
+    monkeypatch.setattr(model, "FUSED", fused)
+    d = Driver(path, seed=5)
+    for i in range(rows):
+        d.add(i, [(7 * i + j) % 300 + 3 for j in range(2 + 3 * i)])  # 2 .. 2 + 3 (rows - 1) tokens
+    d.step({i: len(d.seqs[i].tokens) for i in range(rows)}, return_logits=False)
+    out = [d.step({i: 1 for i in range(rows)}).logits for _ in range(steps)]
+    return d, torch.stack(out)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [1, native.MAX_ROWS])
+def test_fused_decode_equals_the_torch_path(checkpoints, rows, threads, monkeypatch):
+    calls = []
+    real = FusedLayers.__call__
+    monkeypatch.setattr(FusedLayers, "__call__", lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a))
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused_d, fused_logits = _decode_run(checkpoints["qwen2"], rows, True, monkeypatch)
+        torch_d, torch_logits = _decode_run(checkpoints["qwen2"], rows, False, monkeypatch)
+    finally:
+        torch.set_num_threads(default)
+    assert calls == [rows] * 3
+    assert torch.allclose(fused_logits, torch_logits, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fused_d.pool, torch_d.pool, rtol=1e-4, atol=1e-6)  # the same K/V in the same slots
+    assert [s.tokens for s in fused_d.seqs.values()] == [s.tokens for s in torch_d.seqs.values()]
+
+
+def test_only_decode_steps_of_few_rows_are_fused(checkpoints, monkeypatch):
+    calls = []
+    real = FusedLayers.__call__
+    monkeypatch.setattr(FusedLayers, "__call__", lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a))
+    _decode_run(checkpoints["llama"], native.MAX_ROWS + 1, True, monkeypatch, steps=1)
+    assert calls == []  # 9 rows: the torch path; the prefill step too
+    d = Driver(checkpoints["llama"], seed=6)
+    d.add(0, [5, 6, 7])
+    d.add(1, [8, 9])
+    d.step({0: 3, 1: 2})
+    d.step({0: 1, 1: 1})
+    assert calls == [2]
+    d.add(2, [10, 11, 12])
+    d.step({0: 1, 1: 1, 2: 3})  # a prefill chunk in the step: the torch path
+    assert calls == [2]
