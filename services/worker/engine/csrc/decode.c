@@ -36,6 +36,33 @@ typedef struct {
     const float *w[NWEIGHTS];
 } LayerW;
 
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+static inline v16 vload(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+/* exp of 16 floats, Cephes expf: 2^n * e^r with n = floor(x log2(e) + 1/2), r = x - n ln 2 (in two parts) and a
+   degree-6 polynomial for e^r. Within a few ulp of expf for x in [-87, 88]; 0 below -87, exp(88) above 88
+   (softmax and SiLU only need that range). */
+static inline v16 vexp(v16 x) {
+    const i16 under = x < -87.f, over = x > 88.f;
+    const v16 lo = x - x - 87.f, hi = x - x + 88.f;
+    x = (v16)(((i16)x & ~(under | over)) | ((i16)lo & under) | ((i16)hi & over));
+    const v16 fx = x * 1.44269504088896341f + 0.5f;
+    i16 n = __builtin_convertvector(fx, i16);  /* truncates: floor below */
+    n -= (i16)(__builtin_convertvector(n, v16) > fx) & 1;
+    const v16 fn = __builtin_convertvector(n, v16);
+    const v16 r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    v16 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    return (v16)((i16)(p * (v16)((n + 127) << 23)) & ~under);
+}
+
 /* y[m] = x[m] * rsqrt(mean(x[m]^2) + eps) * g, for M rows of D. */
 static void rms_norm(const float *x, const float *g, float *y, int64_t M, int64_t D, float eps) {
     for (int64_t m = 0; m < M; m++) {
@@ -64,6 +91,11 @@ static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_
     for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add);
 }
 
+/* The block holding token block b of (layer l, kv head h) in one sequence's table: K^T [hd][bs], then V [bs][hd]. */
+static const float *kv_block(const Dims *d, const float *pool, const int32_t *table, int64_t b, int64_t l, int64_t h) {
+    return pool + (int64_t)table[(b * d->L + l) * d->H + h] * 2 * d->bs * d->hd;
+}
+
 /* New token's K (rotated) and V of (sequence m, kv head h) into its pool slot; bias added first. */
 static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int64_t h, float *qkv, float *pool,
                      const int32_t *table, int64_t pos, const float *cos, const float *sin) {
@@ -73,12 +105,13 @@ static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int6
     if (b)
         for (int64_t j = 0; j < hd; j++) k[j] += b[(d->Hq + h) * hd + j], v[j] += b[(d->Hq + d->H + h) * hd + j];
     rope(k, cos, sin, hd);
-    float *blk = pool + (int64_t)table[((pos / bs) * d->L + l) * d->H + h] * 2 * bs * hd;
+    float *blk = (float *)kv_block(d, pool, table, pos / bs, l, h);
     const int64_t slot = pos % bs;
     for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
 }
 
-/* out[hd] = softmax(q . K[start..pos] / sqrt(hd)) @ V[start..pos] of (sequence m, query head qh) of layer l. */
+/* out[hd] = softmax(q . K[start..pos] / sqrt(hd)) @ V[start..pos] of (sequence m, query head qh) of layer l;
+   s: room for pos + 1 scores. Block by block: token t0 + t of block b is slot t. */
 static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *pool, const int32_t *table,
                    int64_t pos, float *s, float *out) {
     const int64_t hd = d->hd, bs = d->bs, h = qh / (d->Hq / d->H);
@@ -86,25 +119,44 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
     const float scale = 1.f / sqrtf((float)hd);
     for (int64_t j = 0; j < hd; j++) q[j] *= scale;
     float mx = -INFINITY;
-    for (int64_t t0 = start - start % bs; t0 <= pos; t0 += bs) {  /* scores, block by block */
-        const float *kt = pool + (int64_t)table[((t0 / bs) * d->L + l) * d->H + h] * 2 * bs * hd;
+    for (int64_t b = start / bs; b <= pos / bs; b++) {  /* scores */
+        const float *kt = kv_block(d, pool, table, b, l, h);
+        const int64_t t0 = b * bs, lo = start > t0 ? start - t0 : 0, hi = pos - t0 + 1 < bs ? pos - t0 + 1 : bs;
         float acc[bs];
         memset(acc, 0, sizeof acc);
         for (int64_t j = 0; j < hd; j++)
             for (int64_t t = 0; t < bs; t++) acc[t] += q[j] * kt[j * bs + t];
-        for (int64_t t = t0 < start ? start - t0 : 0; t < bs && t0 + t <= pos; t++)
-            s[t0 + t - start] = acc[t], mx = fmaxf(mx, acc[t]);
+        for (int64_t t = lo; t < hi; t++) s[t0 + t - start] = acc[t], mx = fmaxf(mx, acc[t]);
     }
     const int64_t n = pos + 1 - start;
     float sum = 0.f;
-    for (int64_t t = 0; t < n; t++) sum += (s[t] = expf(s[t] - mx));
-    memset(out, 0, sizeof(float) * hd);
-    for (int64_t t = 0; t < n; t++) {  /* weighted sum of V rows */
-        const int64_t at = start + t;
-        const float *vb = pool + (int64_t)table[((at / bs) * d->L + l) * d->H + h] * 2 * bs * hd + bs * hd;
-        const float *vr = vb + (at % bs) * hd, p = s[t] / sum;
-        for (int64_t j = 0; j < hd; j++) out[j] += p * vr[j];
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {
+        const v16 e = vexp(vload(s + t) - mx);
+        vstore(s + t, e);
+        for (int k = 0; k < 16; k++) sum += e[k];
     }
+    for (; t < n; t++) sum += (s[t] = expf(s[t] - mx));
+    const float inv = 1.f / sum;
+    memset(out, 0, sizeof(float) * hd);
+    for (int64_t b = start / bs; b <= pos / bs; b++) {  /* weighted sum of V rows */
+        const float *v = kv_block(d, pool, table, b, l, h) + bs * hd;
+        const int64_t t0 = b * bs, lo = start > t0 ? start - t0 : 0, hi = pos - t0 + 1 < bs ? pos - t0 + 1 : bs;
+        for (int64_t t = lo; t < hi; t++) {
+            const float p = s[t0 + t - start] * inv;
+            for (int64_t j = 0; j < hd; j++) out[j] += p * v[t * hd + j];
+        }
+    }
+}
+
+/* act[0:I] = silu(gate) * up for gu = [gate (I), up (I)]. */
+static void swiglu(const float *gu, float *act, int64_t I) {
+    int64_t i = 0;
+    for (; i + 16 <= I; i += 16) {
+        const v16 a = vload(gu + i);
+        vstore(act + i, a / (1.f + vexp(-a)) * vload(gu + I + i));
+    }
+    for (; i < I; i++) act[i] = gu[i] / (1.f + expf(-gu[i])) * gu[I + i];
 }
 
 /* Prefetch this thread's share of the context blocks layer l reads (they are cold: every layer's weights
@@ -116,7 +168,7 @@ static void prefetch_kv(const Dims *d, int64_t l, int64_t M, const float *pool, 
         const int64_t m = i / (d->H * nb_max), h = (i / nb_max) % d->H, b = i % nb_max;
         const int64_t start = d->window > 0 && pos[m] + 1 > d->window ? pos[m] + 1 - d->window : 0;
         if (b < start / d->bs || b > pos[m] / d->bs) continue;
-        const char *blk = (const char *)(pool + (int64_t)tables[m * tstride + (b * d->L + l) * d->H + h] * 2 * d->bs * d->hd);
+        const char *blk = (const char *)kv_block(d, pool, tables + m * tstride, b, l, h);
         for (int64_t o = 0; o < 2 * d->bs * d->hd * (int64_t)sizeof(float); o += 64) __builtin_prefetch(blk + o, 0, 3);
     }
 }
@@ -155,10 +207,7 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
     rms_norm(x, lw->w[FFN_NORM], hp, M, D, d->eps);
     gemv_for(hp, M, lw->w[W13], g, D, d->w13, 2 * I, 0);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < M * I; i++) {  /* act = silu(gate) * up */
-        const float a = g[(i / I) * 2 * I + i % I];
-        act[i] = a / (1.f + expf(-a)) * g[(i / I) * 2 * I + I + i % I];
-    }
+    for (int64_t m = 0; m < M; m++) swiglu(g + m * 2 * I, act + m * I, I);
     gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1);
 }
 
