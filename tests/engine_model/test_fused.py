@@ -16,12 +16,13 @@ from tests.engine_model.helpers import Driver
 pytestmark = pytest.mark.skipif(native.decode_layers() is None, reason="needs the native kernels (C compiler)")
 
 
-def _decode_run(path, rows: int, fused: bool, monkeypatch, steps: int = 3):
-    """rows sequences of different prompt lengths, prefilled, then `steps` decode-only steps -> (driver, logits)."""
+def _decode_run(path, rows: int, fused: bool, monkeypatch, steps: int = 3, block_size: int = 4, long: int = 0):
+    """rows sequences of different prompt lengths (+ `long` tokens), prefilled, then `steps` decode-only steps
+    -> (driver, logits)."""
     monkeypatch.setattr(model, "FUSED", fused)
-    d = Driver(path, seed=5)
+    d = Driver(path, max_tokens=long + 3 * rows + steps + 2, seed=5, block_size=block_size)
     for i in range(rows):
-        d.add(i, [(7 * i + j) % 300 + 3 for j in range(2 + 3 * i)])  # 2 .. 2 + 3 (rows - 1) tokens
+        d.add(i, [(7 * i + j) % 300 + 3 for j in range(2 + 3 * i + long)])  # 2 .. 2 + 3 (rows - 1) tokens
     d.step({i: len(d.seqs[i].tokens) for i in range(rows)}, return_logits=False)
     out = [d.step({i: 1 for i in range(rows)}).logits for _ in range(steps)]
     return d, torch.stack(out)
@@ -44,6 +45,24 @@ def test_fused_decode_equals_the_torch_path(checkpoints, rows, threads, monkeypa
     assert torch.allclose(fused_logits, torch_logits, rtol=1e-4, atol=1e-5)
     assert torch.allclose(fused_d.pool, torch_d.pool, rtol=1e-4, atol=1e-6)  # the same K/V in the same slots
     assert [s.tokens for s in fused_d.seqs.values()] == [s.tokens for s in torch_d.seqs.values()]
+
+
+@pytest.fixture(scope="module")
+def head_dim_64(tmp_path_factory):
+    """A Llama with head_dim 64 (hidden 256, 4 heads, 2 KV heads): the kernel's vector attention paths."""
+    from muxserve.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("hd64"), "llama", hidden_size=256, num_heads=4,
+                                 num_kv_heads=2, intermediate_size=256, seed=8)
+
+
+@pytest.mark.parametrize("block_size", [4, 16, 32, 64])
+def test_fused_attention_paths_equal_the_torch_path(head_dim_64, block_size, monkeypatch):
+    """Contexts of 70-90 tokens over blocks of 4 (plain loops) and 16 / 32 / 64 tokens (vector code)."""
+    fused_d, fused_logits = _decode_run(head_dim_64, 3, True, monkeypatch, block_size=block_size, long=70)
+    torch_d, torch_logits = _decode_run(head_dim_64, 3, False, monkeypatch, block_size=block_size, long=70)
+    assert torch.allclose(fused_logits, torch_logits, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fused_d.pool, torch_d.pool, rtol=1e-4, atol=1e-6)
 
 
 def test_only_decode_steps_of_few_rows_are_fused(checkpoints, monkeypatch):

@@ -4,9 +4,10 @@
  * written into the head-wise pool, grouped-query attention over each sequence's blocks with an optional
  * sliding window, output projection + residual, RMSNorm, SwiGLU, down projection + residual), inside ONE
  * OpenMP parallel region: the matrices are split over the threads panel by panel (gemv_panel), attention
- * by (sequence, head), and the few small vectors in between are computed by one thread. A batch-1 step
- * on the torch path spends ~1/4 of its time dispatching ~40 small ops per layer (docs/benchmarks.md);
- * here a layer costs its weight reads plus ~8 barriers.
+ * by (sequence, kv head), each thread normalizes the few hidden rows itself. A batch-1 step on the torch
+ * path spends ~1/4 of its time dispatching ~40 small ops per layer (docs/benchmarks.md); here a layer
+ * costs its weight reads, reading its context (latency-bound: short streams from scattered blocks) and
+ * 6 barriers.
  *
  * Layouts (the engine's own, see pool.py and panels.py):
  *   x [M][D] hidden states in, out; matrices as column panels [N / w][K][w] of their [K, N] form;
@@ -110,6 +111,61 @@ static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int6
     for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
 }
 
+/* acc[0:bs] = q[0:hd] @ K^T [hd][bs] of one block. NB = bs / 16 vectors per K^T row, accumulated in registers
+   (two sets: even and odd rows, for two dependency chains). */
+#define SCORES(NB)                                                                                     \
+    static void scores_##NB(const float *q, const float *kt, int64_t hd, float *acc) {                \
+        v16 a[NB] = {0}, b[NB] = {0};                                                                   \
+        int64_t j = 0;                                                                                  \
+        for (; j + 2 <= hd; j += 2)                                                                     \
+            for (int k = 0; k < NB; k++) {                                                              \
+                a[k] += q[j] * vload(kt + j * 16 * NB + 16 * k);                                        \
+                b[k] += q[j + 1] * vload(kt + (j + 1) * 16 * NB + 16 * k);                              \
+            }                                                                                           \
+        for (; j < hd; j++)                                                                             \
+            for (int k = 0; k < NB; k++) a[k] += q[j] * vload(kt + j * 16 * NB + 16 * k);               \
+        for (int k = 0; k < NB; k++) vstore(acc + 16 * k, a[k] + b[k]);                                 \
+    }
+SCORES(1)
+SCORES(2)
+SCORES(4)
+
+static void scores(const float *q, const float *kt, int64_t hd, int64_t bs, float *acc) {
+    if (bs == 16) return scores_1(q, kt, hd, acc);
+    if (bs == 32) return scores_2(q, kt, hd, acc);
+    if (bs == 64) return scores_4(q, kt, hd, acc);
+    memset(acc, 0, sizeof(float) * bs);
+    for (int64_t j = 0; j < hd; j++)
+        for (int64_t t = 0; t < bs; t++) acc[t] += q[j] * kt[j * bs + t];
+}
+
+/* out[0:hd] += sum_t p[t] * v[t][0:hd] over n rows of V; NH = hd / 16 vectors per row, in registers. */
+#define WSUM(NH)                                                                                       \
+    static void wsum_##NH(const float *p, const float *v, int64_t n, float *out) {                     \
+        v16 a[NH], b[NH] = {0};                                                                         \
+        for (int k = 0; k < NH; k++) a[k] = vload(out + 16 * k);                                        \
+        int64_t t = 0;                                                                                  \
+        for (; t + 2 <= n; t += 2)                                                                      \
+            for (int k = 0; k < NH; k++) {                                                              \
+                a[k] += p[t] * vload(v + t * 16 * NH + 16 * k);                                         \
+                b[k] += p[t + 1] * vload(v + (t + 1) * 16 * NH + 16 * k);                               \
+            }                                                                                           \
+        for (; t < n; t++)                                                                              \
+            for (int k = 0; k < NH; k++) a[k] += p[t] * vload(v + t * 16 * NH + 16 * k);                \
+        for (int k = 0; k < NH; k++) vstore(out + 16 * k, a[k] + b[k]);                                 \
+    }
+WSUM(2)
+WSUM(4)
+WSUM(8)
+
+static void wsum(const float *p, const float *v, int64_t n, int64_t hd, float *out) {
+    if (hd == 32) return wsum_2(p, v, n, out);
+    if (hd == 64) return wsum_4(p, v, n, out);
+    if (hd == 128) return wsum_8(p, v, n, out);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < hd; j++) out[j] += p[t] * v[t * hd + j];
+}
+
 /* out[hd] = softmax(q . K[start..pos] / sqrt(hd)) @ V[start..pos] of (sequence m, query head qh) of layer l;
    s: room for pos + 1 scores. Block by block: token t0 + t of block b is slot t. */
 static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *pool, const int32_t *table,
@@ -120,12 +176,9 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
     for (int64_t j = 0; j < hd; j++) q[j] *= scale;
     float mx = -INFINITY;
     for (int64_t b = start / bs; b <= pos / bs; b++) {  /* scores */
-        const float *kt = kv_block(d, pool, table, b, l, h);
         const int64_t t0 = b * bs, lo = start > t0 ? start - t0 : 0, hi = pos - t0 + 1 < bs ? pos - t0 + 1 : bs;
         float acc[bs];
-        memset(acc, 0, sizeof acc);
-        for (int64_t j = 0; j < hd; j++)
-            for (int64_t t = 0; t < bs; t++) acc[t] += q[j] * kt[j * bs + t];
+        scores(q, kv_block(d, pool, table, b, l, h), hd, bs, acc);
         for (int64_t t = lo; t < hi; t++) s[t0 + t - start] = acc[t], mx = fmaxf(mx, acc[t]);
     }
     const int64_t n = pos + 1 - start;
@@ -138,14 +191,11 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
     }
     for (; t < n; t++) sum += (s[t] = expf(s[t] - mx));
     const float inv = 1.f / sum;
+    for (t = 0; t < n; t++) s[t] *= inv;
     memset(out, 0, sizeof(float) * hd);
     for (int64_t b = start / bs; b <= pos / bs; b++) {  /* weighted sum of V rows */
-        const float *v = kv_block(d, pool, table, b, l, h) + bs * hd;
         const int64_t t0 = b * bs, lo = start > t0 ? start - t0 : 0, hi = pos - t0 + 1 < bs ? pos - t0 + 1 : bs;
-        for (int64_t t = lo; t < hi; t++) {
-            const float p = s[t0 + t - start] * inv;
-            for (int64_t j = 0; j < hd; j++) out[j] += p * v[t * hd + j];
-        }
+        wsum(s + t0 + lo - start, kv_block(d, pool, table, b, l, h) + bs * hd + lo * hd, hi - lo, hd, out);
     }
 }
 
@@ -159,26 +209,17 @@ static void swiglu(const float *gu, float *act, int64_t I) {
     for (; i < I; i++) act[i] = gu[i] / (1.f + expf(-gu[i])) * gu[I + i];
 }
 
-/* Prefetch this thread's share of the context blocks layer l reads (they are cold: every layer's weights
-   streamed through the caches since), so attention finds them cached instead of waiting on each block. */
-static void prefetch_kv(const Dims *d, int64_t l, int64_t M, const float *pool, const int32_t *tables,
-                        int64_t tstride, const int64_t *pos, int64_t nb_max) {
-#pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < M * d->H * nb_max; i++) {
-        const int64_t m = i / (d->H * nb_max), h = (i / nb_max) % d->H, b = i % nb_max;
-        const int64_t start = d->window > 0 && pos[m] + 1 > d->window ? pos[m] + 1 - d->window : 0;
-        if (b < start / d->bs || b > pos[m] / d->bs) continue;
-        const char *blk = (const char *)kv_block(d, pool, tables + m * tstride, b, l, h);
-        for (int64_t o = 0; o < 2 * d->bs * d->hd * (int64_t)sizeof(float); o += 64) __builtin_prefetch(blk + o, 0, 3);
-    }
-}
-
 /* Attention of layer l for (sequence m, kv head h): its new K/V into the pool, then its G query heads. */
 static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int64_t h, float *qkv, float *pool,
                          const int32_t *table, int64_t pos, const float *cos, const float *sin, float *s,
                          int64_t smax, float *attn) {
     const int64_t hd = d->hd, G = d->Hq / d->H, Nqkv = (d->Hq + 2 * d->H) * hd;
     write_kv(d, lw, l, m, h, qkv, pool, table, pos, cos, sin);
+    const int64_t start = d->window > 0 && pos + 1 > d->window ? pos + 1 - d->window : 0;
+    for (int64_t b = start / d->bs; b <= pos / d->bs; b++) {  /* the context into L2 at once: more loads in flight */
+        const char *blk = (const char *)kv_block(d, pool, table, b, l, h);
+        for (int64_t o = 0; o < 2 * d->bs * d->hd * (int64_t)sizeof(float); o += 64) __builtin_prefetch(blk + o, 0, 2);
+    }
     for (int64_t qh = h * G; qh < (h + 1) * G; qh++) {
         float *q = qkv + m * Nqkv + qh * hd;
         if (lw->w[BQKV])
@@ -194,7 +235,6 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
                   int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *hp, float *qkv,
                   float *attn, float *g, float *act, float *s, int64_t smax) {
     const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
-    prefetch_kv(d, l, M, pool, tables, tstride, pos, smax / d->bs + 1);
     rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
     gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
 #pragma omp for schedule(static)
