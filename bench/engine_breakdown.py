@@ -2,13 +2,14 @@
 
 Explains bench/engine_throughput.py and bench/decode_bandwidth.py (numbers in docs/benchmarks.md):
   --workload decode      the ~350M Llama of decode_bandwidth.py at batch 1 (context 128): per-step ms in the
-                         linear layers, attention and the whole forward; then the read rate (GB/s) of
+                         fused native decode (or, --no-fused, the linear layers, attention and the whole
+                         torch forward); then the read rate (GB/s) of
                          every weight matrix through a plain sum, `model.linear` on the engine's stored
                          layout (column panels + native.gemv where it runs), the K-split bmm over [K, N],
                          MKL `x @ w` and oneDNN (torch.utils.mkldnn), measured back to back
   --workload throughput  the 64-request run of engine_throughput.py (engine only): seconds per function
 
-    python bench/engine_breakdown.py [--workload decode|throughput] [--decode-bags | --decode-gather]
+    python bench/engine_breakdown.py [--workload decode|throughput] [--no-fused] [--decode-bags | --decode-gather]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path[:0] = [str(ROOT.parent), str(ROOT)]
 import decode_bandwidth as db  # noqa: E402
 import engine_throughput as et  # noqa: E402
 import services.worker.engine.attention as A  # noqa: E402
+import services.worker.engine.fused as FU  # noqa: E402
 import services.worker.engine.model as M  # noqa: E402
 import services.worker.engine.runner as R  # noqa: E402
 
@@ -53,6 +55,8 @@ def instrument() -> None:
     timed(A, "_attend_gather", "attention: prefill groups")
     timed(A, "write_kv", "attention: K/V writes")
     timed(R, "build_context", "step metadata")
+    timed(FU.FusedLayers, "__call__", "fused decode (native, all layers)")
+    timed(FU.FusedLayers, "tables", "fused decode: block tables")
     timed(M.Transformer, "forward", "forward")
     timed(R.ModelRunner, "execute", "execute (forward + sampling)")
 
@@ -133,7 +137,10 @@ def main() -> None:
                     help="every decode group through embedding_bags, small ones too (attention.GATHER_MAX_ROWS = 0)")
     ap.add_argument("--decode-gather", action="store_true",
                     help="small decode groups gathered (attention.GATHER_MAX_ROWS = 64)")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="decode steps of <= 8 sequences on the torch path, layer by layer (model.FUSED = False)")
     args = ap.parse_args()
+    M.FUSED = not args.no_fused
     if args.decode_bags:
         A.GATHER_MAX_ROWS = 0
     if args.decode_gather:
