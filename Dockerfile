@@ -1,7 +1,7 @@
 # One image for every muxserve service; docker-compose.yml picks the service by command.
 FROM python:3.11-slim
-# gcc + libc6-dev: the engine builds its native CPU kernel on first use (services/worker/engine/native.py);
-# without them it falls back to the torch matmuls.
+# gcc + libc6-dev: the engine builds its native CPU kernels on first use (services/worker/engine/native.py);
+# without them it falls back to torch (matmuls, and decode steps layer by layer).
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-tools gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

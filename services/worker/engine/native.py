@@ -2,9 +2,9 @@
 
 `gemv()` returns a callable `(x [M, K] fp32, panels [P, K, w] fp32) -> y [M, P * w]` for M <= MAX_ROWS
 (csrc/gemv.c); `decode_layers()` the raw fused decode step of csrc/decode.c (wrapped by fused.py). Each
-is None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU
-OpenMP, a failed build, or MUXSERVE_NATIVE=0. The library (every csrc/*.c) is compiled with -O3 -march=native -fopenmp once per source,
-compiler, CPU and OpenMP runtime into $MUXSERVE_CACHE_DIR (default ~/.cache/muxserve) and linked
+is None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU OpenMP, a failed
+build, or MUXSERVE_NATIVE=0. One library of every csrc/*.c is compiled with -O3 -march=native -fopenmp once
+per source, compiler, CPU and OpenMP runtime into $MUXSERVE_CACHE_DIR (default ~/.cache/muxserve) and linked
 against the libgomp that torch has loaded, so the kernel's threads are torch's own (two OpenMP
 runtimes in one process would fight over the cores). Every failure is logged once and falls back.
 """
