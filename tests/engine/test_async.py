@@ -74,7 +74,7 @@ def test_async_errors_come_before_any_chunk_and_service_continues(ck_llama):
 def test_cancel_and_early_stop_abort_and_free_blocks(ck_llama):
     async def main():
         aeng = await AsyncUnitEngine.create([LLMConfig("m", str(ck_llama))], EngineConfig(block_size=4, num_blocks=1000))
-        long = SamplingParams(max_tokens=400, ignore_eos=True)
+        long = SamplingParams(max_tokens=800, ignore_eos=True)  # long enough to be cancelled mid-stream
 
         async def consume_forever():
             async for _ in aeng.generate("c", "m", prompt_token_ids=[5] * 20, sampling=long):
@@ -97,14 +97,20 @@ def test_cancel_and_early_stop_abort_and_free_blocks(ck_llama):
 
 
 def test_async_remove_llm_drains(ck_llama, ck_qwen2):
+    """remove_llm(drain=True) while a request is mid-stream: the request still runs to its end."""
     async def main():
         aeng = await AsyncUnitEngine.create([LLMConfig("m", str(ck_llama))], EngineConfig(block_size=4, num_blocks=1000))
         await aeng.add_llm(LLMConfig("q", str(ck_qwen2)))
-        stream = asyncio.create_task(collect(aeng, "q1", "q", [5, 6, 7], SamplingParams(max_tokens=20, ignore_eos=True)))
-        await wait_for(lambda: aeng.stats()["llms"]["q"]["running"] == 1)
-        await aeng.remove_llm("q", drain=True)
-        toks, _, last = await stream
-        assert len(toks) == 20 and last.finish_reason == "length"
+        gen = aeng.generate("q1", "q", prompt_token_ids=[5, 6, 7], sampling=SamplingParams(max_tokens=300,
+                                                                                           ignore_eos=True))
+        first = await gen.__anext__()  # streaming: the request is in flight, ~300 decode steps to go
+        assert aeng.stats()["llms"]["q"]["running"] == 1
+        remove = asyncio.create_task(aeng.remove_llm("q", drain=True))
+        toks, last = list(first.token_ids), first
+        async for ch in gen:
+            toks, last = toks + ch.token_ids, ch
+        await remove
+        assert len(toks) == 300 and last.finish_reason == "length"
         assert "q" not in aeng.stats()["llms"] and aeng.stats()["pool"]["free"] == 1000
         await aeng.close()
     asyncio.run(main())
