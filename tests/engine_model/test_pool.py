@@ -118,6 +118,25 @@ def test_bad_decode_steps_raise_invalid_request_and_write_nothing(checkpoints, f
     assert not torch.equal(d.pool, before)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_tables_as_lists_or_int32_arrays_give_the_same_step(checkpoints, fused, monkeypatch):
+    """The engine ships array("i") tables (one buffer to copy and pickle); callers may pass lists."""
+    from array import array
+
+    monkeypatch.setattr(model, "FUSED", fused)
+    out = []
+    for as_array in (False, True):
+        d = Driver(checkpoints["qwen2"], seed=9)
+        d.add(0, list(range(20, 33)))
+        d.add(1, [7, 8, 9])
+        if as_array:
+            for s in d.seqs.values():
+                s.table = array("i", s.table)
+        out.append([d.step({0: 13, 1: 3}).logits] + [d.step({0: 1, 1: 1}).logits for _ in range(3)])
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
 def test_decode_steps_group_coarser_than_prefill_steps():
     """Contexts 40 and 100 (ratio 2.5): one group in a decode step, two when the step holds prefill chunks."""
     from services.worker.engine.attention import build_context

@@ -17,6 +17,8 @@ never starves behind a small quota.
 
 from __future__ import annotations
 
+from array import array
+
 from typing import Protocol
 
 from services.worker.engine import pool
@@ -83,9 +85,9 @@ class LLMBlocks:
     def free(self, seq: Sequence) -> None:
         """Return all of seq's blocks (finish, abort, preempt)."""
         if seq.block_table:
-            self.source.release(seq.block_table)
+            self.source.release(seq.block_table.tolist())
             self.used -= len(seq.block_table)
-            seq.block_table = []
+            seq.block_table = array("i")
 
 
 class BlockManager:

@@ -214,7 +214,7 @@ class UnitEngine:
 
     def _submit(self, d: Dispatch):
         hosted = self.llms[d.llm]
-        steps = [SeqStep(s.seq_id, s.tokens(s.num_computed_tokens, n), s.num_computed_tokens, list(s.block_table),
+        steps = [SeqStep(s.seq_id, s.tokens(s.num_computed_tokens, n), s.num_computed_tokens, s.block_table[:],
                          s.sampling, s.num_output_tokens, s.num_computed_tokens + n == s.num_tokens)
                  for s, n in d.plan.items()]
         job = hosted.prefill if d.kind == "prefill" else hosted.decode

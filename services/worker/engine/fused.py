@@ -12,12 +12,11 @@ the model stays on the torch path. Prefill and larger batches always take the to
 
 from __future__ import annotations
 
-from array import array
-
 import torch
 import torch.nn.functional as F
 
 from . import native
+from .attention import int32_ids
 from .loader import ModelSpec
 from .types import InvalidRequestError
 
@@ -74,7 +73,7 @@ class FusedLayers:
                 raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n} for its "
                                           f"context")
             try:
-                out[i, :n] = torch.frombuffer(array("i", table[:n]), dtype=torch.int32)
+                out[i, :n] = torch.frombuffer(int32_ids(table[:n]), dtype=torch.int32)
             except OverflowError:
                 out[i, 0] = -1  # not an int32: out of range below
         positions = torch.tensor([pos for pos, _ in seqs])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,8 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     status: SeqStatus = SeqStatus.WAITING
-    block_table: list[int] = field(default_factory=list)
+    block_table: array = field(default_factory=lambda: array("i"))  # int32 ids (pool.py's order): copied and
+    # shipped to jobs every step, where a list of ints would be converted or pickled id by id
     finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error"
     error: str = ""  # why, when finish_reason == "error"
     detok: Any = None  # detok.IncrementalDetokenizer

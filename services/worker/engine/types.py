@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,15 @@ class SeqStep:
     """One sequence's share of a step: compute `token_ids` at positions start_pos.. and maybe sample.
 
     block_table lists the sequence's head-wise block ids in pool.py's order and covers at least
-    start_pos + len(token_ids) tokens. sample_index is how many tokens the sequence has generated
+    start_pos + len(token_ids) tokens: a list of ints, or (what the engine sends: copied, pickled and read
+    as one buffer) an array("i"). sample_index is how many tokens the sequence has generated
     before this step (it seeds reproducible sampling, so any process gives the same draw).
     """
 
     seq_id: int
     token_ids: list[int]
     start_pos: int
-    block_table: list[int]
+    block_table: Sequence[int]  # list[int] | array("i")
     sampling: SamplingParams
     sample_index: int = 0
     want_sample: bool = True
