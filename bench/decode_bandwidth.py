@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from array import array
 import statistics
 import sys
 import tempfile
@@ -109,7 +110,7 @@ class EngineDecode:
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
         pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
-        self.table, self.context = list(range(n)), context
+        self.table, self.context = array("i", range(n)), context  # int32 ids, as the engine ships them
         embed = weights["embed"]
         tied = "lm_head" not in weights
         self.bytes_read = spec.weight_bytes - (0 if tied else embed.numel() * embed.element_size())
