@@ -65,6 +65,17 @@ def test_fused_attention_paths_equal_the_torch_path(head_dim_64, block_size, mon
     assert torch.allclose(fused_d.pool, torch_d.pool, rtol=1e-4, atol=1e-6)
 
 
+def test_fused_decode_with_an_lm_head_that_is_no_panels(tmp_path, monkeypatch):
+    """Vocab 390 (no panel width divides it): the LM head stays [D, V] and runs after the native call."""
+    from muxserve.tiny import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / "v390", "llama", vocab_size=390, seed=11)
+    fused_d, fused_logits = _decode_run(path, 2, True, monkeypatch)
+    assert fused_d.runner.model.fused.lm_head is None and fused_d.runner.model.fused.head is not None
+    _, torch_logits = _decode_run(path, 2, False, monkeypatch)
+    assert torch.allclose(fused_logits, torch_logits, rtol=1e-4, atol=1e-5)
+
+
 def test_only_decode_steps_of_few_rows_are_fused(checkpoints, monkeypatch):
     calls = []
     real = FusedLayers.__call__

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .pool import key_view, value_view
+from .pool import int32_ids, key_view, value_view
 from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
@@ -85,12 +85,6 @@ def _fit(buf: torch.Tensor, numel: int, like: torch.Tensor) -> torch.Tensor:
     if buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
         return like.new_empty(numel + numel // 4)
     return buf
-
-
-def int32_ids(ids) -> array:
-    """Block ids (a list of ints or an array("i")) as an array("i"), a copy; OverflowError for an id that is no
-    int32. An array("i") copies as one buffer: a long table costs microseconds, not milliseconds."""
-    return ids[:] if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
 
 
 def _tables(seqs, ntb: list[int], per_tb: int, num_blocks: int, seq_ids) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .attention import int32_ids
 from .loader import ModelSpec
+from .pool import int32_ids
 from .types import InvalidRequestError
 
 WEIGHTS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")  # csrc/decode.c: per layer, this order
@@ -36,7 +36,8 @@ class FusedLayers:
     def __init__(self, spec: ModelSpec, layers: list, pool: torch.Tensor, embed: torch.Tensor, norm: torch.Tensor,
                  lm_head: torch.Tensor | None, inv_freq: torch.Tensor, kernels):
         s, first = spec, layers[0]
-        self.lm_head = lm_head if lm_head is not None and _takes(lm_head) else None  # else F.linear(x, embed)
+        self.lm_head = lm_head if lm_head is not None and _takes(lm_head) else None  # in the kernel, else:
+        self.head = lm_head  # untied [D, V] (no panel width divides V): x @ head; None (tied): F.linear(x, embed)
         widths = [getattr(first, n).shape[2] for n in MATRICES]
         self.dims = torch.tensor([s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
                                   s.intermediate_size, pool.shape[2], s.sliding_window or 0, *widths, s.vocab_size,
@@ -59,16 +60,19 @@ class FusedLayers:
         if rc != 0:
             raise (MemoryError if rc == -2 else ValueError)(f"decode_layers: {M} rows, dims {self.dims.tolist()}: "
                                                             f"returned {rc}")
-        return logits if logits is not None else F.linear(x, self.embed)  # x: after the final norm
+        if logits is not None:
+            return logits
+        return F.linear(x, self.embed) if self.head is None else x @ self.head  # x: after the final norm
 
-    def tables(self, seqs: list[tuple[int, list[int]]], seq_ids: list[int]) -> torch.Tensor:
-        """seqs: (position of the new token, block table) -> tables [M, S] int32, each cut to the blocks up to that
-        position (pool.py's index order), zero-padded. Raises InvalidRequestError, naming the sequence, for a
-        table too short for its context or with a block id outside the pool (the kernel trusts them)."""
+    def tables(self, positions: torch.Tensor, block_tables: list, seq_ids: list[int]) -> torch.Tensor:
+        """positions [M] int64 of the new tokens, their sequences' block tables (lists or array("i")) -> tables
+        [M, S] int32, each cut to the blocks up to its position (pool.py's index order), zero-padded. Raises
+        InvalidRequestError, naming the sequence, for a table too short for its context or with a block id
+        outside the pool (the kernel trusts them)."""
         L, H, bs, nb = self.spec.num_layers, self.spec.num_kv_heads, self.pool.shape[2], self.pool.shape[0]
-        need = [(pos // bs + 1) * L * H for pos, _ in seqs]
-        out = torch.zeros(len(seqs), max(need), dtype=torch.int32)
-        for i, ((pos, table), n) in enumerate(zip(seqs, need)):
+        need = [(pos // bs + 1) * L * H for pos in positions.tolist()]
+        out = torch.zeros(len(need), max(need), dtype=torch.int32)
+        for i, (table, n) in enumerate(zip(block_tables, need)):
             if len(table) < n:
                 raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n} for its "
                                           f"context")
@@ -76,8 +80,7 @@ class FusedLayers:
                 out[i, :n] = torch.frombuffer(int32_ids(table[:n]), dtype=torch.int32)
             except OverflowError:
                 out[i, 0] = -1  # not an int32: out of range below
-        positions = torch.tensor([pos for pos, _ in seqs])
-        bad = self.bad_row(self.dims.data_ptr(), out.data_ptr(), len(seqs), out.shape[1], positions.data_ptr())
+        bad = self.bad_row(self.dims.data_ptr(), out.data_ptr(), len(need), out.shape[1], positions.data_ptr())
         if bad >= 0:
             raise InvalidRequestError(f"seq {seq_ids[bad]}: block id out of range [0, {nb})")
         return out

@@ -19,8 +19,15 @@ from __future__ import annotations
 
 import math
 import threading
+from array import array
 
 import torch
+
+
+def int32_ids(ids) -> array:
+    """Block ids (a list of ints or an array("i")) as an array("i"), a copy; OverflowError for an id that is no
+    int32. An array("i") copies as one buffer: a long table costs microseconds, not milliseconds."""
+    return ids[:] if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
 
 
 def pool_shape(num_blocks: int, block_size: int, head_dim: int) -> tuple[int, int, int, int]:

@@ -84,15 +84,14 @@ class ModelRunner:
         out_logits = logits.cpu() if step.return_logits else None
         return StepOutput(token_ids, out_logits, time.perf_counter() - t0)
 
-
     def _fusable(self, step: StepInput) -> bool:
         return self.model.can_fuse(len(step.seqs)) and all(len(q.token_ids) == 1 for q in step.seqs)
 
     def _decode(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         """A decode-only step through the fused native layers (fused.py)."""
-        fused = self.model.fused
-        tables = fused.tables([(q.start_pos, q.block_table) for q in step.seqs], [q.seq_id for q in step.seqs])
-        return fused(tokens, torch.tensor([q.start_pos for q in step.seqs]), tables)
+        fused, positions = self.model.fused, torch.tensor([q.start_pos for q in step.seqs])
+        tables = fused.tables(positions, [q.block_table for q in step.seqs], [q.seq_id for q in step.seqs])
+        return fused(tokens, positions, tables)
 
     def _forward(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         s = self.spec

@@ -23,10 +23,9 @@
 
 #include "kernels.h"
 
-enum { L_, D_, HQ_, H_, HD_, I_, BS_, WINDOW_, WQKV_, WO_, W13_, W2_, V_, WLM_, NBLOCKS_, NDIMS_ };
-enum { ATTN_NORM, WQKV, BQKV, WO, FFN_NORM, W13, W2, NWEIGHTS };
-
-enum { NORM, LM_HEAD, INV_FREQ, NTAIL };  /* after the layers' weights */
+enum { L_, D_, HQ_, H_, HD_, I_, BS_, WINDOW_, WQKV_, WO_, W13_, W2_, V_, WLM_, NBLOCKS_ };  /* dims[] (fused.py) */
+enum { ATTN_NORM, WQKV, BQKV, WO, FFN_NORM, W13, W2, NWEIGHTS };  /* weights[] per layer (fused.WEIGHTS) */
+enum { NORM, LM_HEAD, INV_FREQ };  /* weights[] after the layers' */
 
 typedef struct {
     int64_t L, D, Hq, H, hd, I, bs, window, wqkv, wo, w13, w2, V, wlm, num_blocks;
