@@ -12,8 +12,12 @@ sample and each engine its best step, all from the same stretch of time; transfo
 after them (best of 2). Every round yields its own ratios; the summary is their median. One JSON line
 at the end.
 
-    python bench/decode_bandwidth.py [--threads 1] [--rounds 5] [--steps 8] [--context 128]
+    python bench/decode_bandwidth.py [--threads 1] [--rounds 5] [--steps 8] [--context 128] [--batch 1]
                                      [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+
+`--batch B` decodes B sequences per step (each with its own context): the bound stays the weights' bytes over the
+bandwidth (a step reads them once whatever B; the B contexts' K/V come on top), so it shows how close a small
+batch stays to a batch-1 step.
 
 On CUDA every timing synchronizes the device first and last; the probe sums a 1 GiB tensor on it.
 On a Linux CPU the engine's weights and the probe sit on transparent huge pages where the kernel
@@ -98,31 +102,34 @@ def bandwidth_gbs(x: torch.Tensor, reps: int = 3) -> float:
 
 
 class EngineDecode:
-    """This engine's runner with one sequence: a `context`-token prefill, then batch-1 decode steps."""
+    """This engine's runner with `batch` sequences: `context`-token prefills, then decode steps of all of them."""
 
     def __init__(self, path: Path, context: int, max_steps: int, device="cpu", dtype=torch.float32,
                  huge_pages: bool = True, gather_max_rows: int | None = None, panels: bool = True,
-                 native: bool = True, fused: bool = True):
+                 native: bool = True, fused: bool = True, batch: int = 1):
         spec, weights = load_weights(path, dtype, device, huge_pages, panels)
         self.gather_max_rows = attention.GATHER_MAX_ROWS if gather_max_rows is None else gather_max_rows
         self.gemv = model.GEMV if native else None
         self.fused = fused
         n = blocks_for_tokens(context + max_steps + 1, BLOCK, spec.num_layers, spec.num_kv_heads)
-        pool = allocate_pool(n, BLOCK, spec.head_dim, dtype, device)
+        pool = allocate_pool(n * batch, BLOCK, spec.head_dim, dtype, device)
         self.runner, self.device = ModelRunner(spec, weights, pool, BLOCK, device), device
-        self.table, self.context = array("i", range(n)), context  # int32 ids, as the engine ships them
+        self.tables = [array("i", range(i * n, (i + 1) * n)) for i in range(batch)]  # int32, as the engine ships
+        self.context = context
         embed = weights["embed"]
         tied = "lm_head" not in weights
         self.bytes_read = spec.weight_bytes - (0 if tied else embed.numel() * embed.element_size())
         self.weight_bytes = spec.weight_bytes
 
-    def _step(self, tokens: list[int], start: int) -> int:
-        seq = SeqStep(0, tokens, start, self.table, SamplingParams())
-        return self.runner.execute(StepInput("b", [seq])).token_ids[0]
+    def _step(self, tokens: list[list[int]], start: int) -> list[int]:
+        """tokens[i]: sequence i's tokens at positions start.. -> each sequence's next token."""
+        seqs = [SeqStep(i, t, start, table, SamplingParams()) for i, (t, table) in enumerate(zip(tokens, self.tables))]
+        return self.runner.execute(StepInput("b", seqs)).token_ids
 
     def restart(self) -> None:
-        """Prefill the context again; decode steps continue from it."""
-        self.tok, self.pos = self._step(list(range(3, 3 + self.context)), 0), self.context
+        """Prefill the contexts again; decode steps continue from them."""
+        self.toks = self._step([list(range(3 + i, 3 + i + self.context)) for i in range(len(self.tables))], 0)
+        self.pos = self.context
 
     def step_ms(self) -> float:
         """One decode step (ms), with this engine's decode attention setting."""
@@ -131,7 +138,7 @@ class EngineDecode:
         try:
             sync(self.device)
             t0 = time.perf_counter()
-            self.tok = self._step([self.tok], self.pos)  # the token id comes back to the host: a sync
+            self.toks = self._step([[t] for t in self.toks], self.pos)  # token ids come back to the host: a sync
             self.pos += 1
             return (time.perf_counter() - t0) * 1e3
         finally:
@@ -153,11 +160,12 @@ def interleaved_round(probe: torch.Tensor, engines: dict[str, EngineDecode], ste
 class HFDecode:
     """transformers' generate (greedy, its KV cache): ms per generated token, prefill subtracted."""
 
-    def __init__(self, path: Path, context: int, device="cpu", dtype=torch.float32):
+    def __init__(self, path: Path, context: int, device="cpu", dtype=torch.float32, batch: int = 1):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.ids, self.device = torch.arange(3, 3 + context, device=device)[None], device
+        self.ids = torch.stack([torch.arange(3 + i, 3 + i + context, device=device) for i in range(batch)])
+        self.device = device
 
     def _gen(self, n: int) -> float:
         sync(self.device)
@@ -175,7 +183,7 @@ class HFDecode:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k, v in dict(layers=24, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000,
-                     steps=8, context=128, rounds=5, threads=0).items():
+                     steps=8, context=128, rounds=5, threads=0, batch=1).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--also", default="", help="engine variants measured too: 4k-pages,decode-bags")
@@ -188,10 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     keep_freed_memory()  # the engine's allocator setting, for every system and the bandwidth probe alike
     with tempfile.TemporaryDirectory() as tmp:
         path = write_random_llama(Path(tmp) / "llama", a)
-        eng = EngineDecode(path, a.context, a.steps, a.device, dtype)
-        hf = None if a.skip_transformers else HFDecode(path, a.context, a.device, dtype)
+        eng = EngineDecode(path, a.context, a.steps, a.device, dtype, batch=a.batch)
+        hf = None if a.skip_transformers else HFDecode(path, a.context, a.device, dtype, a.batch)
         variants = {f"engine_{v.replace('-', '_')}": EngineDecode(path, a.context, a.steps, a.device, dtype,
-                                                                  **VARIANTS[v])
+                                                                  batch=a.batch, **VARIANTS[v])
                     for v in filter(None, a.also.split(","))}
         probe = huge_copy(torch.ones(1 << 28, device=a.device))  # 1 GiB of fp32, on the pages the weights get
         engines = {"engine": eng, **variants}
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{k[:-3].replace('hf', 'transformers')} {v:6.1f} ms ({100 * bound / v:5.1f}%)"
                 for k, v in row.items() if k.endswith("_ms") and k != "bound_ms"), flush=True)
     med = lambda key: statistics.median(r["bound_ms"] / r[key] for r in rounds)  # noqa: E731
-    summary = {"device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
+    summary = {"device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(), "batch": a.batch,
                "weight_bytes": eng.weight_bytes, "bytes_read": eng.bytes_read,
                "context": a.context, "rounds": rounds, "engine_of_bound": med("engine_ms")}
     for name in variants:

@@ -101,11 +101,11 @@ def decode(args) -> None:
     R.keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         eng = db.EngineDecode(db.write_random_llama(Path(tmp) / "llama", a), 128, args.steps + 1)
-        tok = eng._step(list(range(3, 131)), 0)
+        tok = eng._step([list(range(3, 131))], 0)[0]
         TIMES.clear()
         t0 = time.perf_counter()
         for i in range(args.steps):
-            tok = eng._step([tok], 128 + i)
+            tok = eng._step([[tok]], 128 + i)[0]
         step = (time.perf_counter() - t0) / args.steps
         print(f"batch-1 decode step {step * 1e3:.1f} ms, of which (ms per step):")
         for k, v in TIMES.items():
