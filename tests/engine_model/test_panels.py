@@ -17,15 +17,15 @@ GEMV = native.gemv()
 def test_panel_layout_round_trips():
     w = torch.randn(48, 5632)
     p = to_panels(w)
-    assert p.shape == (22, 48, 256) and torch.equal(p[3], w[:, 768:1024]) and torch.equal(from_panels(p), w)
-    assert panel_width(1152) == 128 and panel_width(100) is None  # 1152 = 9 x 128; 100: no multiple of 16
+    assert p.shape == (88, 48, 64) and torch.equal(p[3], w[:, 192:256]) and torch.equal(from_panels(p), w)
+    assert panel_width(1120) == 32 and panel_width(100) is None  # 1120 = 35 x 32; 100: no multiple of 16
     odd = torch.randn(8, 100)
     assert to_panels(odd) is odd and out_features(odd) == 100 and out_features(p) == 5632
 
 
 @pytest.mark.skipif(GEMV is None, reason="no C compiler / GNU OpenMP here: the torch path is tested below")
 @pytest.mark.parametrize("rows", [1, 2, 5, 8])
-@pytest.mark.parametrize("K,N", [(64, 16), (300, 1024), (1024, 3072 + 128)])
+@pytest.mark.parametrize("K,N", [(64, 16), (64, 96), (300, 1024), (1024, 3072 + 128)])
 def test_native_gemv_matches_matmul(rows, K, N):
     w, x = torch.randn(K, N), torch.randn(rows, K)
     default = torch.get_num_threads()
@@ -43,6 +43,8 @@ def test_native_gemv_matches_matmul(rows, K, N):
 def test_native_gemv_refuses_shapes_it_does_not_take():
     with pytest.raises(ValueError, match="not a shape it takes"):
         GEMV(torch.randn(9, 32), to_panels(torch.randn(32, 64)))  # 9 rows > native.MAX_ROWS
+    with pytest.raises(ValueError, match="not a shape it takes"):
+        GEMV(torch.randn(1, 32), torch.randn(2, 32, 128))  # panels 128 wide: accumulators beyond registers
 
 
 @pytest.mark.parametrize("rows", [1, 3, 9, 300])

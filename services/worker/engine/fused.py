@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import native
 from .loader import ModelSpec
+from .panels import PANEL_WIDTHS
 from .pool import int32_ids
 from .types import InvalidRequestError
 
@@ -26,8 +27,7 @@ MATRICES = ("wqkv", "wo", "w13", "w2")
 
 def _takes(m: torch.Tensor) -> bool:
     """Column panels of a width csrc/gemv.c takes."""
-    return m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and 16 <= m.shape[2] <= 256 \
-        and m.shape[2] % 16 == 0
+    return m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and m.shape[2] in PANEL_WIDTHS
 
 
 class FusedLayers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-PANEL_WIDTHS = (256, 128, 64, 32, 16)
+PANEL_WIDTHS = (64, 32, 16)  # the widths csrc/gemv.c takes (its M x w accumulators fit in registers)
 MATRICES = ("wqkv", "wo", "w13", "w2", "lm_head")  # loader names (layers.{i}.<name>, lm_head)
 
 

@@ -1,10 +1,11 @@
 /* Matrix-vector products of up to 8 rows over column panels (fp32), for CPU decode steps.
  *
  * y[m][p * w + j] = sum_k x[m][k] * W[p][k][j] for a weight stored as P contiguous panels W[P][K][w]
- * (services/worker/engine/panels.py). Each panel is one contiguous stream of K * w floats and each
- * thread streams whole panels, accumulating its M x w outputs in a small local array: the weight is read
- * once, front to back, at the memory's streaming rate (a row-major [K, N] matrix-vector product reads
- * N-float rows from several places at once and ran slower here: docs/benchmarks.md).
+ * (services/worker/engine/panels.py, w = 16, 32 or 64). Each panel is one contiguous stream of K * w floats
+ * and each thread streams whole panels, with its M x w outputs in registers: the weight is read once, front
+ * to back, at the memory's streaming rate, and each weight vector serves all M rows (a row-major [K, N]
+ * matrix-vector product reads N-float rows from several places at once and ran slower here; 256-wide panels
+ * kept M x 256 accumulators in memory and made 8 rows 2x slower than one: docs/benchmarks.md).
  *
  * Portable C (GCC/Clang vector extensions: 16-float vectors, split by the compiler where the CPU has
  * narrower ones). Built on first use by native.py with -O3 -march=native -fopenmp, linked against the
@@ -19,28 +20,39 @@ typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 
+/* One panel (16 * NV columns) times M rows of x, M and NV compile-time constants so the M x NV accumulators
+   live in registers: one pass over the panel, front to back, each weight vector loaded once for all M rows.
+   out [M][16 * NV]. */
+#define PANEL(M, NV)                                                                                        \
+    static void panel_##M##_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,   \
+                                 int64_t K) {                                                               \
+        v16 a[M][NV];                                                                                       \
+        memset(a, 0, sizeof a);                                                                             \
+        for (int64_t k = 0; k < K; k++) {                                                                   \
+            v16 wv[NV];                                                                                     \
+            for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * 16 * NV + 16 * v);                          \
+            for (int m = 0; m < M; m++) {                                                                   \
+                const float xm = x[m * K + k];                                                              \
+                for (int v = 0; v < NV; v++) a[m][v] += xm * wv[v];                                         \
+            }                                                                                               \
+        }                                                                                                   \
+        memcpy(out, a, sizeof a);                                                                           \
+    }
+#define PANELS_OF(M) PANEL(M, 1) PANEL(M, 2) PANEL(M, 4)
+PANELS_OF(1) PANELS_OF(2) PANELS_OF(3) PANELS_OF(4) PANELS_OF(5) PANELS_OF(6) PANELS_OF(7) PANELS_OF(8)
+
+typedef void (*panel_fn)(const float *, const float *, float *, int64_t);
+static const panel_fn PANEL_FNS[MAX_M][3] = {  /* [M - 1][log2(w / 16)] */
+    {panel_1_1, panel_1_2, panel_1_4}, {panel_2_1, panel_2_2, panel_2_4}, {panel_3_1, panel_3_2, panel_3_4},
+    {panel_4_1, panel_4_2, panel_4_4}, {panel_5_1, panel_5_2, panel_5_4}, {panel_6_1, panel_6_2, panel_6_4},
+    {panel_7_1, panel_7_2, panel_7_4}, {panel_8_1, panel_8_2, panel_8_4}};
+
 void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
                 int64_t K, int64_t w, int add) {
-    v16 acc[MAX_M * (MAX_W / 16)] __attribute__((aligned(64)));
-    const int64_t nv = w / 16;  /* w is a multiple of 16 (panels.py) */
-    memset(acc, 0, sizeof(v16) * nv * M);
-    for (int64_t k = 0; k < K; k++) {
-        const float *restrict row = Wp + k * w;
-        for (int64_t m = 0; m < M; m++) {
-            const float a = x[m * K + k];
-            v16 *restrict am = acc + m * nv;
-            int64_t v = 0;
-            for (; v + 4 <= nv; v += 4) {
-                am[v] += a * load(row + 16 * v);
-                am[v + 1] += a * load(row + 16 * v + 16);
-                am[v + 2] += a * load(row + 16 * v + 32);
-                am[v + 3] += a * load(row + 16 * v + 48);
-            }
-            for (; v < nv; v++) am[v] += a * load(row + 16 * v);
-        }
-    }
+    float acc[MAX_M * MAX_W] __attribute__((aligned(64)));
+    PANEL_FNS[M - 1][w == 16 ? 0 : w == 32 ? 1 : 2](x, Wp, acc, K);
     for (int64_t m = 0; m < M; m++) {
-        const float *a = (const float *)(acc + m * nv);
+        const float *a = acc + m * w;
         float *ym = y + m * ldy;
         if (add)
             for (int64_t j = 0; j < w; j++) ym[j] += a[j];
@@ -49,10 +61,10 @@ void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, fl
     }
 }
 
-int gemv_check(int64_t M, int64_t w) { return (w > MAX_W || w < 16 || w % 16 || M < 1 || M > MAX_M) ? -1 : 0; }
+int gemv_check(int64_t M, int64_t w) { return (w != 16 && w != 32 && w != 64) || M < 1 || M > MAX_M ? -1 : 0; }
 
-/* x [M][K] (M <= MAX_M), W [P][K][w] (16 <= w <= MAX_W, w % 16 == 0), y [M][P * w]; nthreads OpenMP
-   threads share the panels. Returns 0, or -1 for a shape it does not take (nothing computed). */
+/* x [M][K] (M <= MAX_M), W [P][K][w] (w = 16, 32 or 64), y [M][P * w]; nthreads OpenMP threads share the
+   panels. Returns 0, or -1 for a shape it does not take (nothing computed). */
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
     if (gemv_check(M, w)) return -1;
