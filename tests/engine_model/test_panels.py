@@ -24,7 +24,7 @@ def test_panel_layout_round_trips():
 
 
 @pytest.mark.skipif(GEMV is None, reason="no C compiler / GNU OpenMP here: the torch path is tested below")
-@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 20])
 @pytest.mark.parametrize("K,N", [(64, 16), (64, 96), (300, 1024), (1024, 3072 + 128)])
 def test_native_gemv_matches_matmul(rows, K, N):
     w, x = torch.randn(K, N), torch.randn(rows, K)
@@ -41,8 +41,6 @@ def test_native_gemv_matches_matmul(rows, K, N):
 
 @pytest.mark.skipif(GEMV is None, reason="needs the native kernel")
 def test_native_gemv_refuses_shapes_it_does_not_take():
-    with pytest.raises(ValueError, match="not a shape it takes"):
-        GEMV(torch.randn(9, 32), to_panels(torch.randn(32, 64)))  # 9 rows > native.MAX_ROWS
     with pytest.raises(ValueError, match="not a shape it takes"):
         GEMV(torch.randn(1, 32), torch.randn(2, 32, 128))  # panels 128 wide: accumulators beyond registers
 

@@ -63,9 +63,9 @@ SPLIT_MAX_ROWS = 256  # linear(): up to this many rows, split the weight over th
 def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ wt (+ b [N]) -> [M, N]; wt is [K, N] or column panels [P, K, wp] (panels.py).
 
-    Panels (CPU fp32, only where native.gemv runs, see loader.py): up to native.MAX_ROWS rows go
-    through native.gemv, which streams each panel once; more rows are one bmm over the panels, then
-    the [P, M, wp] result is laid out as [M, N]. [K, N] on CPU with S > 1 threads and few rows: MKL
+    Panels (CPU fp32, only where native.gemv runs, see loader.py): native.gemv, which streams each
+    panel once per 8 rows (from L2 after the first 8; it beat MKL and a bmm over the panels up to 512 rows,
+    docs/benchmarks.md); without it (e.g. bf16) one bmm over the panels, laid out as [M, N]. [K, N] on CPU with S > 1 threads and few rows: MKL
     reads the weight at about one core's bandwidth, while decode is bandwidth-bound, so a bmm with
     one batch per thread reads it on all cores: one row splits K (the S partial sums are added), a
     few rows split N.
@@ -77,7 +77,7 @@ def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> 
 def _panels(x: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
     P, K, w = wp.shape
     M = x.shape[0]
-    if M <= native.MAX_ROWS and GEMV is not None and x.dtype == torch.float32:
+    if GEMV is not None and x.dtype == torch.float32:
         return GEMV(x.contiguous(), wp)  # [M, P * w]
     y = torch.bmm(x.expand(P, M, K), wp)  # [P, M, w]
     return y.view(1, P * w) if M == 1 else y.transpose(0, 1).reshape(M, P * w)
@@ -163,9 +163,9 @@ class Transformer:
             x = self._layer(i, x, cos, sin, ctx, ws)
         return self._logits(x[ctx.last_rows])
 
-    def can_fuse(self, num_seqs: int) -> bool:
-        """Whether a decode-only step of num_seqs sequences can run through self.fused (fused.FusedLayers)."""
-        return FUSED and self.fused is not None and num_seqs <= native.MAX_ROWS
+    def can_fuse(self) -> bool:
+        """Whether decode-only steps can run through self.fused (fused.FusedLayers)."""
+        return FUSED and self.fused is not None
 
     def _logits(self, last: torch.Tensor) -> torch.Tensor:
         """last [B, D] hidden states -> logits [B, V] (fp32)."""

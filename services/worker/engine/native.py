@@ -1,7 +1,6 @@
 """Native CPU kernels, built on first use with the system's C compiler (optional: torch paths otherwise).
 
-`gemv()` returns a callable `(x [M, K] fp32, panels [P, K, w] fp32) -> y [M, P * w]` for M <= MAX_ROWS
-(csrc/gemv.c); `decode_layers()` the raw fused decode step of csrc/decode.c (wrapped by fused.py). Each
+`gemv()` returns a callable `(x [M, K] fp32, panels [P, K, w] fp32) -> y [M, P * w]` (csrc/gemv.c); `decode_layers()` the raw fused decode step of csrc/decode.c (wrapped by fused.py). Each
 is None where it cannot run: not Linux, no C compiler (`$CC` or cc), torch not on GNU OpenMP, a failed
 build, or MUXSERVE_NATIVE=0. One library of every csrc/*.c is compiled with -O3 -march=native -fopenmp once
 per source, compiler, CPU and OpenMP runtime into $MUXSERVE_CACHE_DIR (default ~/.cache/muxserve) and linked
@@ -27,7 +26,6 @@ import torch
 
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).with_name("csrc")
-MAX_ROWS = 8  # csrc/gemv.c MAX_M
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
 
@@ -127,7 +125,7 @@ def decode_layers():
 
 def _wrap(fn):
     def gemv_panels(x: torch.Tensor, panels: torch.Tensor) -> torch.Tensor:
-        """x [M, K] fp32 contiguous (M <= MAX_ROWS), panels [P, K, w] fp32 contiguous (CPU) -> y [M, P * w]."""
+        """x [M, K] fp32 contiguous, panels [P, K, w] fp32 contiguous (CPU, w = 16, 32 or 64) -> y [M, P * w]."""
         (P, K, w), M = panels.shape, x.shape[0]
         y = x.new_empty(M, P * w)
         if fn(x.data_ptr(), panels.data_ptr(), y.data_ptr(), M, K, w, P, torch.get_num_threads()) != 0:

@@ -85,7 +85,7 @@ class ModelRunner:
         return StepOutput(token_ids, out_logits, time.perf_counter() - t0)
 
     def _fusable(self, step: StepInput) -> bool:
-        return self.model.can_fuse(len(step.seqs)) and all(len(q.token_ids) == 1 for q in step.seqs)
+        return self.model.can_fuse() and all(len(q.token_ids) == 1 for q in step.seqs)
 
     def _decode(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         """A decode-only step through the fused native layers (fused.py)."""

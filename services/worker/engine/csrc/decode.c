@@ -1,4 +1,4 @@
-/* Every decoder layer of a decode step in one call (CPU fp32): M <= MAX_M sequences, one new token each.
+/* Every decoder layer of a decode step in one call (CPU fp32): M sequences, one new token each.
  *
  * The same math as model.Transformer._layer on the torch path (RMSNorm, fused QKV (+ bias), RoPE, K/V
  * written into the head-wise pool, grouped-query attention over each sequence's blocks with an optional
@@ -211,7 +211,7 @@ static void swiglu(const float *gu, float *act, int64_t I) {
 /* Attention of layer l for (sequence m, kv head h): its new K/V into the pool, then its G query heads. */
 static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int64_t h, float *qkv, float *pool,
                          const int32_t *table, int64_t pos, const float *cos, const float *sin, float *s,
-                         int64_t smax, float *attn) {
+                         float *attn) {
     const int64_t hd = d->hd, G = d->Hq / d->H, Nqkv = (d->Hq + 2 * d->H) * hd;
     write_kv(d, lw, l, m, h, qkv, pool, table, pos, cos, sin);
     const int64_t start = d->window > 0 && pos + 1 > d->window ? pos + 1 - d->window : 0;
@@ -224,15 +224,15 @@ static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, 
         if (lw->w[BQKV])
             for (int64_t j = 0; j < hd; j++) q[j] += lw->w[BQKV][qh * hd + j];
         rope(q, cos, sin, hd);
-        attend(d, l, qh, q, pool, table, pos, s + (m * d->Hq + qh) * smax, attn + (m * d->Hq + qh) * hd);
+        attend(d, l, qh, q, pool, table, pos, s, attn + (m * d->Hq + qh) * hd);
     }
 }
 
 /* One layer, called by every thread of the region. hp: this thread's own [M][D] (each thread normalizes x
-   itself: no barrier for it). 6 barriers: after each matrix, after attention, after SwiGLU. */
+   itself: no barrier for it); s: this thread's room for one head's scores. 6 barriers: after each matrix, after attention, after SwiGLU. */
 static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
                   int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *hp, float *qkv,
-                  float *attn, float *g, float *act, float *s, int64_t smax) {
+                  float *attn, float *g, float *act, float *s) {
     const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
     rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
     gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
@@ -240,7 +240,7 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
     for (int64_t i = 0; i < M * d->H; i++) {
         const int64_t m = i / d->H;
         attend_group(d, lw, l, m, i % d->H, qkv, pool, tables + m * tstride, pos[m], cos + m * hd, sin + m * hd, s,
-                     smax, attn);
+                     attn);
     }
     gemv_for(attn, M, lw->w[WO], x, d->Hq * hd, d->wo, D, 1);
     rms_norm(x, lw->w[FFN_NORM], hp, M, D, d->eps);
@@ -298,18 +298,18 @@ int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int
     int64_t smax = 1;
     for (int64_t m = 0; m < M; m++) smax = pos[m] + 1 > smax ? pos[m] + 1 : smax;
     const int64_t Nqkv = (d.Hq + 2 * d.H) * d.hd;
-    float *buf = malloc(sizeof(float) * M * (nthreads * d.D + Nqkv + d.Hq * d.hd + 3 * d.I + d.Hq * smax + 2 * d.hd));
+    float *buf = malloc(sizeof(float) * (M * (nthreads * d.D + Nqkv + d.Hq * d.hd + 3 * d.I + 2 * d.hd) + nthreads * smax));
     if (!buf) return -2;
     float *h = buf, *qkv = h + nthreads * M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
     float *cos = act + M * d.I, *sin = cos + M * d.hd, *s = sin + M * d.hd;
     rope_tables(pos, addr(weights, d.L * NWEIGHTS + INV_FREQ), M, d.hd, cos, sin);
 #pragma omp parallel num_threads(nthreads)
     {
-        float *hp = h + omp_get_thread_num() * M * d.D;
+        float *hp = h + omp_get_thread_num() * M * d.D, *sp = s + omp_get_thread_num() * smax;  /* this thread's */
         for (int64_t l = 0; l < d.L; l++) {
             LayerW lw;
             for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = addr(weights, l * NWEIGHTS + k);
-            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, s, smax);
+            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, sp);
         }
 #pragma omp single
         rms_norm(x, norm, x, M, d.D, d.eps);

@@ -1,11 +1,13 @@
-/* Matrix-vector products of up to 8 rows over column panels (fp32), for CPU decode steps.
+/* Products x @ W of any number of rows over column panels (fp32), in register tiles of up to 8 rows x 64 columns.
  *
  * y[m][p * w + j] = sum_k x[m][k] * W[p][k][j] for a weight stored as P contiguous panels W[P][K][w]
  * (services/worker/engine/panels.py, w = 16, 32 or 64). Each panel is one contiguous stream of K * w floats
  * and each thread streams whole panels, with its M x w outputs in registers: the weight is read once, front
  * to back, at the memory's streaming rate, and each weight vector serves all M rows (a row-major [K, N]
  * matrix-vector product reads N-float rows from several places at once and ran slower here; 256-wide panels
- * kept M x 256 accumulators in memory and made 8 rows 2x slower than one: docs/benchmarks.md).
+ * kept M x 256 accumulators in memory and made 8 rows 2x slower than one: docs/benchmarks.md). More rows go
+ * through the panel 8 at a time while it sits in L2; on this project's CPUs that beat MKL's sgemm and a bmm
+ * over the panels up to 512 rows (docs/benchmarks.md), so prefill uses it too.
  *
  * Portable C (GCC/Clang vector extensions: 16-float vectors, split by the compiler where the CPU has
  * narrower ones). Built on first use by native.py with -O3 -march=native -fopenmp, linked against the
@@ -50,21 +52,24 @@ static const panel_fn PANEL_FNS[MAX_M][3] = {  /* [M - 1][log2(w / 16)] */
 void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
                 int64_t K, int64_t w, int add) {
     float acc[MAX_M * MAX_W] __attribute__((aligned(64)));
-    PANEL_FNS[M - 1][w == 16 ? 0 : w == 32 ? 1 : 2](x, Wp, acc, K);
-    for (int64_t m = 0; m < M; m++) {
-        const float *a = acc + m * w;
-        float *ym = y + m * ldy;
-        if (add)
-            for (int64_t j = 0; j < w; j++) ym[j] += a[j];
-        else
-            memcpy(ym, a, sizeof(float) * w);
+    for (int64_t m0 = 0; m0 < M; m0 += MAX_M) {  /* rows in chunks of MAX_M: the panel stays in L2 between them */
+        const int64_t mc = M - m0 < MAX_M ? M - m0 : MAX_M;
+        PANEL_FNS[mc - 1][w == 16 ? 0 : w == 32 ? 1 : 2](x + m0 * K, Wp, acc, K);
+        for (int64_t m = 0; m < mc; m++) {
+            const float *a = acc + m * w;
+            float *ym = y + (m0 + m) * ldy;
+            if (add)
+                for (int64_t j = 0; j < w; j++) ym[j] += a[j];
+            else
+                memcpy(ym, a, sizeof(float) * w);
+        }
     }
 }
 
-int gemv_check(int64_t M, int64_t w) { return (w != 16 && w != 32 && w != 64) || M < 1 || M > MAX_M ? -1 : 0; }
+int gemv_check(int64_t M, int64_t w) { return (w != 16 && w != 32 && w != 64) || M < 1 ? -1 : 0; }
 
-/* x [M][K] (M <= MAX_M), W [P][K][w] (w = 16, 32 or 64), y [M][P * w]; nthreads OpenMP threads share the
-   panels. Returns 0, or -1 for a shape it does not take (nothing computed). */
+/* x [M][K], W [P][K][w] (w = 16, 32 or 64), y [M][P * w]; nthreads OpenMP threads share the panels. Returns 0,
+   or -1 for a shape it does not take (nothing computed). */
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
     if (gemv_check(M, w)) return -1;
