@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .pool import int32_ids, key_view, value_view
+from .pool import key_view, table_prefix, value_view
 from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
@@ -91,13 +91,7 @@ def _tables(seqs, ntb: list[int], per_tb: int, num_blocks: int, seq_ids) -> torc
     """All block tables cut to their context, concatenated, then per_tb zeros (the padding target)."""
     flat = array("i")
     for i, ((_, _, table), n) in enumerate(zip(seqs, ntb)):
-        if len(table) < n * per_tb:
-            raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n * per_tb} "
-                                      f"for its context")
-        try:
-            flat.extend(int32_ids(table[:n * per_tb]))
-        except OverflowError:
-            raise InvalidRequestError(f"seq {seq_ids[i]}: block id out of range [0, {num_blocks})") from None
+        flat.extend(table_prefix(table, n * per_tb, seq_ids[i], num_blocks))
     flat.frombytes(bytes(flat.itemsize * per_tb))  # the padding target: per_tb zeros
     tab = torch.frombuffer(flat, dtype=torch.int32).long()  # [sum(ntb) * L * H + L * H]
     bad = (tab < 0) | (tab >= num_blocks)

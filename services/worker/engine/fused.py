@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import native
 from .loader import ModelSpec
 from .panels import PANEL_WIDTHS
-from .pool import int32_ids
+from .pool import table_prefix
 from .types import InvalidRequestError
 
 WEIGHTS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")  # csrc/decode.c: per layer, this order
@@ -73,13 +73,7 @@ class FusedLayers:
         need = [(pos // bs + 1) * L * H for pos in positions.tolist()]
         out = torch.zeros(len(need), max(need), dtype=torch.int32)
         for i, (table, n) in enumerate(zip(block_tables, need)):
-            if len(table) < n:
-                raise InvalidRequestError(f"seq {seq_ids[i]}: block table has {len(table)} ids, needs {n} for its "
-                                          f"context")
-            try:
-                out[i, :n] = torch.frombuffer(int32_ids(table[:n]), dtype=torch.int32)
-            except OverflowError:
-                out[i, 0] = -1  # not an int32: out of range below
+            out[i, :n] = torch.frombuffer(table_prefix(table, n, seq_ids[i], nb), dtype=torch.int32)
         bad = self.bad_row(self.dims.data_ptr(), out.data_ptr(), len(need), out.shape[1], positions.data_ptr())
         if bad >= 0:
             raise InvalidRequestError(f"seq {seq_ids[bad]}: block id out of range [0, {nb})")

@@ -23,11 +23,19 @@ from array import array
 
 import torch
 
+from .types import InvalidRequestError
 
-def int32_ids(ids) -> array:
-    """Block ids (a list of ints or an array("i")) as an array("i"), a copy; OverflowError for an id that is no
-    int32. An array("i") copies as one buffer: a long table costs microseconds, not milliseconds."""
-    return ids[:] if isinstance(ids, array) and ids.typecode == "i" else array("i", ids)
+
+def table_prefix(table, n: int, seq_id: int, num_blocks: int) -> array:
+    """The first n ids of a block table (a list of ints or an array("i")) as an array("i") copy; an array("i")
+    copies as one buffer (a long table costs microseconds, not milliseconds). Raises InvalidRequestError, naming
+    the sequence, for a table shorter than n or an id that is no int32 (callers check the pool's range)."""
+    if len(table) < n:
+        raise InvalidRequestError(f"seq {seq_id}: block table has {len(table)} ids, needs {n} for its context")
+    try:
+        return table[:n] if isinstance(table, array) and table.typecode == "i" else array("i", table[:n])
+    except OverflowError:
+        raise InvalidRequestError(f"seq {seq_id}: block id out of range [0, {num_blocks})") from None
 
 
 def pool_shape(num_blocks: int, block_size: int, head_dim: int) -> tuple[int, int, int, int]:
