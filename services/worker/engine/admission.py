@@ -39,4 +39,4 @@ def merge_chunks(a: Chunk | None, b: Chunk | None) -> Chunk:
     if a is None or b is None:
         return a or b
     return Chunk(a.token_ids + b.token_ids, a.text + b.text, b.finish_reason or a.finish_reason,
-                 b.prompt_tokens, b.completion_tokens, b.error or a.error)
+                 b.prompt_tokens, b.completion_tokens, b.error or a.error, b.timing or a.timing)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ComputeShare:
-    cores: list[int] | None = None  # None: all cores this process may use
+    cores: list[int] | None = None  # None: all cores this process may use (a list compares by value)
     threads: int = 1
     gpu_percentage: int | None = None  # 1..100, CUDA MPS only
 
@@ -32,16 +32,28 @@ class ComputeShare:
 
 
 def split_cores(fractions: list[float], cores: list[int] | None = None) -> list[ComputeShare]:
-    """Split `cores` (default: this process's) into disjoint shares by fraction (each >= 1 core;
-    when there are fewer cores than shares they overlap round-robin)."""
-    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
-    counts = [max(1, round(f * len(cores))) for f in fractions]
-    shares, start = [], 0
-    for n in counts:
-        mine = [cores[(start + i) % len(cores)] for i in range(n)]
+    """Split `cores` (default: this process's) into shares by fraction, in order (assign_cores)."""
+    plan = assign_cores({str(i): f for i, f in enumerate(fractions)}, cores)
+    return [plan[str(i)] for i in range(len(fractions))]
+
+
+def assign_cores(shares: dict[str, float | None], cores: list[int] | None = None) -> dict[str, ComputeShare]:
+    """Divide `cores` (default: this process's) among jobs by share, in the order given.
+
+    A job with a share gets max(1, round(share x len(cores))) consecutive cores, starting where the
+    previous job's ended (wrapping around), so jobs are disjoint while the shares add up to at most
+    1 and overlap round-robin past that; a job without a share (None) gets every core."""
+    cores = sorted(cores if cores else os.sched_getaffinity(0))
+    plan, start = {}, 0
+    for job, share in shares.items():
+        if share is None:
+            plan[job] = ComputeShare(cores=cores, threads=len(cores))
+            continue
+        n = min(max(1, round(share * len(cores))), len(cores))
+        mine = sorted({cores[(start + i) % len(cores)] for i in range(n)})
         start += n
-        shares.append(ComputeShare(cores=mine, threads=len(mine)))
-    return shares
+        plan[job] = ComputeShare(cores=mine, threads=len(mine))
+    return plan
 
 
 def mps_running() -> bool:

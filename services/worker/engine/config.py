@@ -2,7 +2,11 @@
 
 Pool size: `num_blocks` head-wise blocks, or `pool_bytes` (divided by the bytes of one block), or
 neither (then 4096 blocks). `max_model_len` 0 means each LLM's own limit from its config.
-Compute shares are per job name ("<llm>/prefill", "<llm>/decode") as fractions of the unit (0, 1].
+Compute shares are per job name ("<llm>/prefill", "<llm>/decode") as fractions of the unit (0, 1]:
+a job's dispatch is admitted when its share fits the unit's free compute plus `overload_allowance`
+(compute.py); on CPU the unit's `cores` are divided among all its jobs by share (compute_share.py),
+on CUDA a process job's share is its MPS thread percentage. `mode` "spatial-temporal" lets jobs
+overlap (MuxServe); "temporal" runs one dispatch at a time, FCFS across LLMs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 
 DTYPES = ("float32", "float16", "bfloat16")
 JOB_MODES = ("thread", "process")
+UNIT_MODES = ("spatial-temporal", "temporal")
 
 
 class EngineConfigError(ValueError):
@@ -40,6 +45,9 @@ class EngineConfig:
     device: str = "cpu"
     job_mode: str = "thread"
     compute_shares: dict[str, float] = field(default_factory=dict)
+    overload_allowance: float = 0.2  # MuxServe's 20%: admitted shares may add up to 1 + this
+    mode: str = "spatial-temporal"
+    cores: list[int] = field(default_factory=list)  # CPU cores of the unit; empty = all this process may use
     start_mps: bool = False  # device cuda + job_mode process: start the CUDA MPS daemon if none runs
 
     def __post_init__(self):
@@ -55,6 +63,12 @@ class EngineConfig:
             raise EngineConfigError(f"job_mode must be one of {JOB_MODES}, got {self.job_mode!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise EngineConfigError(f"device must be cpu or cuda[:i], got {self.device!r}")
+        if self.mode not in UNIT_MODES:
+            raise EngineConfigError(f"mode must be one of {UNIT_MODES}, got {self.mode!r}")
+        if not 0 <= float(self.overload_allowance) <= 1:
+            raise EngineConfigError(f"overload_allowance must be in [0, 1], got {self.overload_allowance}")
+        if any(int(c) < 0 for c in self.cores):
+            raise EngineConfigError(f"cores must be CPU ids >= 0, got {self.cores}")
         for job, share in self.compute_shares.items():
             if not 0 < float(share) <= 1:
                 raise EngineConfigError(f"compute_shares[{job!r}] must be in (0, 1], got {share}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,14 +26,18 @@ import torch
 from services.worker.engine import admission, loader, pool as pool_mod
 from services.worker.engine.admission import merge_chunks
 from services.worker.engine.block_manager import BlockManager, BlockSources
+from services.worker.engine.compute import ComputeBudget
+from services.worker.engine.compute_share import assign_cores
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
-from services.worker.engine.launch import job_shares, load_tokenizer, make_jobs  # noqa: F401 (re-exported)
+from services.worker.engine.launch import load_tokenizer, make_jobs
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
     Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
 )
+
+IDLE_WAIT_S = 0.01  # a step with nothing in flight and nothing to dispatch returns after this at most
 
 
 @dataclass
@@ -65,7 +71,12 @@ class UnitEngine:
         capacity = getattr(block_source, "capacity", None) or self.pool.shape[0]
         self.block_source: BlockSources | object = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
-        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens,
+                                   self.config.mode)
+        self.budget = ComputeBudget(self.config.compute_shares, self.config.overload_allowance)
+        self._core_plan: dict[str, object] = {}  # "<llm>/<kind>" -> ComputeShare (CPU cores of each job)
+        self._inflight: dict[tuple[str, str], tuple[Dispatch, Future]] = {}  # (llm, kind): one per job
+        self._kick: Future = Future()  # set to wake a step waiting on dispatches
         self.llms: dict[str, HostedLLM] = {}
         self._seqs: dict[str, Sequence] = {}
         self._ids = itertools.count()
@@ -91,7 +102,9 @@ class UnitEngine:
             raise InvalidRequestError(
                 f"LLM {cfg.name!r} (head_dim {spec.head_dim}, {self.config.dtype}) cannot share this unit's "
                 f"pool (head_dim {self.head_dim}, {self.pool.dtype}): head_dim and dtype must match")
-        spec, prefill, decode = make_jobs(cfg, self.config, self.pool, self.pool_attach)
+        plan = self._plan_cores([*self.llms, cfg.name])
+        shares = [plan.get(f"{cfg.name}/{k}") for k in ("prefill", "decode")]
+        spec, prefill, decode = make_jobs(cfg, self.config, self.pool, self.pool_attach, shares)
         hosted = HostedLLM(cfg, spec, load_tokenizer(cfg.path), prefill, decode,
                            min(self.config.max_model_len or spec.max_model_len, spec.max_model_len))
         with self._lock:
@@ -103,6 +116,7 @@ class UnitEngine:
                 hosted.close()
                 raise
             self.scheduler.add_llm(cfg.name)
+            self._core_plan = plan
             self._rebalance()
 
     def remove_llm(self, name: str, drain: bool = True) -> None:
@@ -134,6 +148,26 @@ class UnitEngine:
             del self.llms[name]
             self._rebalance()
         hosted.close()
+
+    def _plan_cores(self, names: list[str]) -> dict:
+        """CPU: each job's cores, the unit's cores divided among ALL its jobs by share."""
+        if not self.config.device == "cpu":
+            return {}
+        jobs = [f"{n}/{k}" for n in names for k in ("prefill", "decode")]
+        return assign_cores({j: self.budget.shares.get(j) for j in jobs}, self.config.cores)
+
+    def set_placement(self, compute_shares: dict[str, float], mode: str | None = None) -> None:
+        """New shares ("<llm>/<kind>" -> fraction) and unit mode from a placement: they take effect at
+        each job's next dispatch (a process job re-pins its cores then); nothing in flight fails."""
+        with self._lock:
+            self.budget.set_shares(compute_shares)
+            if mode:
+                self.scheduler.set_mode(mode)
+            self._core_plan = self._plan_cores(list(self.llms))
+        self._wake()
+
+    def _job_share(self, llm: str, kind: str):
+        return self._core_plan.get(f"{llm}/{kind}")
 
     def _rebalance(self) -> None:
         if not self.blocks.shared:
@@ -177,6 +211,7 @@ class UnitEngine:
             seq.detok = IncrementalDetokenizer(hosted.tokenizer, tuple(sampling.stop))
             self._seqs[request_id] = seq
             self.scheduler.add(seq)
+        self._wake()
 
     def abort(self, request_id: str) -> None:
         """Abort a request (unknown or finished ids are ignored); its blocks return to the pool."""
@@ -184,6 +219,7 @@ class UnitEngine:
             seq = self._seqs.get(request_id)
             if seq is not None:
                 self.scheduler.abort(seq)
+        self._wake()
 
     def fail_all(self, error: str) -> None:
         """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost); blocks
@@ -195,50 +231,78 @@ class UnitEngine:
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return self.scheduler.has_unfinished() or bool(self.scheduler.finished or self._carry)
+            return self.scheduler.has_unfinished() or bool(self._inflight) or self._has_output()
 
     # ---- the loop ---------------------------------------------------------------------------
-    def step(self) -> dict[str, Chunk]:
-        """One scheduler round: dispatch, wait, apply. Returns a Chunk per advanced/finished request."""
+    def step(self, timeout: float | None = None) -> dict[str, Chunk]:
+        """Advance the event loop: dispatch to every idle job whose share fits, wait until ANY
+        dispatch returns (or a request arrives, is aborted, or `timeout` passes), apply what
+        returned, dispatch again to the jobs that became idle. Returns a Chunk per request that
+        advanced or finished."""
         with self._step_lock:
             with self._lock:
-                dispatches = self.scheduler.schedule()
-                futures = [self._submit(d) for d in dispatches]
-            results = [self._wait(f) for f in futures]
+                self._dispatch()
+                pending = [f for _, f in self._inflight.values()]
+                kick = self._kick
+            if pending:
+                wait([*pending, kick], timeout=timeout, return_when=FIRST_COMPLETED)
+            elif not self._has_output():  # nothing can run (e.g. waiting for blocks): wait for news
+                wait([kick], timeout=IDLE_WAIT_S if timeout is None else min(timeout, IDLE_WAIT_S))
             with self._lock:
-                out = self._apply(dispatches, results)
+                if self._kick.done():
+                    self._kick = Future()
+                out = self._collect()
+                self._dispatch()  # jobs that became idle start their next batch before we return
                 for rid, ch in self._carry.items():
                     out[rid] = merge_chunks(ch, out.get(rid))
                 self._carry.clear()
                 return out
 
-    def _submit(self, d: Dispatch):
+    def _has_output(self) -> bool:
+        return bool(self.scheduler.finished or self._carry)
+
+    def _wake(self) -> None:
+        """Wake a step waiting on in-flight dispatches (new work may be dispatchable now)."""
+        with self._lock:
+            if not self._kick.done():
+                self._kick.set_result(None)
+
+    def _dispatch(self) -> None:
+        for d in self.scheduler.schedule(self.budget.busy, self.budget):
+            self._inflight[(d.llm, d.kind)] = (d, self._submit(d))
+
+    def _collect(self) -> dict[str, Chunk]:
+        """Apply every dispatch that has returned; their jobs become idle."""
+        done = [(key, d, f) for key, (d, f) in self._inflight.items() if f.done()]
+        results = []
+        for key, d, f in done:
+            del self._inflight[key]
+            self.budget.give(*key)
+            results.append(f.exception() or f.result())
+        return self._apply([d for _, d, _ in done], results)
+
+    def _submit(self, d: Dispatch) -> Future:
         hosted = self.llms[d.llm]
         steps = [SeqStep(s.seq_id, s.tokens(s.num_computed_tokens, n), s.num_computed_tokens, s.block_table[:],
                          s.sampling, s.num_output_tokens, s.num_computed_tokens + n == s.num_tokens)
                  for s, n in d.plan.items()]
         job = hosted.prefill if d.kind == "prefill" else hosted.decode
         try:
-            return job.submit(StepInput(d.llm, steps))
+            return job.submit(StepInput(d.llm, steps, share=self._job_share(d.llm, d.kind)))
         except Exception as e:  # a dead job: its sequences fail, the unit keeps serving
-            return e
-
-    @staticmethod
-    def _wait(fut):
-        if isinstance(fut, Exception):
+            fut: Future = Future()
+            fut.set_exception(e)
             return fut
-        try:
-            return fut.result()
-        except Exception as e:
-            return e
 
     def _apply(self, dispatches: list[Dispatch], results: list) -> dict[str, Chunk]:
         out: dict[str, Chunk] = {}
+        now = time.monotonic()
         for d, res in zip(dispatches, results):
-            if isinstance(res, Exception):
+            if isinstance(res, BaseException):
                 self.scheduler.fail(d, f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}")
                 continue
             for seq in self.scheduler.complete(d, res.token_ids):
+                seq.first_token_time = seq.first_token_time or now
                 out[seq.request_id] = self._advance(seq)
         for seq in self.scheduler.finished:
             out[seq.request_id] = self._chunk(seq, "")
@@ -264,7 +328,8 @@ class UnitEngine:
     def _chunk(seq: Sequence, text: str) -> Chunk:
         new = seq.output_token_ids[seq.num_emitted_tokens:]
         seq.num_emitted_tokens = seq.num_output_tokens
-        return Chunk(new, text, seq.finish_reason, seq.num_prompt_tokens, seq.num_output_tokens, seq.error)
+        return Chunk(new, text, seq.finish_reason, seq.num_prompt_tokens, seq.num_output_tokens, seq.error,
+                     seq.timing() if seq.is_finished else None)
 
     # ---- conveniences -----------------------------------------------------------------------
     def generate(self, llm: str, prompts: list, sampling: SamplingParams | None = None) -> list[tuple[list[int], str]]:
@@ -296,6 +361,7 @@ class UnitEngine:
             self.blocks.check_integrity(self.scheduler.all_seqs())
 
     def close(self) -> None:
+        self._wake()
         for hosted in list(self.llms.values()):
             hosted.close()
         self.llms.clear()

@@ -39,6 +39,7 @@ def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attac
 
     runner = ModelRunner(spec, weights, pool, block_size, device)
     conn.send(("ready", os.getpid(), None))
+    current = share
     while True:
         try:
             msg = conn.recv()
@@ -48,6 +49,9 @@ def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attac
             conn.close()
             os._exit(0)  # skip interpreter teardown (seconds with torch loaded); nothing left to flush
         step_id, step = msg
+        if step.share is not None and step.share != current:  # the placement changed this job's cores
+            apply_in_child(step.share)
+            current = step.share
         try:
             conn.send((step_id, runner.execute(step), None))
         except Exception as exc:  # noqa: BLE001 - the parent re-raises it on the step's future

@@ -25,8 +25,11 @@ def load_tokenizer(path: str):
 
 
 def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
-              pool_attach: Callable[[], torch.Tensor] | None = None) -> tuple[loader.ModelSpec, Job, Job]:
-    """Load cfg's weights once and start its prefill and decode jobs over the shared pool."""
+              pool_attach: Callable[[], torch.Tensor] | None = None,
+              cpu_shares: list | None = None) -> tuple[loader.ModelSpec, Job, Job]:
+    """Load cfg's weights once and start its prefill and decode jobs over the shared pool.
+
+    cpu_shares: [prefill, decode] ComputeShare (their cores) for process jobs on CPU (None: all cores)."""
     spec, weights = loader.load_weights(cfg.path, config.torch_dtype, config.device)
     spec = replace(spec, name=cfg.name)
     if config.job_mode == "process":
@@ -35,7 +38,7 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
 
         if config.start_mps and config.device.startswith("cuda"):
             start_mps_daemon()  # before the jobs start (children find the daemon at CUDA init); no-op if up
-        shares = job_shares(cfg.name, config)
+        shares = job_shares(cfg.name, config, cpu_shares)
         return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
                                        name=f"{cfg.name}-{kind}", pool_attach=pool_attach)
                        for kind, share in zip(("prefill", "decode"), shares))
@@ -45,13 +48,12 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
     return spec, ThreadJob(runner), ThreadJob(runner)
 
 
-def job_shares(name: str, config: EngineConfig) -> list:
-    """[prefill, decode] ComputeShare of one LLM from config.compute_shares (None = whole unit)."""
-    from services.worker.engine.compute_share import ComputeShare, split_cores
+def job_shares(name: str, config: EngineConfig, cpu_shares: list | None = None) -> list:
+    """[prefill, decode] ComputeShare of one LLM's process jobs: on CUDA its MPS percentage from
+    config.compute_shares (None = whole GPU); on CPU `cpu_shares` (None = every core)."""
+    from services.worker.engine.compute_share import ComputeShare
 
-    fracs = [config.compute_shares.get(f"{name}/{k}") for k in ("prefill", "decode")]
     if config.device.startswith("cuda"):
+        fracs = [config.compute_shares.get(f"{name}/{k}") for k in ("prefill", "decode")]
         return [ComputeShare(gpu_percentage=max(1, round(f * 100))) if f else None for f in fracs]
-    if None in fracs:
-        return [None, None]
-    return split_cores(fracs)  # disjoint cores on CPU
+    return list(cpu_shares or [None, None])

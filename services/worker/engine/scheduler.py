@@ -1,24 +1,33 @@
 """ADBS: adaptive batch scheduling across the LLMs of one unit sharing one head-wise block pool.
 
-Each round (`schedule`) plans at most one prefill dispatch and one decode dispatch per LLM:
-- prefill first, LLMs in round-robin order, FCFS within an LLM; a batch is bounded by the token
-  budget, max_num_seqs and the LLM's quota (several prompts of different lengths per batch; a prompt
-  over the budget is computed in chunks). If an LLM still has waiting work that fits its quota (cut
-  only by the budget), decode is held back this round so that prefill gets the compute.
-- then decode, round-robin, one token per running sequence per dispatch.
+`schedule(busy, budget)` plans a dispatch for each idle job (at most one in flight per job); the
+engine calls it again whenever any dispatch returns (an event-driven loop, not lock-step rounds).
+- mode "spatial-temporal" (MuxServe): prefill first, LLMs in round-robin order, FCFS within an LLM;
+  a batch is bounded by the token budget, max_num_seqs and the LLM's quota (a prompt over the
+  budget is computed in chunks). A job is admitted when its compute share fits the unit's free
+  compute plus the overload allowance (compute.py). Decode is held back only while a prefill is
+  pending that compute does not admit. Then decode, round-robin, one token per running sequence.
+- mode "temporal": one dispatch at a time in the unit, FCFS across LLMs by their oldest request.
 A plan maps each sequence to the number of its uncomputed tokens to compute, so prefill, decode and
 recompute after preemption are the same thing. Out of blocks in decode: preempt the youngest
-sequence (its blocks return; it recomputes later). A sequence alone in the unit that still does not
-fit finishes with an error, so the loop never spins. A sequence is in at most one dispatch at a time.
+sequence (its blocks return; it recomputes later); that LLM then prefills nothing new until one of
+its sequences finishes (MuxServe's wait-for-cache), so a tight pool does not churn. A sequence
+alone in the unit that still does not fit finishes with an error, so the loop never spins. A
+sequence is in at most one dispatch at a time.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
+from services.worker.engine.compute import EPS, ComputeBudget
 from services.worker.engine.sequence import Sequence, SeqStatus
+
+
+MODES = ("spatial-temporal", "temporal")
 
 
 @dataclass
@@ -31,7 +40,9 @@ class Dispatch:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_prefill_tokens: int):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_prefill_tokens: int,
+                 mode: str = "spatial-temporal"):
+        self.set_mode(mode)
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = max_prefill_tokens
@@ -40,6 +51,12 @@ class Scheduler:
         self._rr = 0
         self.num_preemptions = 0
         self.finished: list[Sequence] = []  # finished since the engine last drained this
+        self.wait_for_cache: set[str] = set()  # LLMs preempted since their last sequence finished
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unit mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
 
     # ---- membership -------------------------------------------------------------------------
     def add_llm(self, name: str) -> None:
@@ -71,6 +88,7 @@ class Scheduler:
             self._drop(seq)
 
     def _drop(self, seq: Sequence) -> None:
+        self.wait_for_cache.discard(seq.llm)  # a sequence finished: its blocks make room again
         self.blocks[seq.llm].free(seq)
         if seq in self.running[seq.llm]:
             self.running[seq.llm].remove(seq)
@@ -84,52 +102,104 @@ class Scheduler:
     def all_seqs(self) -> list[Sequence]:
         return [s for n in self.waiting for s in (*self.waiting[n], *self.running[n])]
 
-    # ---- one round --------------------------------------------------------------------------
-    def schedule(self, busy: frozenset = frozenset()) -> list[Dispatch]:
-        """Plan this round's dispatches; busy holds (llm, kind) jobs that are still running."""
+    # ---- planning ---------------------------------------------------------------------------
+    def schedule(self, busy: frozenset = frozenset(), budget: ComputeBudget | None = None) -> list[Dispatch]:
+        """Plan dispatches for the idle jobs; busy holds (llm, kind) jobs with a dispatch in flight.
+
+        budget (None: every job admitted) admits a job when its compute share fits and is charged for
+        each dispatch planned (the caller gives it back when the dispatch returns)."""
+        budget = budget or ComputeBudget()
         names = list(self.waiting)
         if not names:
             return []
-        self._rr = (self._rr + 1) % len(names)
-        order = names[self._rr:] + names[:self._rr]
-        out, hold = [], False
-        for name in order:
-            if (name, "prefill") not in busy:
-                d, cut = self._prefill(name)
-                hold |= cut
-                if d.plan:
-                    out.append(d)
-        if not hold:
-            planned = {s for d in out for s in d.plan}
-            for name in order:
-                if (name, "decode") not in busy:
-                    d = self._decode(name, planned)
-                    if d.plan:
-                        out.append(d)
+        if self.mode == "temporal":
+            out = self._schedule_temporal(busy)
+        else:
+            self._rr = (self._rr + 1) % len(names)
+            out = self._schedule_multiplexed(names[self._rr:] + names[:self._rr], busy, budget)
         for d in out:
+            budget.take(d.llm, d.kind)
             for s in d.plan:
                 s.in_flight = True
         return out
 
-    def _prefill(self, name: str) -> tuple[Dispatch, bool]:
-        """FCFS prefill batch of one LLM; also True when waiting work that fits was cut by the budget."""
+    def _schedule_multiplexed(self, order: list[str], busy: frozenset, budget: ComputeBudget) -> list[Dispatch]:
+        """Prefill first (round-robin); decode held back only while a prefill is pending that its
+        compute share does not let in; then decode, round-robin, as compute fits."""
+        out, hold, used = [], False, budget.used
+        for name in order:
+            if (name, "prefill") in busy or not self.prefill_pending(name):
+                continue
+            share = budget.share(name, "prefill")
+            if used + share > 1.0 + budget.allowance + EPS:
+                hold = True
+                continue
+            d = self._prefill(name)
+            if d.plan:
+                out.append(d)
+                used += share
+        if hold:
+            return out
+        planned = {s for d in out for s in d.plan}
+        for name in order:
+            share = budget.share(name, "decode")
+            if (name, "decode") in busy or used + share > 1.0 + budget.allowance + EPS:
+                continue
+            d = self._decode(name, planned)
+            if d.plan:
+                out.append(d)
+                used += share
+        return out
+
+    def _schedule_temporal(self, busy: frozenset) -> list[Dispatch]:
+        """One dispatch at a time in the unit: the LLM with the oldest unfinished request goes first
+        (FCFS across LLMs), its prefill before its decode."""
+        if busy:
+            return []
+        for name in sorted(self.waiting, key=self._oldest):
+            d = self._prefill(name) if self.prefill_pending(name) else Dispatch(name, "prefill")
+            if not d.plan:
+                d = self._decode(name, set())
+            if d.plan:
+                return [d]
+        return []
+
+    def _oldest(self, name: str) -> float:
+        return min((s.arrival for s in (*self.waiting[name], *self.running[name])), default=float("inf"))
+
+    def prefill_pending(self, name: str) -> bool:
+        """Prompt work of `name` that could start now: not in flight, its first batch fits the blocks,
+        and (wait-for-cache) no preemption since the last of its sequences finished."""
+        running = self.running[name]
+        if name in self.wait_for_cache and running:
+            return False
+        cands = [s for s in running if s.is_prefill and not s.in_flight] + list(self.waiting[name])
+        if not cands:
+            return False
+        seq = cands[0]
+        if seq.status is not SeqStatus.RUNNING and len(running) >= self.max_num_seqs:
+            return False
+        n = min(seq.num_uncomputed_tokens, self.max_prefill_tokens)
+        return self.blocks[name].can_append(seq, n, ignore_quota=not running)
+
+    def _prefill(self, name: str) -> Dispatch:
+        """FCFS prefill batch of one LLM, bounded by the token budget, max_num_seqs and its quota."""
         view, d, budget = self.blocks[name], Dispatch(name, "prefill"), self.max_prefill_tokens
         running = self.running[name]
         cands = [s for s in running if s.is_prefill and not s.in_flight] + list(self.waiting[name])
         for seq in cands:
-            if seq.status is not SeqStatus.RUNNING and len(running) >= self.max_num_seqs:
+            if budget <= 0 or (seq.status is not SeqStatus.RUNNING and len(running) >= self.max_num_seqs):
                 break
-            if budget <= 0:
-                return d, view.can_append(seq, min(seq.num_uncomputed_tokens, self.max_prefill_tokens))
             n = min(seq.num_uncomputed_tokens, budget)
             if not view.append(seq, n, ignore_quota=not running and not d.plan):
                 break
             self._admit(seq)
             d.plan[seq] = n
             budget -= n
-        return d, False
+        return d
 
     def _admit(self, seq: Sequence) -> None:
+        seq.first_scheduled = seq.first_scheduled or time.monotonic()
         if seq.status is not SeqStatus.RUNNING:
             self.waiting[seq.llm].remove(seq)
             self.running[seq.llm].append(seq)
@@ -178,6 +248,7 @@ class Scheduler:
         seq.num_computed_tokens = 0
         seq.status = SeqStatus.PREEMPTED
         self.waiting[seq.llm].appendleft(seq)
+        self.wait_for_cache.add(seq.llm)
         self.num_preemptions += 1
 
     # ---- results ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.worker.engine.types import SamplingParams
+from services.worker.engine.types import RequestTiming, SamplingParams
 
 
 class SeqStatus(enum.Enum):
@@ -43,6 +43,9 @@ class Sequence:
     detok: Any = None  # detok.IncrementalDetokenizer
     in_flight: bool = False  # part of a dispatch that has not returned yet
     num_emitted_tokens: int = 0  # output tokens already handed to the caller
+    first_scheduled: float = 0.0  # time.monotonic() of its first dispatch (0: not yet)
+    first_token_time: float = 0.0  # ... when its first output token was sampled
+    finish_time: float = 0.0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -87,3 +90,13 @@ class Sequence:
         self.status = SeqStatus.FINISHED
         self.finish_reason = reason
         self.error = error
+        self.finish_time = time.monotonic()
+
+    def timing(self) -> RequestTiming:
+        """The finished request's timing (types.RequestTiming)."""
+        end = self.finish_time or time.monotonic()
+        first = self.first_token_time or end
+        decode_tokens = max(self.num_output_tokens - 1, 0)
+        return RequestTiming(queue_s=(self.first_scheduled or end) - self.arrival, ttft_s=first - self.arrival,
+                             tpot_s=(end - first) / decode_tokens if decode_tokens else 0.0,
+                             e2e_s=end - self.arrival)

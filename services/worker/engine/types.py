@@ -62,6 +62,7 @@ class StepInput:
     llm: str
     seqs: list[SeqStep]
     return_logits: bool = False
+    share: Any = None  # compute_share.ComputeShare the job should run with (a process job re-pins), or None
 
 
 @dataclass
@@ -125,9 +126,23 @@ class JobCrashedError(EngineError):
     """A job process died while running this request's step (UNAVAILABLE)."""
 
 
+@dataclass(frozen=True)
+class RequestTiming:
+    """Where a request's time went, in seconds, measured where it was served (on the final chunk).
+
+    queue_s: arrival -> first scheduled; ttft_s: arrival -> first token; tpot_s: mean time per output
+    token after the first ((e2e - ttft) / (tokens - 1), 0 for one token); e2e_s: arrival -> finish."""
+
+    queue_s: float = 0.0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    e2e_s: float = 0.0
+
+
 @dataclass
 class Chunk:
-    """What a request yields to its caller per step: new tokens, their text, and at the end why."""
+    """What a request yields to its caller per step: new tokens, their text, and at the end why
+    (and, on the final chunk, its timing)."""
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -135,3 +150,4 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""  # why, when finish_reason == "error" (e.g. a job crashed, the KV pool is too small)
+    timing: RequestTiming | None = None  # on the final chunk
