@@ -71,6 +71,10 @@ def test_greedy_through_router_equals_transformers(mesh, model, fixture, request
         assert tokens == _reference(path, prompt, 12)
         assert chunks[-1].finish_reason == "length"
         assert chunks[-1].usage.completion_tokens == 12
+        u = chunks[-1].usage  # timing measured at the router, queue time including the worker's
+        assert 0 <= u.queue_time_s <= u.time_to_first_token_s <= u.e2e_latency_s
+        assert u.time_per_output_token_s == pytest.approx((u.e2e_latency_s - u.time_to_first_token_s) / 11)
+        assert all(not c.HasField("usage") for c in chunks[:-1])
         text = "".join(c.text for c in chunks)
         assert text == AutoTokenizer.from_pretrained(path).decode(tokens)
 

@@ -87,12 +87,17 @@ class Forwarder:
         """Stream from `address`; return quietly (req.worker unset) to let the caller try the next one."""
         started = False
         with self.table.acquire(address):
+            req.forwarded_at = time.monotonic()
             call = self.clients.stub(address).Generate(worker_request(req))
             try:
                 async for resp in call:
                     started, req.worker = True, address
                     req.observe(len(resp.token_ids), resp.finish_reason, resp.usage.prompt_tokens,
                                 resp.usage.completion_tokens)
+                    if resp.finish_reason:
+                        u = resp.usage
+                        (u.queue_time_s, u.time_to_first_token_s, u.time_per_output_token_s,
+                         u.e2e_latency_s) = req.timing(u.queue_time_s)
                     yield resp
                 req.worker = address
             except grpc.aio.AioRpcError as exc:

@@ -6,6 +6,7 @@ status code in one place; nothing below the servicer imports protobuf messages f
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -53,6 +54,17 @@ class RouteRequest:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    arrival: float = field(default_factory=time.monotonic)
+    forwarded_at: float = 0.0  # when the worker call that served it started
+    first_token_at: float = 0.0
+
+    def timing(self, worker_queue_s: float, now: float | None = None) -> tuple[float, float, float, float]:
+        """(queue, ttft, tpot, e2e) seconds from the router's arrival, at the last chunk."""
+        now = time.monotonic() if now is None else now
+        first = self.first_token_at or now
+        queue = (self.forwarded_at or self.arrival) - self.arrival + worker_queue_s
+        tpot = (now - first) / (self.completion_tokens - 1) if self.completion_tokens > 1 else 0.0
+        return queue, first - self.arrival, tpot, now - self.arrival
 
     @property
     def known_prompt_len(self) -> int:
@@ -67,6 +79,8 @@ class RouteRequest:
                 completion_tokens: int = 0) -> None:
         """Account one streamed chunk: `token_ids` new tokens; usage, when given, is authoritative."""
         self.completion_tokens += token_ids
+        if token_ids and not self.first_token_at:
+            self.first_token_at = time.monotonic()
         if finish_reason:
             self.finish_reason = finish_reason
             self.completion_tokens = completion_tokens or self.completion_tokens

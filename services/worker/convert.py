@@ -20,6 +20,10 @@ def chunk_to_proto(request_id: str, chunk: Chunk) -> router_pb2.GenerateResponse
     if chunk.finish_reason:
         resp.usage.prompt_tokens = chunk.prompt_tokens
         resp.usage.completion_tokens = chunk.completion_tokens
+        if chunk.timing is not None:
+            t = chunk.timing
+            resp.usage.queue_time_s, resp.usage.time_to_first_token_s = t.queue_s, t.ttft_s
+            resp.usage.time_per_output_token_s, resp.usage.e2e_latency_s = t.tpot_s, t.e2e_s
     return resp
 
 
