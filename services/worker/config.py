@@ -18,7 +18,9 @@ Keys (all optional):
                                                   waiting counts reported
                           connect_timeout_s 30    how long to wait for memmgr at the first load
     engine              EngineConfig keys (services/worker/engine/config.py): block_size, num_blocks, dtype,
-                        device (default: cluster.device), start_mps, ... (memmgr mode: the pool and its
+                        device (default: cluster.device), job_mode (default: process), start_mps, ...;
+                        a placement's mode, compute shares and devices override mode /
+                        compute_shares / cores (memmgr mode: the pool and its
                         block_size are memmgr's; num_blocks is ignored)
     drain_timeout_s     how long an unloaded LLM may finish its in-flight requests (default 120)
 
@@ -89,8 +91,10 @@ class WorkerConfig:
         return cfg
 
     def engine_section(self, cluster_device: str) -> dict:
-        """The `engine` keys with `device` defaulting to the cluster's (cpu or cuda)."""
-        return {"device": cluster_device, **self.engine}
+        """The `engine` keys with `device` defaulting to the cluster's (cpu or cuda) and `job_mode` to
+        process: a served unit runs each job in its own process, on its own share (in-process use of
+        the engine defaults to thread jobs)."""
+        return {"device": cluster_device, "job_mode": "process", **self.engine}
 
     def advertised_address(self, bound_port: int) -> str:
         if self.advertise:

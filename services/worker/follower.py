@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import grpc
@@ -22,18 +22,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class UnitAssignment:
-    """What the placement asks of this worker: its unit and the LLMs (name -> rate) it hosts."""
+    """What the placement asks of this worker: its unit, the LLMs (name -> rate) it hosts, the unit's
+    mode ("spatial-temporal" or "temporal"), its global device ids and each job's compute share
+    ("<llm>/prefill" | "<llm>/decode" -> fraction of the unit; empty: no shares, every job admitted)."""
 
     version: int
     unit_id: str
     llms: dict[str, float]
+    mode: str = "spatial-temporal"
+    devices: list[int] = field(default_factory=list)
+    shares: dict[str, float] = field(default_factory=dict)
 
 
 def my_unit(placement: placer_pb2.Placement, unit_id: str, address: str) -> UnitAssignment:
     """The unit this worker holds: by unit id from registration, else by advertised address."""
     for unit in placement.units:
         if (unit_id and unit.unit_id == unit_id) or unit.worker_address == address:
-            return UnitAssignment(placement.version, unit.unit_id, {l.name: l.rate for l in unit.llms})
+            shares = {}
+            for llm in unit.llms:
+                for kind, share in (("prefill", llm.prefill_share), ("decode", llm.decode_share)):
+                    if share > 0:
+                        shares[f"{llm.name}/{kind}"] = min(float(share), 1.0)
+            return UnitAssignment(placement.version, unit.unit_id, {l.name: l.rate for l in unit.llms},
+                                  unit.mode or "spatial-temporal", list(unit.devices), shares)
     return UnitAssignment(placement.version, "", {})
 
 

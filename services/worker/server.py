@@ -33,6 +33,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._draining: dict[str, asyncio.Task] = {}
         self._loading: set[str] = set()  # assigned here, not loaded yet
+        self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
 
     def llm_stats(self) -> dict[str, dict]:
         """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
@@ -48,6 +49,9 @@ class Worker:
 
         for name in set(assignment.llms) & set(self._draining):  # moved back while draining: reload after
             await asyncio.shield(self._draining[name])
+        self.assignment = assignment
+        if self.engine is not None:  # shares and mode take effect at each job's next dispatch
+            self.engine.engine.set_placement(assignment.shares, assignment.mode)
         hosted = set(self.engine.engine.llms) if self.engine else set()
         new = []
         for name in sorted(set(assignment.llms) - hosted):
@@ -73,7 +77,10 @@ class Worker:
 
         if self.engine is None and new:
             log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
-            engine = EngineConfig.from_section(self.wcfg.engine_section(self.mesh.cluster.device))
+            section = self.wcfg.engine_section(self.mesh.cluster.device)
+            engine = EngineConfig.from_section({**section, **unit_engine_keys(self.assignment, self.mesh.cluster)})
+            log.info("unit %s: mode %s, devices %s, shares %s", self.assignment.unit_id or "static",
+                     engine.mode, self.assignment.devices or "all", engine.compute_shares or "none (all admitted)")
             self.engine = await self.kv.create_engine(new, engine)
         else:
             for llm in new:
@@ -113,6 +120,23 @@ class Worker:
         if self.engine is not None:
             await self.engine.close()
         await self.kv.close()  # memmgr mode: ends the session, every block goes back
+
+
+def unit_engine_keys(a: UnitAssignment, cluster) -> dict:
+    """Engine keys from the placement: mode, job shares and the unit's devices (CPU: its cores, the
+    unit's local device ids mapped onto this process's cores; CUDA: the worker's CUDA_VISIBLE_DEVICES,
+    set here before the engine touches CUDA, unless the environment already sets it)."""
+    keys: dict = {"mode": a.mode}
+    if a.shares:
+        keys["compute_shares"] = dict(a.shares)
+    if a.devices:
+        local = sorted({d % cluster.devices_per_node for d in a.devices})
+        if cluster.device == "cpu":
+            mine = sorted(os.sched_getaffinity(0))
+            keys["cores"] = sorted({mine[i % len(mine)] for i in local})
+        elif "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, local))
+    return keys
 
 
 async def _not_ready(llm: str, what: str):
