@@ -7,8 +7,10 @@ CPU: a "device" is a core; a unit of n devices is cores 0..n-1 (sched_setaffinit
 runs with max(1, round(s/100 * n)) torch threads. CUDA (one device): each share runs in a child
 process with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=s, which limits SMs only under a running MPS daemon
 (without one, shares time-share the GPU and measure alike; the log says so).
-prefill: median ms of a forward over batch x seq prompt tokens; decoding: median ms of one decode
-step for `batch` sequences with `seq` cached tokens. The result merges into --out under NAME.
+Measured with THIS engine (its ModelRunner over a paged pool, the kernels the worker runs), not with
+transformers: prefill is the median ms of one prefill step of batch x seq prompt tokens; decoding the
+median ms of one decode step of `batch` sequences with `seq` cached tokens. Progress goes to stderr.
+The result merges into --out under NAME.
 """
 
 from __future__ import annotations
@@ -41,49 +43,86 @@ def _timed(fn, reps: int, sync) -> float:
     return statistics.median(out)
 
 
-def measure_cell(model, batch: int, seq: int, reps: int, device: str) -> dict:
-    """{"prefill": ms, "decoding": ms} for one (batch, seq) point."""
-    import torch
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch, seq), device=device)  # [batch, seq]
-    with torch.inference_mode():
-        model(ids, use_cache=False)  # warm-up
-        prefill = _timed(lambda: model(ids, use_cache=False), reps, sync)
-        cache = model(ids, use_cache=True).cache
-        nxt = torch.randint(0, vocab, (batch, 1), device=device)  # [batch, 1]
-        decode = _timed(lambda: model(nxt, cache=cache, use_cache=True), reps, sync)
-    return {"prefill": round(prefill, 4), "decoding": round(decode, 4)}
+BLOCK_SIZE = 32  # the engine's default block size (EngineConfig.block_size)
 
 
-def profile_share(model, n: int, share: int, batches, seqs, reps: int, device: str) -> dict:
+class EngineBench:
+    """This engine's ModelRunner over a pool that holds max_batch x (max_seq + 1) tokens: what the
+    placer estimates is what the worker runs (same kernels, same paged attention)."""
+
+    def __init__(self, path: str, device: str, max_batch: int, max_seq: int):
+        import torch
+
+        from services.worker.engine.loader import load_weights
+        from services.worker.engine.pool import allocate_pool, blocks_for_tokens
+        from services.worker.engine.runner import ModelRunner
+
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        self.spec, weights = load_weights(path, dtype, device)
+        s = self.spec
+        self.per_seq = blocks_for_tokens(max_seq + 1, BLOCK_SIZE, s.num_layers, s.num_kv_heads)
+        pool = allocate_pool(self.per_seq * max_batch, BLOCK_SIZE, s.head_dim, dtype, device)
+        self.runner = ModelRunner(s, weights, pool, BLOCK_SIZE, device)
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def _steps(self, batch: int, seq: int, decode: bool) -> object:
+        import torch
+        from array import array
+
+        from services.worker.engine.types import SamplingParams, SeqStep, StepInput
+
+        greedy = SamplingParams(max_tokens=1)
+        ids = torch.randint(3, self.spec.vocab_size, (batch, seq)).tolist()  # [batch, seq]
+        steps = []
+        for i in range(batch):
+            table = array("i", range(i * self.per_seq, (i + 1) * self.per_seq))
+            tokens, start = (ids[i][-1:], seq) if decode else (ids[i], 0)
+            steps.append(SeqStep(i, tokens, start, table, greedy, int(decode)))
+        return StepInput("profile", steps)
+
+    def cell(self, batch: int, seq: int, reps: int) -> dict:
+        """{"prefill": ms of one prefill of batch x seq tokens, "decoding": ms of one decode step of
+        batch sequences with seq cached tokens} (medians)."""
+        prefill, decode = self._steps(batch, seq, False), self._steps(batch, seq, True)
+        self.runner.execute(prefill)  # warm-up; also fills the context the decode step reads
+        pre = _timed(lambda: self.runner.execute(prefill), reps, self.sync)
+        self.runner.execute(decode)
+        dec = _timed(lambda: self.runner.execute(decode), reps, self.sync)
+        return {"prefill": round(pre, 4), "decoding": round(dec, 4)}
+
+
+def profile_share(bench: EngineBench, n: int, share: int, batches, seqs, reps: int, device: str,
+                  progress=None) -> dict:
     """batch -> seq -> cell at one (devices, share) point."""
     import torch
 
     if device == "cpu":
-        os.sched_setaffinity(0, set(range(n)))
+        cores = sorted(os.sched_getaffinity(0))[:n] if len(os.sched_getaffinity(0)) >= n else list(range(n))
+        os.sched_setaffinity(0, set(cores))
         torch.set_num_threads(max(1, round(share / 100 * n)))
-    return {str(b): {str(q): measure_cell(model, b, q, reps, device) for q in seqs} for b in batches}
-
-
-def load_model(path: str, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    out = {}
+    for b in batches:
+        out[str(b)] = {}
+        for q in seqs:
+            out[str(b)][str(q)] = bench.cell(b, q, reps)
+            if progress is not None:
+                progress.update(1)
+    return out
 
 
 def profile(path: str, device: str, devices, shares, batches, seqs, reps: int) -> dict:
-    """devices -> share -> batch -> seq -> cell for the model at `path`."""
+    """devices -> share -> batch -> seq -> cell for the model at `path` (progress on stderr)."""
+    from tqdm import tqdm
+
     if device == "cuda":
         return {"1": {str(s): _cuda_child(path, s, batches, seqs, reps) for s in shares}}
-    model = load_model(path, "cpu")
     before = os.sched_getaffinity(0)
+    bench = EngineBench(path, "cpu", max(batches), max(seqs))
+    total = len(devices) * len(shares) * len(batches) * len(seqs)
     try:
-        return {str(n): {str(s): profile_share(model, n, s, batches, seqs, reps, "cpu") for s in shares}
-                for n in devices}
+        with tqdm(total=total, desc=f"profiling {Path(path).name}", unit="cell", file=sys.stderr) as bar:
+            return {str(n): {str(s): profile_share(bench, n, s, batches, seqs, reps, "cpu", bar) for s in shares}
+                    for n in devices}
     finally:
         os.sched_setaffinity(0, before)
 
@@ -121,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(profile_share(load_model(a.model, "cuda"), 1, 100, a.batches, a.seqs, a.reps, "cuda")))
+        bench = EngineBench(a.model, "cuda", max(a.batches), max(a.seqs))
+        print(json.dumps(profile_share(bench, 1, 100, a.batches, a.seqs, a.reps, "cuda")))
         return 0
     err = _validate(a)
     if err:
