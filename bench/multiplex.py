@@ -10,9 +10,9 @@ p50/p99, p99 latency over all requests, SLO attainment at scales 1-20, the place
 the ratios muxserve/spatial and muxserve/temporal; with --sweep, the highest rate at which 99% of
 requests meet the scale-8 SLO. Writes results.json and multiplex.png to --out.
 
-    python bench/multiplex.py                          # 2 LLMs, alpha 1.9, rate 2 req/s, 120 requests
-    python bench/multiplex.py --rate 3 --requests 200 --alpha 1.9
-    python bench/multiplex.py --sweep 1,2,3,4 --requests 80
+    python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
+    python bench/multiplex.py --rate 16 --requests 200 --alpha 1.9
+    python bench/multiplex.py --sweep 4,8,12,16 --requests 240   # + the rate at 99% SLO (scale 8)
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
     with Mesh(config, work / f"{policy}.log") as mesh:
         asyncio.run(replay(mesh.address, lists[rates[0]][:4]))  # warm-up: every job has run once
         if need_base:
-            out["base"] = alone_latency(mesh.address, lists[rates[0]], args.base_requests)
+            out["base"] = alone_latency(mesh.address, lists[args.rate], args.base_requests)
         for rate in rates:
             print(f"  {policy}: replaying {len(lists[rate])} requests at {rate} req/s", file=sys.stderr)
             out["runs"][rate] = asyncio.run(replay(mesh.address, lists[rate]))
@@ -222,10 +222,11 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=2.0, help="req/s over all models (the placer's prior too)")
-    ap.add_argument("--sweep", default="", help="comma-separated rates to replay (default: --rate only)")
+    ap.add_argument("--rate", type=float, default=24.0,
+                    help="req/s over all models: the headline run, and the placer's prior (split by popularity)")
+    ap.add_argument("--sweep", default="", help="more comma-separated rates to replay on the same meshes")
     ap.add_argument("--alpha", type=float, default=1.9)
-    ap.add_argument("--requests", type=int, default=120)
+    ap.add_argument("--requests", type=int, default=240)
     ap.add_argument("--prompt-mean", type=float, default=64)
     ap.add_argument("--output-mean", type=float, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cost = prepare_models(work, Path(args.cost_table) if args.cost_table else None)
-    rates = [float(x) for x in args.sweep.split(",") if x] or [args.rate]
+    rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})
     vocab = 384
     lists = {r: workload.generate(list(MODELS), args.alpha, r, args.requests, args.seed, args.prompt_mean,
                                   args.output_mean, vocab) for r in rates}
@@ -267,9 +268,9 @@ def build_report(raw: dict, lists: dict, rates: list[float], args) -> dict:
              "llms": {l["name"]: {"prefill": l["prefill_share"], "decode": l["decode_share"]} for l in u["llms"]}}
             for u in r["plan"]["units"]], "runs": runs,
             "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
-    head, first = {}, rates[0]
+    head = {"rate": args.rate}
     for p, v in rep["policies"].items():
-        m = v["runs"][first]
+        m = v["runs"][args.rate]
         head[p] = {"throughput_rps": round(m["throughput_rps"], 3), "estimate_rps": round(v["estimate_rps"], 3),
                    "completed": m["completed"], "slo8": round(m["slo"][8], 3), "p99_latency": round(m["p99_latency"], 2),
                    "ttft_p99": round(m["ttft_p99"], 3), "tpot_p99": round(m["tpot_p99"], 4),
@@ -292,7 +293,7 @@ def draw(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    rate = next(iter(next(iter(report["policies"].values()))["runs"]))
+    rate = report["headline"]["rate"]
     for p, v in report["policies"].items():
         slo = v["runs"][rate]["slo"]
         a.plot(SCALES, [slo[s] for s in SCALES], marker="o", ms=3, label=p)

@@ -149,3 +149,33 @@ def test_bad_shares_and_modes_are_refused():
         ComputeBudget({"a/decode": 1.5})
     with pytest.raises(ValueError, match="mode"):
         unit(mode="lockstep")
+
+
+def test_cpu_cores_run_one_dispatch_each_and_free_cores_are_spread():
+    budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 0.5, "b/prefill": 0.5, "b/decode": 0.05}, cores=[4, 5])
+    budget.home = {"b/decode": [5]}
+    assert budget.wanted_cores("a", "prefill") == 2 and budget.wanted_cores("b", "decode") == 1
+    budget.take("b", "decode")
+    assert budget.cores_of("b", "decode") == [5], "its home core"
+    assert not budget.fits("a", "prefill"), "a core runs one dispatch at a time"
+    assert budget.fits("a", "decode")
+    budget.take("a", "decode")
+    assert budget.cores_of("a", "decode") == [4] and budget.free_cores() == []
+    budget.give("b", "decode")
+    budget.give("a", "decode")
+    budget.take("b", "decode")
+    budget.spread([("b", "decode")])
+    assert budget.cores_of("b", "decode") == [4, 5], "alone in the unit: it gets every free core"
+
+
+def test_scheduler_spreads_free_cores_over_what_it_planned():
+    budget = ComputeBudget({"a/prefill": 0.5, "a/decode": 0.5, "b/prefill": 0.5, "b/decode": 0.5}, cores=[0, 1])
+    sched = unit()
+    sched.add(seq(0, "a"))
+    (d,) = sched.schedule(budget.busy, budget)
+    assert budget.cores_of("a", "prefill") == [0, 1], "nothing else to run: both cores"
+    complete(sched, budget, d)
+    sched.add(seq(1, "b"))
+    ds = sched.schedule(budget.busy, budget)
+    assert sorted((d.llm, d.kind) for d in ds) == [("a", "decode"), ("b", "prefill")]
+    assert sorted(budget.cores_of("a", "decode") + budget.cores_of("b", "prefill")) == [0, 1], "disjoint"

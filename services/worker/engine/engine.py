@@ -15,6 +15,7 @@ step runs (the async engine does); one step runs at a time.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -27,7 +28,7 @@ from services.worker.engine import admission, loader, pool as pool_mod
 from services.worker.engine.admission import merge_chunks
 from services.worker.engine.block_manager import BlockManager, BlockSources
 from services.worker.engine.compute import ComputeBudget
-from services.worker.engine.compute_share import assign_cores
+from services.worker.engine.compute_share import ComputeShare, assign_cores
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
 from services.worker.engine.launch import load_tokenizer, make_jobs
@@ -73,7 +74,7 @@ class UnitEngine:
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens,
                                    self.config.mode)
-        self.budget = ComputeBudget(self.config.compute_shares, self.config.overload_allowance)
+        self.budget = ComputeBudget(self.config.compute_shares, self.config.overload_allowance, self._tracked_cores())
         self._core_plan: dict[str, object] = {}  # "<llm>/<kind>" -> ComputeShare (CPU cores of each job)
         self._inflight: dict[tuple[str, str], tuple[Dispatch, Future]] = {}  # (llm, kind): one per job
         self._kick: Future = Future()  # set to wake a step waiting on dispatches
@@ -116,7 +117,7 @@ class UnitEngine:
                 hosted.close()
                 raise
             self.scheduler.add_llm(cfg.name)
-            self._core_plan = plan
+            self._set_core_plan(plan)
             self._rebalance()
 
     def remove_llm(self, name: str, drain: bool = True) -> None:
@@ -156,6 +157,10 @@ class UnitEngine:
         jobs = [f"{n}/{k}" for n in names for k in ("prefill", "decode")]
         return assign_cores({j: self.budget.shares.get(j) for j in jobs}, self.config.cores)
 
+    def _set_core_plan(self, plan: dict) -> None:
+        self._core_plan = plan
+        self.budget.home = {job: share.cores for job, share in plan.items() if share.cores}
+
     def set_placement(self, compute_shares: dict[str, float], mode: str | None = None) -> None:
         """New shares ("<llm>/<kind>" -> fraction) and unit mode from a placement: they take effect at
         each job's next dispatch (a process job re-pins its cores then); nothing in flight fails."""
@@ -163,10 +168,22 @@ class UnitEngine:
             self.budget.set_shares(compute_shares)
             if mode:
                 self.scheduler.set_mode(mode)
-            self._core_plan = self._plan_cores(list(self.llms))
+            self._set_core_plan(self._plan_cores(list(self.llms)))
         self._wake()
 
+    def _tracked_cores(self) -> list[int] | None:
+        """CPU process jobs: the unit's cores, one dispatch per core at a time (compute.py)."""
+        c = self.config
+        if c.device != "cpu" or c.job_mode != "process":
+            return None
+        return sorted(c.cores or os.sched_getaffinity(0))
+
     def _job_share(self, llm: str, kind: str):
+        """The ComputeShare this dispatch runs with: the cores the budget gave it (CPU process jobs),
+        else the job's planned cores."""
+        cores = self.budget.cores_of(llm, kind)
+        if cores:
+            return ComputeShare(cores=cores, threads=len(cores))
         return self._core_plan.get(f"{llm}/{kind}")
 
     def _rebalance(self) -> None:

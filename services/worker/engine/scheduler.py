@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
-from services.worker.engine.compute import EPS, ComputeBudget
+from services.worker.engine.compute import ComputeBudget
 from services.worker.engine.sequence import Sequence, SeqStatus
 
 
@@ -114,11 +114,13 @@ class Scheduler:
             return []
         if self.mode == "temporal":
             out = self._schedule_temporal(busy)
+            for d in out:
+                budget.take(d.llm, d.kind)
         else:
             self._rr = (self._rr + 1) % len(names)
             out = self._schedule_multiplexed(names[self._rr:] + names[:self._rr], busy, budget)
+        budget.spread([(d.llm, d.kind) for d in out])
         for d in out:
-            budget.take(d.llm, d.kind)
             for s in d.plan:
                 s.in_flight = True
         return out
@@ -126,29 +128,27 @@ class Scheduler:
     def _schedule_multiplexed(self, order: list[str], busy: frozenset, budget: ComputeBudget) -> list[Dispatch]:
         """Prefill first (round-robin); decode held back only while a prefill is pending that its
         compute share does not let in; then decode, round-robin, as compute fits."""
-        out, hold, used = [], False, budget.used
+        out, hold = [], False
         for name in order:
             if (name, "prefill") in busy or not self.prefill_pending(name):
                 continue
-            share = budget.share(name, "prefill")
-            if used + share > 1.0 + budget.allowance + EPS:
+            if not budget.fits(name, "prefill"):
                 hold = True
                 continue
             d = self._prefill(name)
             if d.plan:
+                budget.take(name, "prefill")
                 out.append(d)
-                used += share
         if hold:
             return out
         planned = {s for d in out for s in d.plan}
         for name in order:
-            share = budget.share(name, "decode")
-            if (name, "decode") in busy or used + share > 1.0 + budget.allowance + EPS:
+            if (name, "decode") in busy or not budget.fits(name, "decode"):
                 continue
             d = self._decode(name, planned)
             if d.plan:
+                budget.take(name, "decode")
                 out.append(d)
-                used += share
         return out
 
     def _schedule_temporal(self, busy: frozenset) -> list[Dispatch]:

@@ -1,0 +1,133 @@
+"""What this machine's cores allow: the saturated throughput of one unit under each way of sharing it.
+
+In-process (no mesh, no network), with the models and request list of bench/multiplex.py, ALL requests
+queued at once (the unit is saturated until the last finishes), process jobs:
+  spatial       each LLM on its own core(s), the two units running side by side
+  temporal      both LLMs on all cores, one dispatch at a time (FCFS)
+  muxserve      both LLMs on all cores, the shares the placer plans for them (`muxserve plan`)
+  muxserve-1c   both LLMs on all cores, every job one core (prefill and decode side by side)
+  muxserve-all  both LLMs on all cores, every job all cores (the muxserve scheduler, no overlap)
+Prints completed req/s (requests / makespan) of each, rounds interleaved, and the ratios to spatial
+and temporal: the ceiling the end-to-end benchmark can reach on these cores.
+
+    python bench/multiplex_cap.py [--requests 150] [--rounds 2] [--configs spatial,temporal,muxserve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import multiplex  # noqa: E402
+import workload  # noqa: E402
+
+from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
+from services.worker.engine.engine import UnitEngine  # noqa: E402
+from services.worker.engine.types import SamplingParams  # noqa: E402
+
+
+def saturate(eng: UnitEngine, reqs: list[workload.Request]) -> float:
+    """Queue every request at once, step until all finish; seconds."""
+    t0 = time.monotonic()
+    for r in reqs:
+        eng.add_request(r.rid, r.model, prompt_token_ids=list(r.prompt_ids),
+                        sampling=SamplingParams(max_tokens=r.max_tokens, ignore_eos=True))
+    pending = {r.rid for r in reqs}
+    while pending:
+        for rid, ch in eng.step().items():
+            if ch.finish_reason:
+                pending.discard(rid)
+    return time.monotonic() - t0
+
+
+def unit(work: Path, models: list[str], cores: list[int], num_blocks: int, **kw) -> UnitEngine:
+    eng = UnitEngine([LLMConfig(m, str(work / m)) for m in models],
+                     EngineConfig(num_blocks=num_blocks, job_mode="process", cores=cores, **kw))
+    for m in models:  # warm: every job has run once
+        eng.generate(m, [[5] * 8], SamplingParams(max_tokens=2))
+    return eng
+
+
+def run_spatial(work: Path, reqs, num_blocks: int) -> float:
+    """Each LLM alone on one core, both units at once (two threads driving two engines)."""
+    engines = [unit(work, [m], [i], num_blocks) for i, m in enumerate(multiplex.MODELS)]
+    times = {}
+
+    def drive(eng):
+        name = next(iter(eng.llms))
+        times[name] = saturate(eng, [r for r in reqs if r.model == name])
+    threads = [threading.Thread(target=drive, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e in engines:
+        e.close()
+    return max(times.values())
+
+
+def run_shared(work: Path, reqs, num_blocks: int, **kw) -> float:
+    eng = unit(work, list(multiplex.MODELS), [0, 1], num_blocks, **kw)
+    try:
+        return saturate(eng, reqs)
+    finally:
+        eng.close()
+
+
+def placer_shares(work: Path, cost: Path, alpha: float, rate: float, lens) -> dict[str, float]:
+    prior = dict(zip(multiplex.MODELS, workload.popularity(len(multiplex.MODELS), alpha)))
+    config = multiplex.write_config(work, "muxserve", {m: p * rate for m, p in prior.items()}, cost, 1, lens)
+    (u,) = multiplex.plan(config)["units"]
+    return {f"{l['name']}/{k}": min(l[f"{k}_share"], 1.0) for l in u["llms"] for k in ("prefill", "decode")
+            if l[f"{k}_share"] > 0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--alpha", type=float, default=1.9)
+    ap.add_argument("--rate", type=float, default=24.0, help="the placer's prior (as in bench/multiplex.py)")
+    ap.add_argument("--configs", default="spatial,temporal,muxserve,muxserve-1c")
+    ap.add_argument("--num-blocks", type=int, default=24000)
+    ap.add_argument("--work", default="")
+    ap.add_argument("--cost-table", default="")
+    args = ap.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="mux-cap-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None)
+    reqs = workload.generate(list(multiplex.MODELS), args.alpha, 1000.0, args.requests, 0, 64, 32, 384)
+    shares = placer_shares(work, cost, args.alpha, args.rate, (64, 32))
+    one_core = {f"{m}/{k}": 0.5 for m in multiplex.MODELS for k in ("prefill", "decode")}
+    all_cores = {job: 1.0 for job in one_core}
+    runs = {"spatial": lambda: run_spatial(work, reqs, args.num_blocks),
+            "temporal": lambda: run_shared(work, reqs, args.num_blocks, mode="temporal"),
+            "muxserve": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares),
+            "muxserve-1c": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=one_core),
+            "muxserve-all": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=all_cores)}
+    configs = [c for c in args.configs.split(",") if c]
+    got: dict[str, list[float]] = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in (configs if r % 2 == 0 else configs[::-1]):  # interleaved, alternating order
+            got[c].append(len(reqs) / runs[c]())
+            print(f"round {r}: {c} {got[c][-1]:.2f} req/s", file=sys.stderr, flush=True)
+    med = {c: statistics.median(v) for c, v in got.items()}
+    out = {"requests": len(reqs), "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
+    for base in ("spatial", "temporal"):
+        if base in med:
+            out[f"vs_{base}"] = {c: round(med[c] / med[base], 3) for c in med}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
