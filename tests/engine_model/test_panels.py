@@ -14,6 +14,12 @@ from tests.engine_model.helpers import Driver
 GEMV = native.gemv()
 
 
+@pytest.fixture(autouse=True)
+def native_everywhere(monkeypatch):
+    """MUXSERVE_NATIVE=1: the native paths run wherever they can, whatever this machine's calibration says
+    (test_calibrate.py exercises the calibration)."""
+    monkeypatch.setenv("MUXSERVE_NATIVE", "1")
+
 def test_panel_layout_round_trips():
     w = torch.randn(48, 5632)
     p = to_panels(w, (64, 32, 16))  # the AVX-512 build's widths

@@ -48,6 +48,11 @@ class FusedLayers:
         self.kernel, self.bad_row = kernels.decode
         self.isa = kernels.isa
 
+    @property
+    def key(self) -> str:
+        """The shapes of this model's fused step (calibration cache key; the pool's size left out)."""
+        return "x".join(map(str, self.dims.tolist()[:-1])) + f"-{self.isa}-{'head' if self.lm_head is not None else 'nohead'}"
+
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """tokens, positions [M] int64, tables [M, S] int32 from `tables` (trusted) ->
         logits [M, V] (fp32); writes each row's K/V at its position into the pool."""
