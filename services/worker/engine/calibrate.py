@@ -45,7 +45,8 @@ from .panels import panel_width, to_panels
 log = logging.getLogger(__name__)
 BUCKETS = (1, 8, 64, 256)  # rows measured; M rows take the choice of the first bucket >= M (the last beyond)
 DECODE_ROWS = (1, 8)  # the buckets that decide the layout
-FUSED_ROWS = (1, 8)  # sequences of the decode steps prefer_fused times
+FUSED_ROWS = (1, 8, 32)  # sequences of the decode steps prefer_fused times
+FUSED_CONTEXT_BLOCKS = 4  # their context: this many token blocks each
 TIE_MARGIN = 1.1  # native within this factor of torch over DECODE_ROWS keeps the panels
 SHAPE_BUDGET_S = 0.35  # measuring time per shape before the remaining buckets inherit the last choice
 RUN_BUDGET_S = 0.03  # one timing: repeat the call until this much time has passed (at least 2 timed calls)
@@ -135,7 +136,9 @@ class Calibration:
 
     def prefer_fused(self, key: str, fused_step: Callable[[int], Callable[[], object]],
                      torch_step: Callable[[int], Callable[[], object]]) -> bool:
-        """Whether decode steps of FUSED_ROWS sequences take less time in total fused than on the torch path;
+        """Whether one decode step of each of FUSED_ROWS sequences (contexts of FUSED_CONTEXT_BLOCKS blocks) takes
+        less time in total fused than on the torch path (one choice per model: the runner asks the model, not
+        the batch);
         fused_step(rows) / torch_step(rows) return a step to time. key names the model's shapes (cached)."""
         if self.kernels is None:
             return False
@@ -154,8 +157,9 @@ class Calibration:
         return bool(entry["fused"])
 
     def _entry_key(self, name: str) -> str:
-        threads = f"/t{torch.get_num_threads()}" if name.startswith("fused/") else ""
-        return f"{name}{threads}/torch{torch.__version__}"
+        how = (f"/t{torch.get_num_threads()}/r{_rows(FUSED_ROWS)}c{FUSED_CONTEXT_BLOCKS}" if name.startswith("fused/")
+               else f"/r{_rows(BUCKETS)}m{TIE_MARGIN}")  # what was measured, and how
+        return f"{name}{how}/torch{torch.__version__}"
 
     def _cached(self, name: str) -> dict | None:
         return _read(self.cache).get(self._entry_key(name)) if self.cache else None

@@ -157,20 +157,22 @@ class Transformer:
         return fused if wins else None
 
     def _scratch_step(self, weights: dict[str, torch.Tensor], rows: int, fused: bool):
-        """A decode step of `rows` sequences at position bs - 1 over a scratch pool of one token block each (the
-        real pool is never written), fused or on the torch path, as a callable of no arguments."""
-        s, bs = self.spec, self.pool.shape[2]
-        LH = s.num_layers * s.num_kv_heads
-        pool = self.pool.new_zeros(rows * LH, *self.pool.shape[1:])  # [rows * L * H, 2, bs, hd]
-        tables, ids = [list(range(r * LH, (r + 1) * LH)) for r in range(rows)], list(range(rows))
-        tokens, positions = torch.arange(rows) % s.vocab_size, torch.full((rows,), bs - 1)  # [rows] each
+        """A decode step of `rows` sequences at the last position of calibrate.FUSED_CONTEXT_BLOCKS token blocks,
+        all over the same blocks of a scratch pool (the real pool is never written; the rows' K/V writes
+        collide, harmless for timing), fused or on the torch path, as a callable of no arguments."""
+        s, bs, nb = self.spec, self.pool.shape[2], calibrate.FUSED_CONTEXT_BLOCKS
+        blocks = nb * s.num_layers * s.num_kv_heads
+        pool = self.pool.new_zeros(blocks, *self.pool.shape[1:])  # [nb * L * H, 2, bs, hd]
+        pos = min(nb * bs, s.max_model_len) - 1
+        tables, ids = [list(range(blocks))] * rows, list(range(rows))
+        tokens, positions = torch.arange(rows) % s.vocab_size, torch.full((rows,), pos)  # [rows] each
         if fused:
             f = fused_layers.build(s, self.layers, pool, self.embed, self.norm, None if self.tied else self.lm_head,
                                    self.inv_freq)
             t = f.tables(positions, tables, ids)
             return lambda: _inference(f, tokens, positions, t)
         m = Transformer(s, weights, pool, self.calibration, calibrate_fused=False)
-        ctx = build_context([(bs - 1, 1, t) for t in tables], s.num_layers, s.num_kv_heads, bs, pool.shape[0],
+        ctx = build_context([(pos, 1, t) for t in tables], s.num_layers, s.num_kv_heads, bs, blocks,
                             s.sliding_window, "cpu", ids, s.head_dim)
         return lambda: _inference(m.forward, tokens, ctx)
 
