@@ -3,10 +3,11 @@
 A decode step of a few sequences on the CPU is bound by reading the weights; on the torch path each
 layer also dispatches ~40 small ops (norms, RoPE, K/V writes, attention, residuals), a quarter of a
 batch-1 step (docs/benchmarks.md). `FusedLayers` runs the same math for a batch of sequences of one new
-token each in one OpenMP region: all layers, the final norm and (stored as column panels) the LM head;
-from 1 to 64 sequences it was 1.25-1.7x faster than the torch path (docs/benchmarks.md). It exists only where it can run: CPU, fp32, every layer matrix in column panels of a width
-the kernel takes (panels.py), the native library built (native.py); `build` returns None otherwise and
-the model stays on the torch path. Steps with a prefill chunk always take the torch path
+token each in one OpenMP region: all layers, the final norm and (stored as column panels) the LM head
+(docs/benchmarks.md). It exists only where it can run: CPU, fp32, every layer matrix in column panels of a
+width the library in use takes (panels.py, native.Kernels.widths), the native library built (native.py);
+`build` returns None otherwise and the model stays on the torch path. model.Transformer also drops it where
+the calibration (calibrate.prefer_fused) measured the torch step faster. Steps with a prefill chunk always take the torch path
 (model.Transformer.forward).
 """
 
