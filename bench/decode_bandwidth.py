@@ -12,6 +12,7 @@ sample and each engine its best step, all from the same stretch of time; transfo
 after them (best of 2). Every round yields its own ratios; the summary is their median. One JSON line
 at the end.
 
+    MUXSERVE_NATIVE_ISA=avx2 python bench/decode_bandwidth.py   # the AVX2 build (prints the ISA and paths)
     python bench/decode_bandwidth.py [--threads 1] [--rounds 5] [--steps 8] [--context 128] [--batch 1]
                                      [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     keep_freed_memory()  # the engine's allocator setting, for every system and the bandwidth probe alike
+    from services.worker.engine import calibrate, native
+
+    print(native.describe(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_random_llama(Path(tmp) / "llama", a)
         eng = EngineDecode(path, a.context, a.steps, a.device, dtype, batch=a.batch)
@@ -228,6 +232,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{eng.bytes_read / 1e6:.0f} MB  median of rounds: engine {100 * summary['engine_of_bound']:.1f}% of bound"
           + "".join(f", {name} {100 * summary[f'{name}_of_bound']:.1f}%" for name in variants)
           + (f", transformers {100 * summary['transformers_of_bound']:.1f}%" if hf else ""))
+    k = native.kernels()
+    summary.update(cpu_isas=list(native.cpu_isas()), native_isa=None if k is None else k.isa, native_mode=native.mode(),
+                   paths={d["what"]: d["path"] for d in calibrate.decisions()})
+    for d in calibrate.decisions():
+        print(f"path: {d['what']}: {d['path']} ({d['why']})")
     print(json.dumps(summary))
     return summary
 

@@ -12,6 +12,11 @@ and prints output tokens/s of each and the ratios (one JSON line at the end).
     python bench/engine_throughput.py                       # 64 requests, ~25M-param Llama, CPU
     python bench/engine_throughput.py --requests 16 --systems engine,hf_pad
     python bench/engine_throughput.py --device cuda --dtype bfloat16 [--hidden 2048 --layers 16 ...]
+    MUXSERVE_NATIVE=0 python bench/engine_throughput.py --systems engine       # the engine's torch path
+    MUXSERVE_NATIVE_ISA=avx2 python bench/engine_throughput.py --systems engine  # the AVX2 build on any AVX2 CPU
+
+Prints the CPU's instruction sets, the native build and which path (native or torch) each weight shape and
+the fused decode step took (calibrate.py), also in the JSON line.
 """
 
 from __future__ import annotations
@@ -115,6 +120,17 @@ def run_hf_pad(path: str, reqs, args) -> dict:
 RUNNERS = {"engine": run_engine, "hf_cb": run_hf_cb, "hf_pad": run_hf_pad}
 
 
+def paths() -> dict:
+    """The CPU's ISAs, the native build in use and the calibration's choices of this process (printed too)."""
+    from services.worker.engine import calibrate, native
+
+    k, chosen = native.kernels(), calibrate.decisions()
+    for d in chosen:
+        print(f"path: {d['what']}: {d['path']} ({d['why']})")
+    return {"cpu_isas": list(native.cpu_isas()), "native_isa": None if k is None else k.isa,
+            "native_mode": native.mode(), "paths": {d["what"]: d["path"] for d in chosen}}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=64)
@@ -162,6 +178,9 @@ def main(argv=None) -> dict:
         params = sum(t.numel() for t in hf_model(path, "cpu").parameters())
         reqs = make_requests(args.requests, args.seed, args.prompt, args.output, 384)
         results = {}
+        from services.worker.engine import native
+
+        print(native.describe(), flush=True)
         for name in args.systems.split(","):
             r = RUNNERS[name](path, reqs, args)
             r["tok_per_s"] = r["tokens"] / r["seconds"]
@@ -170,7 +189,7 @@ def main(argv=None) -> dict:
     ratios = {f"engine/{k}": results["engine"]["tok_per_s"] / v["tok_per_s"]
               for k, v in results.items() if k != "engine" and "engine" in results}
     summary = {"params": params, "requests": args.requests, "threads": torch.get_num_threads(),
-               "device": args.device, "dtype": args.dtype, "results": results, "ratios": ratios}
+               "device": args.device, "dtype": args.dtype, "results": results, "ratios": ratios, **paths()}
     print(json.dumps(summary))
     return summary
 

@@ -5,6 +5,9 @@ Shapes: `--shape 350m` (decode_bandwidth.py's Llama: 24 layers, hidden 1024, int
 (engine_throughput.py's: 8 layers, hidden 512, intermediate 1408). Random fp32 weights.
 
     python bench/matmul_rows.py [--shape 350m|tiny] [--rows 1,8,16,64,256]
+    MUXSERVE_NATIVE_ISA=avx2 python bench/matmul_rows.py     # another ISA build this CPU runs
+
+Prints the CPU's ISAs and the native build measured (its panel widths follow its register tiles).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 import services.worker.engine.model as model  # noqa: E402
+from services.worker.engine import native  # noqa: E402
 from services.worker.engine.hugepages import huge_copy  # noqa: E402
 from services.worker.engine.panels import from_panels, to_panels  # noqa: E402
 
@@ -49,11 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     if model.GEMV is None:
         sys.exit("the native GEMV is not available here (no C compiler?): nothing to compare")
     D, I, L, Nq = SHAPES[a.shape]
+    print(native.describe(), flush=True)
     g = torch.Generator().manual_seed(0)
     panels = [huge_copy(to_panels(torch.randn(k, n, generator=g) * 0.02))
               for _ in range(L) for k, n in ((D, Nq), (D, D), (D, 2 * I), (I, D))]
     matrices = [huge_copy(from_panels(p).contiguous()) for p in panels]
-    out = {"shape": a.shape, "threads": torch.get_num_threads(), "rows": {}}
+    out = {"shape": a.shape, "threads": torch.get_num_threads(), "isa": native.kernels().isa,
+           "cpu_isas": list(native.cpu_isas()), "rows": {}}
     for M in map(int, a.rows.split(",")):
         row = {"native_gemv_ms": sweep_ms(model.GEMV, panels, M), "bmm_over_panels_ms": sweep_ms(bmm, panels, M),
                "mkl_ms": sweep_ms(lambda x, w: x @ w, matrices, M)}

@@ -17,6 +17,12 @@ from tests.engine_model.helpers import Driver
 pytestmark = pytest.mark.skipif(native.decode_layers() is None, reason="needs the native kernels (C compiler)")
 
 
+@pytest.fixture(autouse=True)
+def native_everywhere(monkeypatch):
+    """MUXSERVE_NATIVE=1: the native paths run wherever they can, whatever this machine's calibration says
+    (test_calibrate.py exercises the calibration)."""
+    monkeypatch.setenv("MUXSERVE_NATIVE", "1")
+
 def _decode_run(path, rows: int, fused: bool, monkeypatch, steps: int = 3, block_size: int = 4, long: int = 0):
     """rows sequences of different prompt lengths (+ `long` tokens), prefilled, then `steps` decode-only steps
     -> (driver, logits)."""

@@ -14,13 +14,20 @@ from tests.engine_model.helpers import Driver
 GEMV = native.gemv()
 
 
+@pytest.fixture(autouse=True)
+def native_everywhere(monkeypatch):
+    """MUXSERVE_NATIVE=1: the native paths run wherever they can, whatever this machine's calibration says
+    (test_calibrate.py exercises the calibration)."""
+    monkeypatch.setenv("MUXSERVE_NATIVE", "1")
+
 def test_panel_layout_round_trips():
     w = torch.randn(48, 5632)
-    p = to_panels(w)
+    p = to_panels(w, (64, 32, 16))  # the AVX-512 build's widths
     assert p.shape == (88, 48, 64) and torch.equal(p[3], w[:, 192:256]) and torch.equal(from_panels(p), w)
-    assert panel_width(1120) == 32 and panel_width(100) is None  # 1120 = 35 x 32; 100: no multiple of 16
+    assert panel_width(1120, (64, 32, 16)) == 32 and panel_width(100, (64, 32, 16)) is None  # 1120 = 35 x 32
+    assert to_panels(w, (16, 8)).shape == (352, 48, 16)  # the AVX2 build's
     odd = torch.randn(8, 100)
-    assert to_panels(odd) is odd and out_features(odd) == 100 and out_features(p) == 5632
+    assert to_panels(odd, (16, 8)) is odd and out_features(odd) == 100 and out_features(p) == 5632
 
 
 @pytest.mark.skipif(GEMV is None, reason="no C compiler / GNU OpenMP here: the torch path is tested below")

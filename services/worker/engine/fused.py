@@ -3,10 +3,11 @@
 A decode step of a few sequences on the CPU is bound by reading the weights; on the torch path each
 layer also dispatches ~40 small ops (norms, RoPE, K/V writes, attention, residuals), a quarter of a
 batch-1 step (docs/benchmarks.md). `FusedLayers` runs the same math for a batch of sequences of one new
-token each in one OpenMP region: all layers, the final norm and (stored as column panels) the LM head;
-from 1 to 64 sequences it was 1.25-1.7x faster than the torch path (docs/benchmarks.md). It exists only where it can run: CPU, fp32, every layer matrix in column panels of a width
-the kernel takes (panels.py), the native library built (native.py); `build` returns None otherwise and
-the model stays on the torch path. Steps with a prefill chunk always take the torch path
+token each in one OpenMP region: all layers, the final norm and (stored as column panels) the LM head
+(docs/benchmarks.md). It exists only where it can run: CPU, fp32, every layer matrix in column panels of a
+width the library in use takes (panels.py, native.Kernels.widths), the native library built (native.py);
+`build` returns None otherwise and the model stays on the torch path. model.Transformer also drops it where
+the calibration (calibrate.prefer_fused) measured the torch step faster. Steps with a prefill chunk always take the torch path
 (model.Transformer.forward).
 """
 
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 from . import native
 from .loader import ModelSpec
-from .panels import PANEL_WIDTHS
 from .pool import table_prefix
 from .types import InvalidRequestError
 
@@ -25,18 +25,18 @@ WEIGHTS = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w13", "w2")  # csrc/d
 MATRICES = ("wqkv", "wo", "w13", "w2")
 
 
-def _takes(m: torch.Tensor) -> bool:
-    """Column panels of a width csrc/gemv.c takes."""
-    return m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and m.shape[2] in PANEL_WIDTHS
+def _takes(m: torch.Tensor, widths: tuple[int, ...]) -> bool:
+    """Column panels of a width the library takes (native.Kernels.widths)."""
+    return m.dim() == 3 and m.dtype == torch.float32 and m.is_contiguous() and m.shape[2] in widths
 
 
 class FusedLayers:
     """One model's layers, final norm and LM head over its pool: `fused(tokens, positions, tables) -> logits`."""
 
     def __init__(self, spec: ModelSpec, layers: list, pool: torch.Tensor, embed: torch.Tensor, norm: torch.Tensor,
-                 lm_head: torch.Tensor | None, inv_freq: torch.Tensor, kernels):
+                 lm_head: torch.Tensor | None, inv_freq: torch.Tensor, kernels: native.Kernels):
         s, first = spec, layers[0]
-        self.lm_head = lm_head if lm_head is not None and _takes(lm_head) else None  # in the kernel, else:
+        self.lm_head = lm_head if lm_head is not None and _takes(lm_head, kernels.widths) else None  # in the kernel, else:
         self.head = lm_head  # untied [D, V] (no panel width divides V): x @ head; None (tied): F.linear(x, embed)
         widths = [getattr(first, n).shape[2] for n in MATRICES]
         self.dims = torch.tensor([s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
@@ -46,7 +46,13 @@ class FusedLayers:
         self.tensors = [getattr(layer, n) for layer in layers for n in WEIGHTS] + [norm, self.lm_head, self.inv_freq]
         self.addresses = torch.tensor([0 if t is None else t.data_ptr() for t in self.tensors])  # int64
         self.spec, self.pool, self.embed = spec, pool, embed
-        self.kernel, self.bad_row = kernels
+        self.kernel, self.bad_row = kernels.decode
+        self.isa = kernels.isa
+
+    @property
+    def key(self) -> str:
+        """The shapes of this model's fused step (calibration cache key; the pool's size left out)."""
+        return "x".join(map(str, self.dims.tolist()[:-1])) + f"-{self.isa}-{'head' if self.lm_head is not None else 'nohead'}"
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """tokens, positions [M] int64, tables [M, S] int32 from `tables` (trusted) ->
@@ -84,10 +90,10 @@ def build(spec: ModelSpec, layers: list, pool: torch.Tensor, embed: torch.Tensor
           lm_head: torch.Tensor | None, inv_freq: torch.Tensor) -> FusedLayers | None:
     """FusedLayers for these weights and pool, or None where the kernel cannot run them (module docstring).
     lm_head None: tied to embed [V, D]."""
-    kernels = native.decode_layers()
+    kernels = native.kernels()
     if kernels is None or pool.device.type != "cpu" or pool.dtype != torch.float32 or not pool.is_contiguous():
         return None
-    if not all(_takes(getattr(layer, n)) for layer in layers for n in MATRICES):
+    if not all(_takes(getattr(layer, n), kernels.widths) for layer in layers for n in MATRICES):
         return None
     if any(len({getattr(layer, n).shape for layer in layers}) != 1 for n in MATRICES):
         return None

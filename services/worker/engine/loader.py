@@ -8,9 +8,10 @@ tensors in this engine's own naming, with the projections fused and the matrices
     layers.{i}.attn_norm [D]  layers.{i}.wqkv [D, (Hq + 2 Hkv) * hd]  layers.{i}.bqkv (qwen2 only)
     layers.{i}.wo [Hq * hd, D]  layers.{i}.ffn_norm [D]  layers.{i}.w13 [D, 2 I]  layers.{i}.w2 [I, D]
 
-On the CPU in fp32, where the native kernel runs (native.py), the matrices (wqkv, wo, w13, w2,
-lm_head) are stored as column panels instead, [N / wp, K, wp] for [K, N] (panels.py), which decode
-steps of a few sequences stream faster.
+On the CPU in fp32, where the native kernel runs (native.py) and the calibration (calibrate.py) measured it
+faster than torch's matmuls for the matrix's shape, the matrices (wqkv, wo, w13, w2, lm_head) are stored as
+column panels instead, [N / wp, K, wp] for [K, N] (panels.py, wp from the plan), which decode steps of a
+few sequences stream faster.
 
 The dict can be put in shared memory once and handed to several processes (model.Transformer
 builds over it without copying). Unsupported architectures fail here, naming the supported ones.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import native
+from . import calibrate, native
 from .hugepages import huge_copy
 from .panels import MATRICES, to_panels
 
@@ -181,24 +182,29 @@ def weight_bytes(weights: dict[str, torch.Tensor]) -> int:
 
 def load_weights(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-    huge_pages: bool = True, panels: bool = True,
+    huge_pages: bool = True, panels: bool = True, calibration: calibrate.Calibration | None = None,
 ) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """Read spec and weights once; tensors are contiguous, in `dtype`, on `device` (CPU: on transparent
     huge pages where the kernel allows, unless huge_pages=False, see hugepages.py; fp32 matrices in
-    column panels unless panels=False, see panels.py)."""
+    column panels where `calibration` (default: the process's, calibrate.default()) plans them, unless
+    panels=False, see panels.py)."""
     spec = read_spec(path, dtype)
     raw = _read_checkpoint(Path(path))
     fused = _fuse(spec, raw)
     place = huge_copy if huge_pages else (lambda t: t)
     panel = (panels and PANELS and torch.device(device).type == "cpu" and dtype == torch.float32
              and native.gemv() is not None)
-    weights = {k: place(_layout(k, v.to(device=device, dtype=dtype).contiguous(), panel)) for k, v in fused.items()}
+    cal = (calibration or calibrate.default()) if panel else None
+    weights = {k: place(_layout(k, v.to(device=device, dtype=dtype).contiguous(), cal)) for k, v in fused.items()}
     return replace(spec, weight_bytes=weight_bytes(weights)), weights
 
 
-def _layout(name: str, t: torch.Tensor, panel: bool) -> torch.Tensor:
-    """CPU fp32 matrices in column panels (panels.py); everything else as it is."""
-    return to_panels(t) if panel and name.rsplit(".", 1)[-1] in MATRICES else t
+def _layout(name: str, t: torch.Tensor, cal: calibrate.Calibration | None) -> torch.Tensor:
+    """CPU fp32 matrices in column panels where the calibration plans them (panels.py); the rest as it is."""
+    if cal is None or name.rsplit(".", 1)[-1] not in MATRICES:
+        return t
+    width = cal.plan(*t.shape).width
+    return t if width is None else to_panels(t, (width,))
 
 
 def share_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import calibrate
 from . import fused as fused_layers
 from . import native
-from .attention import AttnContext, Workspace, paged_attention
+from .attention import AttnContext, Workspace, build_context, paged_attention
 from .loader import ModelSpec
 
 
@@ -60,30 +61,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 SPLIT_MAX_ROWS = 256  # linear(): up to this many rows, split the weight over the threads
 
 
-def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None,
+           plan: calibrate.Plan | None = None) -> torch.Tensor:
     """x [M, K] @ wt (+ b [N]) -> [M, N]; wt is [K, N] or column panels [P, K, wp] (panels.py).
 
-    Panels (CPU fp32, only where native.gemv runs, see loader.py): native.gemv, which streams each
-    panel once per 8 rows (from L2 after the first 8; it beat MKL and a bmm over the panels up to 512 rows,
-    docs/benchmarks.md); without it (e.g. bf16) one bmm over the panels, laid out as [M, N]. [K, N] on CPU with S > 1 threads and few rows: MKL
-    reads the weight at about one core's bandwidth, while decode is bandwidth-bound, so a bmm with
-    one batch per thread reads it on all cores: one row splits K (the S partial sums are added), a
-    few rows split N.
+    Panels (CPU fp32, only where the native library runs, see loader.py): native.gemv, which streams each
+    panel once per register tile of rows (from L2 after the first), where `plan` (calibrate.py: measured on
+    this machine) says it beats a bmm over the panels for M rows, or always without a plan; without the
+    kernel (e.g. bf16) one bmm over the panels. [K, N]: matrix_product.
     """
-    y = _panels(x, wt) if wt.dim() == 3 else _matrix(x, wt)
+    y = _panels(x, wt, plan) if wt.dim() == 3 else matrix_product(x, wt)
     return y if b is None else y + b
 
 
-def _panels(x: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
-    P, K, w = wp.shape
+def _panels(x: torch.Tensor, wp: torch.Tensor, plan: calibrate.Plan | None) -> torch.Tensor:
     M = x.shape[0]
-    if GEMV is not None and x.dtype == torch.float32:
+    if GEMV is not None and x.dtype == torch.float32 and (plan is None or plan.uses_native(M)):
         return GEMV(x.contiguous(), wp)  # [M, P * w]
+    return bmm_over_panels(x, wp)
+
+
+def bmm_over_panels(x: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ panels [P, K, w] -> [M, P * w] in one bmm (torch only)."""
+    (P, K, w), M = wp.shape, x.shape[0]
     y = torch.bmm(x.expand(P, M, K), wp)  # [P, M, w]
     return y.view(1, P * w) if M == 1 else y.transpose(0, 1).reshape(M, P * w)
 
 
-def _matrix(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+def matrix_product(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ wt [K, N] -> [M, N] on torch's matmuls. On CPU with S > 1 threads and few rows, MKL reads
+    the weight at about one core's bandwidth, while decode is bandwidth-bound, so a bmm with one batch per
+    thread reads it on all cores: one row splits K (the S partial sums are added), a few rows split N."""
     S, (M, K), N = torch.get_num_threads(), x.shape, wt.shape[1]
     if S == 1 or M > SPLIT_MAX_ROWS or x.device.type != "cpu":
         return x @ wt  # [M, N]
@@ -96,7 +104,7 @@ def _matrix(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
 
 
 GEMV = native.gemv()  # None where the native kernel cannot run: _panels uses bmm then
-FUSED = True  # decode-only steps of few sequences through fused.FusedLayers where it runs (benchmarks switch it off)
+FUSED = True  # decode-only steps through fused.FusedLayers where it runs and calibration prefers it (benchmarks switch it off)
 
 
 @dataclass
@@ -113,7 +121,12 @@ class Layer:
 
 
 class Transformer:
-    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], pool: torch.Tensor):
+    """The model over its weights and pool. Products with panel matrices follow `calibration`'s plans
+    (calibrate.py; default: the process's); decode-only steps go through fused.FusedLayers where it runs and,
+    unless calibrate_fused=False, where the calibration measured it faster than the torch step."""
+
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], pool: torch.Tensor,
+                 calibration: calibrate.Calibration | None = None, calibrate_fused: bool = True):
         if pool.shape[-1] != spec.head_dim or pool.dtype != spec.dtype:
             raise ValueError(f"pool (head_dim {pool.shape[-1]}, {pool.dtype}) does not fit {spec.name} "
                              f"(head_dim {spec.head_dim}, {spec.dtype})")
@@ -129,8 +142,39 @@ class Transformer:
         s = spec
         self.qk_v_split = [(s.num_heads + s.num_kv_heads) * s.head_dim, s.num_kv_heads * s.head_dim]
         self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
-        self.fused = fused_layers.build(spec, self.layers, pool, self.embed, self.norm,
-                                        None if self.tied else self.lm_head, self.inv_freq)  # None: torch path only
+        self.calibration = calibration or calibrate.default()
+        self.plans = {(m.shape[1], m.shape[0] * m.shape[2]): self.calibration.plan(m.shape[1], m.shape[0] * m.shape[2])
+                      for m in weights.values() if m.dim() == 3}  # (K, N) -> Plan of every panel matrix
+        self.fused = self._build_fused(weights, calibrate_fused)  # None: torch path only
+
+    def _build_fused(self, weights: dict[str, torch.Tensor], calibrate_fused: bool) -> fused_layers.FusedLayers | None:
+        fused = fused_layers.build(self.spec, self.layers, self.pool, self.embed, self.norm,
+                                   None if self.tied else self.lm_head, self.inv_freq)
+        if fused is None or not calibrate_fused:
+            return fused
+        wins = self.calibration.prefer_fused(fused.key, lambda rows: self._scratch_step(weights, rows, True),
+                                             lambda rows: self._scratch_step(weights, rows, False))
+        return fused if wins else None
+
+    def _scratch_step(self, weights: dict[str, torch.Tensor], rows: int, fused: bool):
+        """A decode step of `rows` sequences at the last position of calibrate.FUSED_CONTEXT_BLOCKS token blocks,
+        all over the same blocks of a scratch pool (the real pool is never written; the rows' K/V writes
+        collide, harmless for timing), fused or on the torch path, as a callable of no arguments."""
+        s, bs, nb = self.spec, self.pool.shape[2], calibrate.FUSED_CONTEXT_BLOCKS
+        blocks = nb * s.num_layers * s.num_kv_heads
+        pool = self.pool.new_zeros(blocks, *self.pool.shape[1:])  # [nb * L * H, 2, bs, hd]
+        pos = min(nb * bs, s.max_model_len) - 1
+        tables, ids = [list(range(blocks))] * rows, list(range(rows))
+        tokens, positions = torch.arange(rows) % s.vocab_size, torch.full((rows,), pos)  # [rows] each
+        if fused:
+            f = fused_layers.build(s, self.layers, pool, self.embed, self.norm, None if self.tied else self.lm_head,
+                                   self.inv_freq)
+            t = f.tables(positions, tables, ids)
+            return lambda: _inference(f, tokens, positions, t)
+        m = Transformer(s, weights, pool, self.calibration, calibrate_fused=False)
+        ctx = build_context([(pos, 1, t) for t in tables], s.num_layers, s.num_kv_heads, bs, blocks,
+                            s.sliding_window, "cpu", ids, s.head_dim)
+        return lambda: _inference(m.forward, tokens, ctx)
 
     @property
     def workspace(self) -> Workspace:
@@ -144,7 +188,7 @@ class Transformer:
 
     def _layer(self, i: int, x: torch.Tensor, cos, sin, ctx: AttnContext, ws: Workspace) -> torch.Tensor:
         """x [T, D] -> [T, D]."""
-        w, s, T = self.layers[i], self.spec, x.shape[0]
+        w, s, T, linear = self.layers[i], self.spec, x.shape[0], self._linear
         qkv = linear(self._norm(x, w.attn_norm), w.wqkv, w.bqkv)  # [T, (Hq + 2 H) * hd]
         qk, v = qkv.split(self.qk_v_split, dim=-1)
         qk = apply_rope(qk.view(T, s.num_heads + s.num_kv_heads, s.head_dim), cos, sin)  # [T, Hq + H, hd]
@@ -163,6 +207,11 @@ class Transformer:
             x = self._layer(i, x, cos, sin, ctx, ws)
         return self._logits(x[ctx.last_rows])
 
+    def _linear(self, x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """linear() with the matrix's calibration plan."""
+        plan = self.plans.get((wt.shape[1], wt.shape[0] * wt.shape[2])) if wt.dim() == 3 else None
+        return linear(x, wt, b, plan)
+
     def can_fuse(self) -> bool:
         """Whether decode-only steps can run through self.fused (fused.FusedLayers)."""
         return FUSED and self.fused is not None
@@ -170,5 +219,10 @@ class Transformer:
     def _logits(self, last: torch.Tensor) -> torch.Tensor:
         """last [B, D] hidden states -> logits [B, V] (fp32)."""
         last = self._norm(last, self.norm)
-        logits = F.linear(last, self.embed) if self.tied else linear(last, self.lm_head)  # [B, V]
+        logits = F.linear(last, self.embed) if self.tied else self._linear(last, self.lm_head)  # [B, V]
         return logits.float()
+
+
+@torch.inference_mode()
+def _inference(fn, *args):
+    return fn(*args)

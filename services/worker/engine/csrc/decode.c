@@ -110,57 +110,69 @@ static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int6
     for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
 }
 
-/* acc[0:bs] = q[0:hd] @ K^T [hd][bs] of one block. NB = bs / 16 vectors per K^T row, accumulated in registers
-   (two sets: even and odd rows, for two dependency chains). */
-#define SCORES(NB)                                                                                     \
-    static void scores_##NB(const float *q, const float *kt, int64_t hd, float *acc) {                \
-        v16 a[NB] = {0}, b[NB] = {0};                                                                   \
+typedef float vf __attribute__((vector_size(VW * 4)));  /* one vector register of the build (kernels.h) */
+
+static inline vf vfload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vfstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* acc[0:bs] = q[0:hd] @ K^T [hd][bs] of one block. NB = BS / VW vectors per K^T row, accumulated in
+   registers (two sets, even and odd rows, for two dependency chains, where both fit in 12 registers). */
+#define SCORES(BS)                                                                                     \
+    static void scores_##BS(const float *q, const float *kt, int64_t hd, float *acc) {                \
+        enum { NB = BS / VW, TWO = 2 * (BS / VW) <= 12 };                                               \
+        vf a[NB], b[NB];                                                                                \
+        memset(a, 0, sizeof a), memset(b, 0, sizeof b);                                                 \
         int64_t j = 0;                                                                                  \
-        for (; j + 2 <= hd; j += 2)                                                                     \
-            for (int k = 0; k < NB; k++) {                                                              \
-                a[k] += q[j] * vload(kt + j * 16 * NB + 16 * k);                                        \
-                b[k] += q[j + 1] * vload(kt + (j + 1) * 16 * NB + 16 * k);                              \
-            }                                                                                           \
+        if (TWO)                                                                                        \
+            for (; j + 2 <= hd; j += 2)                                                                 \
+                for (int k = 0; k < NB; k++) {                                                          \
+                    a[k] += q[j] * vfload(kt + j * BS + VW * k);                                        \
+                    b[k] += q[j + 1] * vfload(kt + (j + 1) * BS + VW * k);                              \
+                }                                                                                       \
         for (; j < hd; j++)                                                                             \
-            for (int k = 0; k < NB; k++) a[k] += q[j] * vload(kt + j * 16 * NB + 16 * k);               \
-        for (int k = 0; k < NB; k++) vstore(acc + 16 * k, a[k] + b[k]);                                 \
+            for (int k = 0; k < NB; k++) a[k] += q[j] * vfload(kt + j * BS + VW * k);                  \
+        for (int k = 0; k < NB; k++) vfstore(acc + VW * k, a[k] + b[k]);                                \
     }
-SCORES(1)
-SCORES(2)
-SCORES(4)
+SCORES(16)
+SCORES(32)
+SCORES(64)
 
 static void scores(const float *q, const float *kt, int64_t hd, int64_t bs, float *acc) {
-    if (bs == 16) return scores_1(q, kt, hd, acc);
-    if (bs == 32) return scores_2(q, kt, hd, acc);
-    if (bs == 64) return scores_4(q, kt, hd, acc);
+    if (bs == 16) return scores_16(q, kt, hd, acc);
+    if (bs == 32) return scores_32(q, kt, hd, acc);
+    if (bs == 64) return scores_64(q, kt, hd, acc);
     memset(acc, 0, sizeof(float) * bs);
     for (int64_t j = 0; j < hd; j++)
         for (int64_t t = 0; t < bs; t++) acc[t] += q[j] * kt[j * bs + t];
 }
 
-/* out[0:hd] += sum_t p[t] * v[t][0:hd] over n rows of V; NH = hd / 16 vectors per row, in registers. */
-#define WSUM(NH)                                                                                       \
-    static void wsum_##NH(const float *p, const float *v, int64_t n, float *out) {                     \
-        v16 a[NH], b[NH] = {0};                                                                         \
-        for (int k = 0; k < NH; k++) a[k] = vload(out + 16 * k);                                        \
+/* out[0:hd] += sum_t p[t] * v[t][0:hd] over n rows of V; NH = HD / VW vectors per row, in registers (two
+   sets, even and odd rows, where both fit in 12 registers). */
+#define WSUM(HD)                                                                                       \
+    static void wsum_##HD(const float *p, const float *v, int64_t n, float *out) {                     \
+        enum { NH = HD / VW, TWO = 2 * (HD / VW) <= 12 };                                               \
+        vf a[NH], b[NH];                                                                                \
+        memset(b, 0, sizeof b);                                                                         \
+        for (int k = 0; k < NH; k++) a[k] = vfload(out + VW * k);                                       \
         int64_t t = 0;                                                                                  \
-        for (; t + 2 <= n; t += 2)                                                                      \
-            for (int k = 0; k < NH; k++) {                                                              \
-                a[k] += p[t] * vload(v + t * 16 * NH + 16 * k);                                         \
-                b[k] += p[t + 1] * vload(v + (t + 1) * 16 * NH + 16 * k);                               \
-            }                                                                                           \
+        if (TWO)                                                                                        \
+            for (; t + 2 <= n; t += 2)                                                                  \
+                for (int k = 0; k < NH; k++) {                                                          \
+                    a[k] += p[t] * vfload(v + t * HD + VW * k);                                         \
+                    b[k] += p[t + 1] * vfload(v + (t + 1) * HD + VW * k);                               \
+                }                                                                                       \
         for (; t < n; t++)                                                                              \
-            for (int k = 0; k < NH; k++) a[k] += p[t] * vload(v + t * 16 * NH + 16 * k);                \
-        for (int k = 0; k < NH; k++) vstore(out + 16 * k, a[k] + b[k]);                                 \
+            for (int k = 0; k < NH; k++) a[k] += p[t] * vfload(v + t * HD + VW * k);                    \
+        for (int k = 0; k < NH; k++) vfstore(out + VW * k, a[k] + b[k]);                                \
     }
-WSUM(2)
-WSUM(4)
-WSUM(8)
+WSUM(32)
+WSUM(64)
+WSUM(128)
 
 static void wsum(const float *p, const float *v, int64_t n, int64_t hd, float *out) {
-    if (hd == 32) return wsum_2(p, v, n, out);
-    if (hd == 64) return wsum_4(p, v, n, out);
-    if (hd == 128) return wsum_8(p, v, n, out);
+    if (hd == 32) return wsum_32(p, v, n, out);
+    if (hd == 64) return wsum_64(p, v, n, out);
+    if (hd == 128) return wsum_128(p, v, n, out);
     for (int64_t t = 0; t < n; t++)
         for (int64_t j = 0; j < hd; j++) out[j] += p[t] * v[t * hd + j];
 }

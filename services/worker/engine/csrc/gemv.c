@@ -1,38 +1,38 @@
-/* Products x @ W of any number of rows over column panels (fp32), in register tiles of up to 8 rows x 64 columns.
+/* Products x @ W of any number of rows over column panels (fp32), in register tiles sized for the build's ISA.
  *
  * y[m][p * w + j] = sum_k x[m][k] * W[p][k][j] for a weight stored as P contiguous panels W[P][K][w]
- * (services/worker/engine/panels.py, w = 16, 32 or 64). Each panel is one contiguous stream of K * w floats
- * and each thread streams whole panels, with its M x w outputs in registers: the weight is read once, front
- * to back, at the memory's streaming rate, and each weight vector serves all M rows (a row-major [K, N]
- * matrix-vector product reads N-float rows from several places at once and ran slower here; 256-wide panels
- * kept M x 256 accumulators in memory and made 8 rows 2x slower than one: docs/benchmarks.md). More rows go
- * through the panel 8 at a time while it sits in L2; on this project's CPUs that beat MKL's sgemm and a bmm
- * over the panels up to 512 rows (docs/benchmarks.md), so prefill uses it too.
+ * (services/worker/engine/panels.py; w one of the build's WIDTHS, kernels.h). Each panel is one contiguous
+ * stream of K * w floats and each thread streams whole panels, with its R x w outputs in registers (R: the
+ * width's TILE_ROWS): the weight is read once, front to back, at the memory's streaming rate, and each weight
+ * vector serves all R rows. More rows go through the panel R at a time while it sits in L2.
  *
- * Portable C (GCC/Clang vector extensions: 16-float vectors, split by the compiler where the CPU has
- * narrower ones). Built on first use by native.py with -O3 -march=native -fopenmp, linked against the
- * OpenMP runtime torch already loaded, so its threads are torch's.
+ * The tiles must fit the register file: 8 x 64 floats fill AVX-512's 32 zmm registers but would spill 64 ymm
+ * registers on AVX2 to the stack (16 ymm), so the AVX2 build takes 6 x 16 or 12 x 8 tiles instead (kernels.h).
+ * Portable C (GCC/Clang vector extensions of VW floats). Built by native.py once per ISA with -O3, that ISA's
+ * flags and -fopenmp, linked against the OpenMP runtime torch already loaded, so its threads are torch's.
  */
 #include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
 
-typedef float v16 __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(VW * 4)));
 
-static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 
-/* One panel (16 * NV columns) times M rows of x, M and NV compile-time constants so the M x NV accumulators
+static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
+
+/* One panel (VW * NV columns) times M rows of x, M and NV compile-time constants so the M x NV accumulators
    live in registers: one pass over the panel, front to back, each weight vector loaded once for all M rows.
-   out [M][16 * NV]. */
+   out [M][VW * NV]. */
 #define PANEL(M, NV)                                                                                        \
     static void panel_##M##_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,   \
                                  int64_t K) {                                                               \
-        v16 a[M][NV];                                                                                       \
+        vf a[M][NV];                                                                                        \
         memset(a, 0, sizeof a);                                                                             \
         for (int64_t k = 0; k < K; k++) {                                                                   \
-            v16 wv[NV];                                                                                     \
-            for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * 16 * NV + 16 * v);                          \
+            vf wv[NV];                                                                                      \
+            for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * VW * NV + VW * v);                          \
             for (int m = 0; m < M; m++) {                                                                   \
                 const float xm = x[m * K + k];                                                              \
                 for (int v = 0; v < NV; v++) a[m][v] += xm * wv[v];                                         \
@@ -40,21 +40,62 @@ static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return 
         }                                                                                                   \
         memcpy(out, a, sizeof a);                                                                           \
     }
-#define PANELS_OF(M) PANEL(M, 1) PANEL(M, 2) PANEL(M, 4)
-PANELS_OF(1) PANELS_OF(2) PANELS_OF(3) PANELS_OF(4) PANELS_OF(5) PANELS_OF(6) PANELS_OF(7) PANELS_OF(8)
+
+/* One row, two sets of NV accumulators (even and odd k): two dependency chains per vector keep the FMA
+   units busy where NV alone is too few (a batch-1 decode step). */
+#define PANEL_ROW(NV)                                                                                       \
+    static void panel_1_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,       \
+                             int64_t K) {                                                                   \
+        vf a[NV], b[NV];                                                                                    \
+        memset(a, 0, sizeof a), memset(b, 0, sizeof b);                                                     \
+        int64_t k = 0;                                                                                      \
+        for (; k + 2 <= K; k += 2)                                                                          \
+            for (int v = 0; v < NV; v++) {                                                                  \
+                a[v] += x[k] * load(Wp + k * VW * NV + VW * v);                                             \
+                b[v] += x[k + 1] * load(Wp + (k + 1) * VW * NV + VW * v);                                   \
+            }                                                                                               \
+        for (; k < K; k++)                                                                                  \
+            for (int v = 0; v < NV; v++) a[v] += x[k] * load(Wp + k * VW * NV + VW * v);                   \
+        for (int v = 0; v < NV; v++) a[v] += b[v];                                                          \
+        memcpy(out, a, sizeof a);                                                                           \
+    }
 
 typedef void (*panel_fn)(const float *, const float *, float *, int64_t);
-static const panel_fn PANEL_FNS[MAX_M][3] = {  /* [M - 1][log2(w / 16)] */
-    {panel_1_1, panel_1_2, panel_1_4}, {panel_2_1, panel_2_2, panel_2_4}, {panel_3_1, panel_3_2, panel_3_4},
-    {panel_4_1, panel_4_2, panel_4_4}, {panel_5_1, panel_5_2, panel_5_4}, {panel_6_1, panel_6_2, panel_6_4},
-    {panel_7_1, panel_7_2, panel_7_4}, {panel_8_1, panel_8_2, panel_8_4}};
+
+/* TABLE(NV) lists panel_1_NV .. panel_12_NV (rows beyond the width's TILE_ROWS are never called). */
+#define ROWS_2_TO_12(NV) PANEL(2, NV) PANEL(3, NV) PANEL(4, NV) PANEL(5, NV) PANEL(6, NV) PANEL(7, NV) \
+    PANEL(8, NV) PANEL(9, NV) PANEL(10, NV) PANEL(11, NV) PANEL(12, NV)
+#define TABLE(NV) {panel_1_##NV, panel_2_##NV, panel_3_##NV, panel_4_##NV, panel_5_##NV, panel_6_##NV, \
+    panel_7_##NV, panel_8_##NV, panel_9_##NV, panel_10_##NV, panel_11_##NV, panel_12_##NV}
+
+#if VW == 16
+PANEL_ROW(4) PANEL_ROW(2) PANEL_ROW(1)
+ROWS_2_TO_12(4) ROWS_2_TO_12(2) ROWS_2_TO_12(1)
+static const panel_fn PANEL_FNS[NWIDTHS][MAX_M] = {TABLE(4), TABLE(2), TABLE(1)};  /* [width index][M - 1] */
+#elif VW == 8
+PANEL_ROW(2) PANEL_ROW(1)
+ROWS_2_TO_12(2) ROWS_2_TO_12(1)
+static const panel_fn PANEL_FNS[NWIDTHS][MAX_M] = {TABLE(2), TABLE(1)};
+#else
+PANEL_ROW(4) PANEL_ROW(2)
+ROWS_2_TO_12(4) ROWS_2_TO_12(2)
+static const panel_fn PANEL_FNS[NWIDTHS][MAX_M] = {TABLE(4), TABLE(2)};
+#endif
+
+static int width_index(int64_t w) {
+    for (int i = 0; i < NWIDTHS; i++)
+        if (WIDTH_OF[i] == w) return i;
+    return -1;
+}
 
 void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
                 int64_t K, int64_t w, int add) {
     float acc[MAX_M * MAX_W] __attribute__((aligned(64)));
-    for (int64_t m0 = 0; m0 < M; m0 += MAX_M) {  /* rows in chunks of MAX_M: the panel stays in L2 between them */
-        const int64_t mc = M - m0 < MAX_M ? M - m0 : MAX_M;
-        PANEL_FNS[mc - 1][w == 16 ? 0 : w == 32 ? 1 : 2](x + m0 * K, Wp, acc, K);
+    const int wi = width_index(w);
+    const int64_t R = ROWS_OF[wi];
+    for (int64_t m0 = 0; m0 < M; m0 += R) {  /* rows in tiles of R: the panel stays in L2 between them */
+        const int64_t mc = M - m0 < R ? M - m0 : R;
+        PANEL_FNS[wi][mc - 1](x + m0 * K, Wp, acc, K);
         for (int64_t m = 0; m < mc; m++) {
             const float *a = acc + m * w;
             float *ym = y + (m0 + m) * ldy;
@@ -66,10 +107,16 @@ void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, fl
     }
 }
 
-int gemv_check(int64_t M, int64_t w) { return (w != 16 && w != 32 && w != 64) || M < 1 ? -1 : 0; }
+int gemv_check(int64_t M, int64_t w) { return width_index(w) < 0 || M < 1 ? -1 : 0; }
 
-/* x [M][K], W [P][K][w] (w = 16, 32 or 64), y [M][P * w]; nthreads OpenMP threads share the panels. Returns 0,
-   or -1 for a shape it does not take (nothing computed). */
+int kernel_info(int64_t *out) {
+    out[0] = VW, out[1] = NWIDTHS;
+    for (int i = 0; i < NWIDTHS; i++) out[2 + i] = WIDTH_OF[i], out[2 + NWIDTHS + i] = ROWS_OF[i];
+    return ISA_CODE;
+}
+
+/* x [M][K], W [P][K][w] (w one of the build's widths), y [M][P * w]; nthreads OpenMP threads share the panels.
+   Returns 0, or -1 for a shape it does not take (nothing computed). */
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
     if (gemv_check(M, w)) return -1;

@@ -1,16 +1,48 @@
-/* Shared declarations of the native CPU kernels (native.py compiles every .c file here into one library). */
+/* Shared declarations of the native CPU kernels (native.py compiles every .c file here into one library per
+   instruction set: avx512, avx2 or generic, chosen by the compiler flags native.py passes).
+
+   The tile shapes follow the vector registers of the build:
+     avx512 (__AVX512F__): 16-float vectors, 32 registers: panels 64, 32 or 16 wide, tiles of 8 rows;
+     avx2 (__AVX2__ + __FMA__): 8-float vectors, 16 registers: panels 16 or 8 wide, tiles of 6 or 12 rows
+       (at most 12 accumulators, the weight vectors and a broadcast in the 16 registers);
+     generic: 4-float vectors (SSE2 on x86-64, NEON on aarch64), panels 16 or 8 wide, tiles of 3 or 6 rows.
+   panels.py lays the matrices out in the widths kernel_info reports. */
 #ifndef MUXSERVE_KERNELS_H
 #define MUXSERVE_KERNELS_H
 #include <stdint.h>
 
-#define MAX_W 64  /* widest column panel (panels.py PANEL_WIDTHS) */
-#define MAX_M 8   /* rows of x in one register tile (gemv_panel takes more in tiles of MAX_M) */
+#if defined(__AVX512F__)
+#define ISA_CODE 2
+#define VW 16           /* floats per vector register */
+#define NWIDTHS 3
+#define WIDTHS {64, 32, 16}
+#define TILE_ROWS {8, 8, 8}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define ISA_CODE 1
+#define VW 8
+#define NWIDTHS 2
+#define WIDTHS {16, 8}
+#define TILE_ROWS {6, 12}
+#else
+#define ISA_CODE 0
+#define VW 4
+#define NWIDTHS 2
+#define WIDTHS {16, 8}
+#define TILE_ROWS {3, 6}
+#endif
+
+#define MAX_W 64   /* widest column panel of any build */
+#define MAX_M 12   /* most rows of x in one register tile of any build */
 
 /* One column panel: y[m][0:w] (+)= x[m][0:K] @ Wp (K rows of w floats) for M rows; y rows are ldy floats
-   apart. add != 0 adds to y (a residual), else overwrites it. */
+   apart. add != 0 adds to y (a residual), else overwrites it. w must pass gemv_check. */
 void gemv_panel(const float *x, int64_t M, const float *Wp, float *y, int64_t ldy, int64_t K, int64_t w, int add);
 
-/* 0 if a panel width (16, 32, 64) and row count (>= 1) are ones gemv_panel takes, else -1. */
+/* 0 if a panel width (one of this build's WIDTHS) and row count (>= 1) are ones gemv_panel takes, else -1. */
 int gemv_check(int64_t M, int64_t w);
+
+/* out[0] = floats per vector, out[1] = number of panel widths n, out[2 .. 2 + n) the widths (preferred first),
+   out[2 + n .. 2 + 2n) their tile rows. Returns ISA_CODE (0 generic, 1 avx2, 2 avx512). */
+int kernel_info(int64_t *out);
 
 #endif

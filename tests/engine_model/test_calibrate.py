@@ -1,0 +1,118 @@
+"""The calibration's choices (calibrate.py) with injected timers, its disk cache, and the native kernels of every
+instruction set this CPU runs (avx512, avx2, generic) against torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from services.worker.engine import calibrate, native
+from services.worker.engine.calibrate import BUCKETS, Calibration
+from services.worker.engine.loader import load_weights
+from services.worker.engine.model import Transformer
+from services.worker.engine.panels import to_panels
+from services.worker.engine.pool import allocate_pool
+
+KERNELS = native.kernels(native.cpu_isas()[0])
+pytestmark = pytest.mark.skipif(KERNELS is None, reason="needs the native kernels (C compiler)")
+
+
+def timer_where(slow: set[str], log: list | None = None):
+    """A timer that calls nothing: 1 s for the paths in `slow`, 1 ms for the others."""
+    def timer(path, fn, rows):
+        if log is not None:
+            log.append((path, rows))
+        return 1.0 if path in slow else 1e-3
+    return timer
+
+
+def test_a_slow_native_gemv_is_not_chosen(tmp_path, checkpoints):
+    cal = Calibration(KERNELS, timer_where({"native"}), cache=tmp_path / "cal.json")
+    plan = cal.plan(256, 768)
+    assert plan.width is None and not any(plan.uses_native(m) for m in (1, 8, 300)) and "torch" in plan.why
+    _, w = load_weights(checkpoints["llama"], calibration=cal)
+    assert all(t.dim() == 2 for k, t in w.items() if k.endswith(("wqkv", "wo", "w13", "w2")))
+
+
+def test_a_fast_native_gemv_is_chosen_and_bmm_only_where_it_wins(tmp_path):
+    plan = Calibration(KERNELS, timer_where({"bmm", "torch"}), cache=tmp_path / "cal.json").plan(256, 768)
+    assert plan.width in KERNELS.widths and all(plan.uses_native(m) for m in (1, 8, 64, 256, 1000))
+
+    def prefill_slow(path, fn, rows):  # native wins the decode rows, loses to the bmm at 64 rows and more
+        return {"native": 1e-3 if rows <= 8 else 1.0, "bmm": 1e-2, "torch": 1e-2}[path]
+
+    plan = Calibration(KERNELS, prefill_slow, cache=tmp_path / "cal2.json").plan(256, 768)
+    assert plan.width is not None and plan.uses_native(1) and plan.uses_native(8) and not plan.uses_native(9)
+
+
+def test_plans_are_cached_on_disk_per_shape(tmp_path):
+    calls: list = []
+    first = Calibration(KERNELS, timer_where({"native"}, calls), cache=tmp_path / "cal.json").plan(128, 512)
+    assert {rows for _, rows in calls} == set(BUCKETS)
+
+    def never(path, fn, rows):
+        raise AssertionError("measured again")
+
+    assert Calibration(KERNELS, never, cache=tmp_path / "cal.json").plan(128, 512) == first
+    with pytest.raises(AssertionError, match="measured again"):
+        Calibration(KERNELS, never, cache=tmp_path / "cal.json").plan(128, 1024)  # another shape: measured
+
+
+def test_the_real_timer_measures_within_the_budget(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    plan = Calibration(KERNELS, cache=tmp_path / "cal.json").plan(1024, 3072)
+    assert time.perf_counter() - t0 < 1.0 and len(plan.native) == len(BUCKETS)
+
+
+@pytest.mark.parametrize("slow", ["fused", "torch-step"])
+def test_the_fused_decode_step_only_where_it_measured_faster(tmp_path, checkpoints, slow):
+    calls: list = []
+    cal = Calibration(KERNELS, timer_where({"bmm", "torch", slow}, calls), cache=tmp_path / "cal.json")
+    spec, w = load_weights(checkpoints["llama"], calibration=cal)
+    m = Transformer(spec, w, allocate_pool(64, 4, spec.head_dim, torch.float32, "cpu"), cal)
+    assert ("fused", 1) in calls and ("torch-step", 8) in calls
+    assert (m.fused is None) == (slow == "fused")
+
+
+def test_native_forced_on_plans_native_without_measuring(monkeypatch):
+    monkeypatch.setenv("MUXSERVE_NATIVE", "1")
+    plan = calibrate.default().plan(64, 4096)
+    assert plan.why == "MUXSERVE_NATIVE=1" and plan.uses_native(1000)
+    monkeypatch.setenv("MUXSERVE_NATIVE", "0")
+    assert native.kernels() is None and calibrate.default().plan(64, 4096).width is None
+
+
+@pytest.mark.parametrize("isa", native.cpu_isas())
+@pytest.mark.parametrize("rows", [1, 3, 6, 7, 12, 13, 40])
+def test_every_isa_build_matches_matmul(isa, rows):
+    k = native.kernels(isa)
+    for width in k.widths:
+        for K, N in ((64, width), (300, 4 * width), (1024, 3072 + 128)):
+            w, x = torch.randn(K, N), torch.randn(rows, K)
+            y = k.gemv(x, to_panels(w, (width,)))
+            ref = (x.double() @ w.double()).float()
+            assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * K**0.5), (isa, width, K, N)
+
+
+def test_the_isa_can_be_forced(monkeypatch):
+    for isa in native.cpu_isas():
+        monkeypatch.setenv("MUXSERVE_NATIVE_ISA", isa)
+        assert native.kernels().isa == isa and native.panel_widths() == native.kernels(isa).widths
+    with pytest.raises(ValueError, match="does not run"):
+        native.kernels("no-such-isa")
+
+
+@pytest.mark.parametrize("isa", [i for i in native.cpu_isas() if i != native.cpu_isas()[0]])
+def test_fused_decode_and_panels_match_torch_on_the_other_isa_builds(isa):
+    """test_fused.py and test_panels.py (run in-process on the best ISA) in a process forced to `isa`."""
+    env = {**os.environ, "MUXSERVE_NATIVE_ISA": isa}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          "tests/engine_model/test_fused.py", "tests/engine_model/test_panels.py"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=os.getcwd())
+    assert out.returncode == 0, out.stdout[-3000:]
