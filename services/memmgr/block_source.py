@@ -1,10 +1,13 @@
 """LeasedBlockSource: the engine's BlockSource over memmgr leases, with a local free list.
 
-The engine's scheduler thread calls `acquire(n)` / `release(ids)` synchronously (contract:
-services/worker/engine/types.BlockSource). To keep a decode step off the network, blocks are leased
-from memmgr in chunks ahead of need: a background thread refills the local free list when it falls
-below `low` and returns the surplus above `high` in chunks. `acquire` only waits on an RPC when the
-local list is short (counted in `waits`; `calls` counts every acquire). Both paths use a SYNC gRPC
+The engine's scheduler thread calls `acquire(n)` / `release(ids)` synchronously under the engine's
+lock (contract: services/worker/engine/types.BlockSource), so neither ever waits on an RPC: blocks
+are leased from memmgr in chunks ahead of need by a background thread that refills the local free
+list when it falls below `low` and returns the surplus above `high` in chunks. An `acquire` that finds
+the local list short returns None at once and asks that thread for the difference (counted in `waits`;
+`calls` counts every acquire); `refilling` says such a request is out (the scheduler then lets the
+sequence wait instead of preempting another), and `on_refill` (when set) is called once it has arrived,
+so the engine plans again. Both paths use a SYNC gRPC
 channel of their own, so no event loop is involved and a busy worker loop never stalls a step.
 Ids the engine holds are tracked: releasing an id not acquired (or twice) raises ValueError and
 changes nothing. If memmgr reports the session expired, every later call raises SessionExpiredError:
@@ -38,6 +41,8 @@ class LeasedBlockSource:
         self.calls = self.waits = self.rpcs = 0
         self._free: list[int] = []
         self._held: set[int] = set()
+        self._want = 0  # blocks an acquire found missing, asked of the refill thread
+        self.on_refill = None  # callable, called (no lock held) when a refill has arrived
         self._denied_at = -1e9
         self._dead: MemmgrError | None = None
         self._closed = False
@@ -57,14 +62,16 @@ class LeasedBlockSource:
             self.calls += 1
             if len(self._free) >= n:
                 return self._take(n)
-            if time.monotonic() - self._denied_at < self.deny_backoff_s:
-                return None  # just refused: do not hammer memmgr on every scheduler pass
             self.waits += 1
-            short = n - len(self._free)
-        got = self._lease_any([max(short, self.chunk), short])
+            self._want = max(self._want, n - len(self._free))
+            self._cond.notify()  # the refill thread leases it; no RPC under the caller's lock
+            return None
+
+    @property
+    def refilling(self) -> bool:
+        """An acquire found the list short and its refill is on the way (memmgr did not just refuse)."""
         with self._cond:
-            self._free.extend(got)
-            return self._take(n) if len(self._free) >= n else None
+            return self._want > 0 and time.monotonic() - self._denied_at >= self.deny_backoff_s
 
     def release(self, ids: list[int]) -> None:
         """Return ids acquired from this source to the local free list (surplus goes back later)."""
@@ -164,7 +171,7 @@ class LeasedBlockSource:
                 self._cond.wait_for(self._needs_work, timeout=0.5)
                 if self._closed or self._dead is not None:
                     return
-                need = self.low - len(self._free)
+                need = self.low + self._want - len(self._free)
                 surplus = self._pop_surplus()
             try:
                 self._refill(need) if surplus is None else self._give_back(surplus)
@@ -177,7 +184,7 @@ class LeasedBlockSource:
         if self._closed or self._dead is not None or len(self._free) > self.high:
             return True
         backing_off = time.monotonic() - self._denied_at < max(self.deny_backoff_s, 0.05)
-        return len(self._free) < self.low and not backing_off
+        return (len(self._free) < self.low or self._want > 0) and not backing_off
 
     def _pop_surplus(self) -> list[int] | None:
         if len(self._free) <= self.high:
@@ -190,10 +197,17 @@ class LeasedBlockSource:
     def _refill(self, need: int) -> None:
         if need <= 0:
             return
-        got = self._lease_any([self.chunk, need])
+        got = self._lease_any([max(self.chunk, need), need, self._want])
         if got:
-            with self._cond:
-                self._free.extend(got)
+            self._arrived(got)
+
+    def _arrived(self, ids: list[int]) -> None:
+        with self._cond:
+            self._free.extend(ids)
+            if len(self._free) >= self._want:
+                self._want = 0
+        if self.on_refill is not None:
+            self.on_refill()
 
     def _give_back(self, ids: list[int]) -> None:
         try:

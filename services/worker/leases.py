@@ -5,10 +5,8 @@ and high by a background thread) plus:
 - `park()`: give the local free list back to memmgr NOW and stop refilling until the next
   `acquire`, so an idle LLM holds no block it does not use (done-when 3 of issue 3: after a burst,
   memmgr's free_blocks returns to capacity_blocks);
-- prefill pays for refills: an acquisition of more than one token block (a prompt; a decode step
-  takes one) that would leave fewer than `low` blocks leases the difference synchronously first, so
-  the decode steps planned right after it in the same round still find their blocks locally
-  (counted in `waits`: that acquisition did wait on memmgr);
+- an acquisition never waits on memmgr (it runs under the engine lock): one that finds the local
+  list short returns None and the refill thread leases the difference (LeasedBlockSource);
 - `set_low(low)`: the worker raises the low mark with demand (about one token block per running
   sequence per block_size decode steps; see kv.MemmgrKV.sync); high follows at low + (high - low).
 
@@ -42,21 +40,7 @@ class KVBlockSource(LeasedBlockSource):
 
     def acquire(self, n: int) -> list[int] | None:
         self._parked = False  # demand again: the refill thread resumes
-        if n > self.token_block:
-            self._top_up(n)
         return super().acquire(n)
-
-    def _top_up(self, n: int) -> None:
-        """Before a multi-token-block acquisition: lease now what it would take below `low`."""
-        with self._cond:
-            self._raise_if_dead()
-            short = n + self.low - len(self._free)
-            if short <= 0 or time.monotonic() - self._denied_at < self.deny_backoff_s:
-                return
-            self.waits += 1
-        got = self._lease_any([max(short, self.chunk), short, n - len(self._free)])
-        with self._cond:
-            self._free.extend(got)
 
     def set_low(self, low: int) -> None:
         """Raise (or restore) the refill mark: never below the configured low; high keeps its gap."""
@@ -90,13 +74,15 @@ class KVBlockSource(LeasedBlockSource):
     def _refill(self, need: int) -> None:
         if need <= 0 or self._parked:
             return
-        got = self._lease_any([self.chunk, need])
+        got = self._lease_any([max(self.chunk, need), need, self._want])
+        if not got:
+            return
         with self._cond:
-            if not self._parked:  # parked while the lease was in flight: give it straight back
-                self._free.extend(got)
-                return
-        if got:
+            parked = self._parked
+        if parked:  # parked while the lease was in flight: give it straight back
             self._give_back(got)
+        else:
+            self._arrived(got)
 
 
 class MemmgrSources:
@@ -141,6 +127,6 @@ class MemmgrSources:
 
     @property
     def waits(self) -> tuple[int, int]:
-        """(acquires that waited on an RPC, all acquires) over the open sources."""
+        """(acquires that found the local list short, all acquires) over the open sources."""
         srcs = list(self.by_llm.values())
         return sum(s.waits for s in srcs), sum(s.calls for s in srcs)

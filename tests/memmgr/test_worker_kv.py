@@ -78,19 +78,32 @@ async def test_quota_set_in_memmgr_reaches_engine_and_unload_returns_blocks(tiny
         await svc.stop()
 
 
+async def acquire_soon(src, n: int, timeout_s: float = 5.0) -> list[int]:
+    """acquire(n) never waits on memmgr: retry while the refill thread leases what it asked for."""
+    for _ in range(int(timeout_s / 0.01)):
+        ids = await asyncio.to_thread(src.acquire, n)
+        if ids is not None:
+            return ids
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {n} blocks after {timeout_s}s")
+
+
 async def test_parked_source_returns_cache_and_stops_refilling(tiny_llama):
     svc = await memmgr()
     kv = MemmgrKV(svc.address, "w0", lease_cfg(idle_release_s=60))
     try:
         aeng = await kv.create_engine([LLMConfig("a", str(tiny_llama))], EngineConfig())
         src = kv.sources.get("a")
-        ids = await asyncio.to_thread(src.acquire, 4)
+        ids = await acquire_soon(src, 4)
         src.release(ids)
         assert src.num_free > 0
         assert await asyncio.to_thread(src.park) > 0 and src.num_free == 0
         await asyncio.sleep(0.8)  # the refill thread wakes every 0.5 s at most
         assert llm_usage(await kv.client.stats(), "a").used_blocks == 0
-        assert await asyncio.to_thread(src.acquire, 4) is not None and not src.parked  # demand resumes it
+        # demand resumes it: the acquire that finds the list empty returns at once (no RPC under the
+        # engine lock) and the refill thread leases what it asked for
+        assert await asyncio.to_thread(src.acquire, 4) is None and not src.parked and src.refilling
+        assert await acquire_soon(src, 4) and not src.refilling
         await aeng.close()
     finally:
         await kv.close()

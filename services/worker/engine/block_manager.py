@@ -59,6 +59,11 @@ class LLMBlocks:
         """Extra head-wise blocks for seq to hold its computed tokens plus n_new more."""
         return max(self.blocks_for(seq.num_computed_tokens + n_new) - len(seq.block_table), 0)
 
+    @property
+    def refilling(self) -> bool:
+        """The source is short locally and more blocks are on the way (memmgr leases): wait, do not preempt."""
+        return bool(getattr(self.source, "refilling", False))
+
     def can_append(self, seq: Sequence, n_new: int, ignore_quota: bool = False) -> bool:
         need = self.needed(seq, n_new)
         if need == 0:
@@ -99,9 +104,15 @@ class BlockManager:
         self.capacity = capacity
         self.block_size = block_size
         self.llms: dict[str, LLMBlocks] = {}
+        self.wake = None  # called when a source's refill arrives (sources with `on_refill`)
+
+    def _hook(self, src):
+        if hasattr(src, "on_refill"):
+            src.on_refill = self.wake
+        return src
 
     def add_llm(self, name: str, num_layers: int, num_kv_heads: int, quota: int | None = None) -> LLMBlocks:
-        src = self.source if self.shared else self.source.open(name)
+        src = self._hook(self.source if self.shared else self.source.open(name))
         view = LLMBlocks(src, self.block_size, num_layers, num_kv_heads,
                          self.capacity if quota is None else quota)
         self.llms[name] = view
@@ -121,7 +132,7 @@ class BlockManager:
         view = self.llms[name]
         if self.shared or view.used:
             raise RuntimeError(f"cannot replace the source of {name!r} (shared source, or {view.used} blocks held)")
-        view.source = source
+        view.source = self._hook(source)
 
     def __getitem__(self, name: str) -> LLMBlocks:
         return self.llms[name]

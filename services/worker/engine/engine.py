@@ -72,6 +72,7 @@ class UnitEngine:
         capacity = getattr(block_source, "capacity", None) or self.pool.shape[0]
         self.block_source: BlockSources | object = block_source or pool_mod.LocalBlockSource(self.pool.shape[0])
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
+        self.blocks.wake = self._wake  # a memmgr refill arrived: plan again
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens,
                                    self.config.mode)
         self.budget = ComputeBudget(self.config.compute_shares, self.config.overload_allowance, self._tracked_cores())

@@ -223,6 +223,8 @@ class Scheduler:
             lone = self.running[seq.llm] == [seq]
             if view.append(seq, 1, ignore_quota=lone):
                 return True
+            if view.refilling:
+                return False  # blocks are on the way from memmgr: seq waits, nobody is preempted
             victim = self._victim(seq, view, planned, lone)
             if victim is None:
                 if not any(s.block_table for s in self.all_seqs() if s is not seq):
