@@ -287,7 +287,11 @@ def build_report(raw: dict, lists: dict, rates: list[float], args) -> dict:
 
 
 def draw(report: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing (pip install -e .[bench]): no plot", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

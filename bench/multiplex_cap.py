@@ -7,6 +7,7 @@ queued at once (the unit is saturated until the last finishes), process jobs:
   muxserve      both LLMs on all cores, the shares the placer plans for them (`muxserve plan`)
   muxserve-1c   both LLMs on all cores, every job one core (prefill and decode side by side)
   muxserve-all  both LLMs on all cores, every job all cores (the muxserve scheduler, no overlap)
+  muxserve-thread  as muxserve, with thread jobs (one process: torch's thread pool, no core rule)
 Prints completed req/s (requests / makespan) of each, rounds interleaved, and the ratios to spatial
 and temporal: the ceiling the end-to-end benchmark can reach on these cores.
 
@@ -50,8 +51,9 @@ def saturate(eng: UnitEngine, reqs: list[workload.Request]) -> float:
 
 
 def unit(work: Path, models: list[str], cores: list[int], num_blocks: int, **kw) -> UnitEngine:
+    kw.setdefault("job_mode", "process")
     eng = UnitEngine([LLMConfig(m, str(work / m)) for m in models],
-                     EngineConfig(num_blocks=num_blocks, job_mode="process", cores=cores, **kw))
+                     EngineConfig(num_blocks=num_blocks, cores=cores, **kw))
     for m in models:  # warm: every job has run once
         eng.generate(m, [[5] * 8], SamplingParams(max_tokens=2))
     return eng
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
             "temporal": lambda: run_shared(work, reqs, args.num_blocks, mode="temporal"),
             "muxserve": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares),
             "muxserve-1c": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=one_core),
+            "muxserve-thread": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares,
+                                                  job_mode="thread"),
             "muxserve-all": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=all_cores)}
     configs = [c for c in args.configs.split(",") if c]
     got: dict[str, list[float]] = {c: [] for c in configs}
