@@ -6,16 +6,17 @@ per LLM, e.g. memmgr leases: services/worker/kv.py; quotas then come from `set_q
 pool tensor to use instead of allocating one, and `pool_attach` a picklable callable that maps the
 same pool in a job process (needed when `pool` is not torch-shared, e.g. memmgr's segment).
 
-In-process, no gRPC: `add_request` enqueues (validating first), `step` runs one scheduler round
-(dispatch every planned batch to its job, wait for all, apply the tokens) and returns a Chunk per
-request that advanced or finished. add_request/abort/stats may be called from other threads while a
-step runs (the async engine does); one step runs at a time.
+In-process, no gRPC: `add_request` enqueues (validating first), `step` advances the event-driven
+loop (docs/multiplexing.md): every idle job whose compute share is admitted gets its next batch, and
+as soon as ANY batch returns its tokens are applied; it returns a Chunk per request that advanced or
+finished. add_request/abort/stats may be called from other threads while a step runs (the async
+engine does; they wake a waiting step); one step runs at a time. `set_placement` changes the jobs'
+shares and the unit's mode between dispatches.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -27,8 +28,6 @@ import torch
 from services.worker.engine import admission, loader, pool as pool_mod
 from services.worker.engine.admission import merge_chunks
 from services.worker.engine.block_manager import BlockManager, BlockSources
-from services.worker.engine.compute import ComputeBudget
-from services.worker.engine.compute_share import ComputeShare, assign_cores
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.detok import IncrementalDetokenizer
 from services.worker.engine.launch import load_tokenizer, make_jobs
@@ -37,6 +36,7 @@ from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
     Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
 )
+from services.worker.engine.unit_compute import UnitCompute
 
 IDLE_WAIT_S = 0.01  # a step with nothing in flight and nothing to dispatch returns after this at most
 
@@ -75,8 +75,8 @@ class UnitEngine:
         self.blocks.wake = self._wake  # a memmgr refill arrived: plan again
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens,
                                    self.config.mode)
-        self.budget = ComputeBudget(self.config.compute_shares, self.config.overload_allowance, self._tracked_cores())
-        self._core_plan: dict[str, object] = {}  # "<llm>/<kind>" -> ComputeShare (CPU cores of each job)
+        self.compute = UnitCompute(self.config)
+        self.budget = self.compute.budget
         self._inflight: dict[tuple[str, str], tuple[Dispatch, Future]] = {}  # (llm, kind): one per job
         self._kick: Future = Future()  # set to wake a step waiting on dispatches
         self.llms: dict[str, HostedLLM] = {}
@@ -104,7 +104,7 @@ class UnitEngine:
             raise InvalidRequestError(
                 f"LLM {cfg.name!r} (head_dim {spec.head_dim}, {self.config.dtype}) cannot share this unit's "
                 f"pool (head_dim {self.head_dim}, {self.pool.dtype}): head_dim and dtype must match")
-        plan = self._plan_cores([*self.llms, cfg.name])
+        plan = self.compute.plan([*self.llms, cfg.name])
         shares = [plan.get(f"{cfg.name}/{k}") for k in ("prefill", "decode")]
         spec, prefill, decode = make_jobs(cfg, self.config, self.pool, self.pool_attach, shares)
         hosted = HostedLLM(cfg, spec, load_tokenizer(cfg.path), prefill, decode,
@@ -118,7 +118,7 @@ class UnitEngine:
                 hosted.close()
                 raise
             self.scheduler.add_llm(cfg.name)
-            self._set_core_plan(plan)
+            self.compute.set_plan(plan)
             self._rebalance()
 
     def remove_llm(self, name: str, drain: bool = True) -> None:
@@ -151,41 +151,14 @@ class UnitEngine:
             self._rebalance()
         hosted.close()
 
-    def _plan_cores(self, names: list[str]) -> dict:
-        """CPU: each job's cores, the unit's cores divided among ALL its jobs by share."""
-        if not self.config.device == "cpu":
-            return {}
-        jobs = [f"{n}/{k}" for n in names for k in ("prefill", "decode")]
-        return assign_cores({j: self.budget.shares.get(j) for j in jobs}, self.config.cores)
-
-    def _set_core_plan(self, plan: dict) -> None:
-        self._core_plan = plan
-        self.budget.home = {job: share.cores for job, share in plan.items() if share.cores}
-
     def set_placement(self, compute_shares: dict[str, float], mode: str | None = None) -> None:
         """New shares ("<llm>/<kind>" -> fraction) and unit mode from a placement: they take effect at
         each job's next dispatch (a process job re-pins its cores then); nothing in flight fails."""
         with self._lock:
-            self.budget.set_shares(compute_shares)
+            self.compute.set_shares(compute_shares, list(self.llms))
             if mode:
                 self.scheduler.set_mode(mode)
-            self._set_core_plan(self._plan_cores(list(self.llms)))
         self._wake()
-
-    def _tracked_cores(self) -> list[int] | None:
-        """CPU process jobs: the unit's cores, one dispatch per core at a time (compute.py)."""
-        c = self.config
-        if c.device != "cpu" or c.job_mode != "process":
-            return None
-        return sorted(c.cores or os.sched_getaffinity(0))
-
-    def _job_share(self, llm: str, kind: str):
-        """The ComputeShare this dispatch runs with: the cores the budget gave it (CPU process jobs),
-        else the job's planned cores."""
-        cores = self.budget.cores_of(llm, kind)
-        if cores:
-            return ComputeShare(cores=cores, threads=len(cores))
-        return self._core_plan.get(f"{llm}/{kind}")
 
     def _rebalance(self) -> None:
         if not self.blocks.shared:
@@ -306,7 +279,7 @@ class UnitEngine:
                  for s, n in d.plan.items()]
         job = hosted.prefill if d.kind == "prefill" else hosted.decode
         try:
-            return job.submit(StepInput(d.llm, steps, share=self._job_share(d.llm, d.kind)))
+            return job.submit(StepInput(d.llm, steps, share=self.compute.share_of(d.llm, d.kind)))
         except Exception as e:  # a dead job: its sequences fail, the unit keeps serving
             fut: Future = Future()
             fut.set_exception(e)
