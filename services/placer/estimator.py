@@ -143,10 +143,22 @@ class UnitEstimator:
         return UnitEstimate(n, "temporal", ests)
 
 
-def _fixed_point(rates, caps, pre, rounds: int = 4) -> list[float]:
-    """x_i = min(rate_i, (1 - rho) * cap_i) with rho = sum_j x_j * pre_j (rho <= MAX_RHO)."""
-    x = list(rates)
-    for _ in range(rounds):
-        rho = min(sum(a * p for a, p in zip(x, pre)), MAX_RHO)
-        x = [min(r, (1 - rho) * c) for r, c in zip(rates, caps)]
-    return x
+def _fixed_point(rates, caps, pre, iters: int = 60) -> list[float]:
+    """x_i = min(rate_i, (1 - rho) * cap_i) with rho = sum_j x_j * pre_j (rho <= MAX_RHO).
+
+    g(rho) = sum_j min(rate_j, (1 - rho) cap_j) pre_j - rho falls as rho rises, so its root is found by
+    bisection (plain iteration from x = rates oscillates when prefill dominates, and stopped on the
+    optimistic side)."""
+    def served(rho):
+        return [min(r, (1 - rho) * c) for r, c in zip(rates, caps)]
+
+    lo, hi = 0.0, MAX_RHO
+    if sum(a * p for a, p in zip(served(hi), pre)) >= hi:
+        return served(hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if sum(a * p for a, p in zip(served(mid), pre)) > mid:
+            lo = mid
+        else:
+            hi = mid
+    return served(hi)
