@@ -179,3 +179,21 @@ def test_scheduler_spreads_free_cores_over_what_it_planned():
     ds = sched.schedule(budget.busy, budget)
     assert sorted((d.llm, d.kind) for d in ds) == [("a", "decode"), ("b", "prefill")]
     assert sorted(budget.cores_of("a", "decode") + budget.cores_of("b", "prefill")) == [0, 1], "disjoint"
+
+
+def test_a_decode_waiting_for_cores_is_not_overtaken():
+    # a's decode wants both cores, b's one; b must not keep the unit by always fitting first
+    budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 0.05}, cores=[0, 1])
+    sched = unit()
+    for i, name in enumerate("ab"):
+        sched.add(seq(i, name))
+        (d,) = sched.schedule(budget.busy, budget)
+        complete(sched, budget, d)  # both prompts in: a and b decode from now on
+    ran = []
+    inflight = sched.schedule(budget.busy, budget)
+    for _ in range(12):
+        ran += [d.llm for d in inflight]
+        for d in inflight:
+            complete(sched, budget, d)
+        inflight = sched.schedule(budget.busy, budget)
+    assert ran.count("a") >= 5 and ran.count("b") >= 5, ran

@@ -52,6 +52,8 @@ class Scheduler:
         self.num_preemptions = 0
         self.finished: list[Sequence] = []  # finished since the engine last drained this
         self.wait_for_cache: set[str] = set()  # LLMs preempted since their last sequence finished
+        self._dispatches = 0
+        self._last: dict[tuple[str, str], int] = {}  # (llm, kind) -> number of its latest dispatch
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -126,29 +128,42 @@ class Scheduler:
         return out
 
     def _schedule_multiplexed(self, order: list[str], busy: frozenset, budget: ComputeBudget) -> list[Dispatch]:
-        """Prefill first (round-robin); decode held back only while a prefill is pending that its
-        compute share does not let in; then decode, round-robin, as compute fits."""
+        """Prefill first (round-robin); decode held back while a prefill is pending that compute does
+        not admit; then decode, the least recently dispatched job first. No job overtakes one that
+        waits for compute (the first that does not fit ends the pass), so none starves."""
         out, hold = [], False
         for name in order:
             if (name, "prefill") in busy or not self.prefill_pending(name):
                 continue
             if not budget.fits(name, "prefill"):
                 hold = True
-                continue
+                break
             d = self._prefill(name)
             if d.plan:
                 budget.take(name, "prefill")
                 out.append(d)
         if hold:
-            return out
+            return self._stamp(out)
         planned = {s for d in out for s in d.plan}
-        for name in order:
-            if (name, "decode") in busy or not budget.fits(name, "decode"):
+        for name in sorted(order, key=lambda n: self._last.get((n, "decode"), -1)):
+            if (name, "decode") in busy or not self._decodable(name, planned):
                 continue
+            if not budget.fits(name, "decode"):
+                break
             d = self._decode(name, planned)
             if d.plan:
                 budget.take(name, "decode")
                 out.append(d)
+        return self._stamp(out)
+
+    def _decodable(self, name: str, planned: set[Sequence]) -> bool:
+        return any(not s.in_flight and s not in planned and not s.is_prefill and s.status is SeqStatus.RUNNING
+                   for s in self.running[name])
+
+    def _stamp(self, out: list[Dispatch]) -> list[Dispatch]:
+        for d in out:
+            self._dispatches += 1
+            self._last[(d.llm, d.kind)] = self._dispatches
         return out
 
     def _schedule_temporal(self, busy: frozenset) -> list[Dispatch]:
