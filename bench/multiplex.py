@@ -296,17 +296,25 @@ def draw(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4))
     rate = report["headline"]["rate"]
+    low = min(float(r) for r in next(iter(report["policies"].values()))["runs"])
     for p, v in report["policies"].items():
-        slo = v["runs"][rate]["slo"]
-        a.plot(SCALES, [slo[s] for s in SCALES], marker="o", ms=3, label=p)
-    a.set(xlabel="SLO scale (x latency alone)", ylabel="SLO attainment", title=f"{rate} req/s", ylim=(0, 1.02))
+        runs = {float(r): m for r, m in v["runs"].items()}
+        slo = runs[low]["slo"]
+        a.plot(SCALES, [slo.get(s, slo.get(str(s))) for s in SCALES], marker="o", ms=3, label=p)
+        rs = sorted(runs)
+        c.plot(rs, [runs[r]["slo"].get(8, runs[r]["slo"].get("8")) for r in rs], marker="o", label=p)
+    a.set(xlabel="SLO scale (x latency alone)", ylabel="SLO attainment", title=f"{low:g} req/s", ylim=(0, 1.02))
+    c.axhline(0.99, color="grey", lw=0.8, ls="--")
+    c.set(xlabel="offered req/s", ylabel="SLO attainment at scale 8", ylim=(0, 1.02), title="attainment vs rate")
     a.legend()
+    c.legend()
     names = list(report["policies"])
-    b.bar([n + " (measured)" for n in names], [report["policies"][n]["runs"][rate]["throughput_rps"] for n in names])
+    b.bar([n + " (measured)" for n in names],
+          [{float(r): m for r, m in report["policies"][n]["runs"].items()}[rate]["throughput_rps"] for n in names])
     b.bar([n + " (placer)" for n in names], [report["policies"][n]["estimate_rps"] for n in names], alpha=0.5)
-    b.set(ylabel="completed req/s", title="throughput")
+    b.set(ylabel="completed req/s", title=f"throughput at {rate:g} req/s")
     b.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
