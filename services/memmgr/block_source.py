@@ -197,9 +197,13 @@ class LeasedBlockSource:
     def _refill(self, need: int) -> None:
         if need <= 0:
             return
-        got = self._lease_any([max(self.chunk, need), need, self._want])
+        got = self._lease_for(need)
         if got:
             self._arrived(got)
+
+    def _lease_for(self, need: int) -> list[int]:
+        """A refill of `need` blocks: a chunk at least, else what is needed, else what an acquire asked for."""
+        return self._lease_any([max(self.chunk, need), need, self._want])
 
     def _arrived(self, ids: list[int]) -> None:
         with self._cond:

@@ -22,7 +22,6 @@ in token blocks (x layers x KV heads head-wise blocks), from the worker's LeaseC
 from __future__ import annotations
 
 import threading
-import time
 
 from services.memmgr.block_source import LeasedBlockSource
 from services.memmgr.client import MemmgrClient
@@ -74,7 +73,7 @@ class KVBlockSource(LeasedBlockSource):
     def _refill(self, need: int) -> None:
         if need <= 0 or self._parked:
             return
-        got = self._lease_any([max(self.chunk, need), need, self._want])
+        got = self._lease_for(need)
         if not got:
             return
         with self._cond:

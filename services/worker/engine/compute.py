@@ -16,6 +16,8 @@ slices at every barrier, which costs more than the overlap gains (docs/benchmark
 
 from __future__ import annotations
 
+from services.worker.engine.compute_share import cores_for
+
 EPS = 1e-9
 
 
@@ -47,9 +49,7 @@ class ComputeBudget:
         return sum(self._taken.values())
 
     def wanted_cores(self, llm: str, kind: str) -> int:
-        share = self.share(llm, kind)
-        n = len(self.cores or ())
-        return min(max(1, round(share * n)), n) if share else n
+        return cores_for(self.share(llm, kind), len(self.cores or ()))
 
     def free_cores(self) -> list[int]:
         held = {c for cs in self._held.values() for c in cs}

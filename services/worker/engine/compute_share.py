@@ -37,6 +37,11 @@ def split_cores(fractions: list[float], cores: list[int] | None = None) -> list[
     return [plan[str(i)] for i in range(len(fractions))]
 
 
+def cores_for(share: float | None, n: int) -> int:
+    """How many of a unit's n cores a job with `share` gets: max(1, round(share x n)), all without one."""
+    return min(max(1, round(share * n)), n) if share else n
+
+
 def assign_cores(shares: dict[str, float | None], cores: list[int] | None = None) -> dict[str, ComputeShare]:
     """Divide `cores` (default: this process's) among jobs by share, in the order given.
 
@@ -49,7 +54,7 @@ def assign_cores(shares: dict[str, float | None], cores: list[int] | None = None
         if share is None:
             plan[job] = ComputeShare(cores=cores, threads=len(cores))
             continue
-        n = min(max(1, round(share * len(cores))), len(cores))
+        n = cores_for(share, len(cores))
         mine = sorted({cores[(start + i) % len(cores)] for i in range(n)})
         start += n
         plan[job] = ComputeShare(cores=mine, threads=len(mine))

@@ -157,8 +157,11 @@ class Scheduler:
         return self._stamp(out)
 
     def _decodable(self, name: str, planned: set[Sequence]) -> bool:
-        return any(not s.in_flight and s not in planned and not s.is_prefill and s.status is SeqStatus.RUNNING
-                   for s in self.running[name])
+        return any(self._wants_decode(s, planned) for s in self.running[name])
+
+    @staticmethod
+    def _wants_decode(seq: Sequence, planned: set[Sequence]) -> bool:
+        return not seq.in_flight and seq not in planned and not seq.is_prefill and seq.status is SeqStatus.RUNNING
 
     def _stamp(self, out: list[Dispatch]) -> list[Dispatch]:
         for d in out:
@@ -224,7 +227,7 @@ class Scheduler:
         """One decode token for each running sequence of the LLM (oldest first); adds to planned."""
         d = Dispatch(name, "decode")
         for seq in sorted(self.running[name], key=lambda s: s.arrival):
-            if seq.in_flight or seq in planned or seq.is_prefill or seq.status is not SeqStatus.RUNNING:
+            if not self._wants_decode(seq, planned):
                 continue
             if self._grow(seq, planned):
                 d.plan[seq] = 1

@@ -1,0 +1,112 @@
+"""The report of bench/multiplex.py: per-policy metrics from the replayed requests, the headline ratios
+and the plot (SLO attainment vs scale and vs rate, throughput measured vs the placer's estimate)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SCALES = list(range(1, 21))
+
+
+def slo_base(r: dict, base: dict) -> float:
+    b = base[r["model"]]
+    return b["ttft"] + b["tpot"] * max(r["tokens_wanted"] - 1, 0)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def summarize(results: list[dict], reqs: list, base: dict, models) -> dict:
+    want = {r.rid: r.max_tokens for r in reqs}
+    for r in results:
+        r["tokens_wanted"] = want[r["rid"]]
+    done = [r for r in results if r["completed"]]
+    makespan = max(r["end"] for r in results) - min(r["start"] for r in results)
+    lat = [r["latency"] if r["completed"] else float("inf") for r in results]
+    slo = {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / len(results)
+           for s in SCALES}
+    return {"requests": len(results), "completed": len(done), "makespan_s": makespan,
+            "throughput_rps": len(done) / makespan, "output_tok_s": sum(r["tokens"] for r in done) / makespan,
+            "ttft_p50": pct([r["ttft"] for r in done], 50), "ttft_p99": pct([r["ttft"] for r in done], 99),
+            "tpot_p50": pct([r["tpot"] for r in done], 50), "tpot_p99": pct([r["tpot"] for r in done], 99),
+            "p99_latency": pct(lat, 99), "slo": slo,
+            "per_model_completed": {m: sum(r["model"] == m for r in done) for m in models}}
+
+
+def rate_at_slo(points: list[tuple[float, float]], target: float = 0.99) -> float:
+    """Highest swept rate whose scale-8 attainment >= target (linear between the last pass and first miss)."""
+    best = 0.0
+    for (r0, a0), (r1, a1) in zip(points, points[1:] + [(None, None)]):
+        if a0 < target:
+            break
+        best = r0
+        if r1 is not None and a1 < target:
+            best = r0 + (r1 - r0) * (a0 - target) / (a0 - a1)
+            break
+    return best
+
+
+def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> dict:
+    base = raw["spatial"]["base"]
+    rep = {"args": vars(args), "cpu": os.cpu_count(), "base": base, "policies": {}}
+    for p, r in raw.items():
+        runs = {rate: summarize(r["runs"][rate], lists[rate], base, models) for rate in rates}
+        rep["policies"][p] = {"estimate_rps": r["plan"]["objective"], "plan": [
+            {"unit": u["unit_id"], "devices": u["devices"], "mode": u["mode"],
+             "llms": {l["name"]: {"prefill": l["prefill_share"], "decode": l["decode_share"]} for l in u["llms"]}}
+            for u in r["plan"]["units"]], "runs": runs,
+            "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
+    head = {"rate": args.rate}
+    for p, v in rep["policies"].items():
+        m = v["runs"][args.rate]
+        head[p] = {"throughput_rps": round(m["throughput_rps"], 3), "estimate_rps": round(v["estimate_rps"], 3),
+                   "completed": m["completed"], "slo8": round(m["slo"][8], 3), "p99_latency": round(m["p99_latency"], 2),
+                   "ttft_p99": round(m["ttft_p99"], 3), "tpot_p99": round(m["tpot_p99"], 4),
+                   "rate_at_99pct_slo8": round(v["rate_at_99pct_slo8"], 3)}
+    mux = head.get("muxserve")
+    for other in ("spatial", "temporal"):
+        if mux and other in head:
+            head[f"muxserve/{other}"] = {
+                "throughput": round(mux["throughput_rps"] / head[other]["throughput_rps"], 3),
+                "rate_at_slo": round(mux["rate_at_99pct_slo8"] / head[other]["rate_at_99pct_slo8"], 3)
+                if head[other]["rate_at_99pct_slo8"] else None}
+    rep["headline"] = head
+    return rep
+
+
+def draw(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing (pip install -e .[bench]): no plot", file=sys.stderr)
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4))
+    rate = report["headline"]["rate"]
+    low = min(float(r) for r in next(iter(report["policies"].values()))["runs"])
+    for p, v in report["policies"].items():
+        runs = {float(r): m for r, m in v["runs"].items()}
+        slo = runs[low]["slo"]
+        a.plot(SCALES, [slo.get(s, slo.get(str(s))) for s in SCALES], marker="o", ms=3, label=p)
+        rs = sorted(runs)
+        c.plot(rs, [runs[r]["slo"].get(8, runs[r]["slo"].get("8")) for r in rs], marker="o", label=p)
+    a.set(xlabel="SLO scale (x latency alone)", ylabel="SLO attainment", title=f"{low:g} req/s", ylim=(0, 1.02))
+    c.axhline(0.99, color="grey", lw=0.8, ls="--")
+    c.set(xlabel="offered req/s", ylabel="SLO attainment at scale 8", ylim=(0, 1.02), title="attainment vs rate")
+    a.legend()
+    c.legend()
+    names = list(report["policies"])
+    b.bar([n + " (measured)" for n in names],
+          [{float(r): m for r, m in report["policies"][n]["runs"].items()}[rate]["throughput_rps"] for n in names])
+    b.bar([n + " (placer)" for n in names], [report["policies"][n]["estimate_rps"] for n in names], alpha=0.5)
+    b.set(ylabel="completed req/s", title=f"throughput at {rate:g} req/s")
+    b.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
