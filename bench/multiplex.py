@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-import workload  # noqa: E402
+from muxserve import workload  # noqa: E402
 from multiplex_report import build_report, draw  # noqa: E402
 
 MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share one pool)

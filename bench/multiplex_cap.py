@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import multiplex  # noqa: E402
-import workload  # noqa: E402
+from muxserve import workload  # noqa: E402
 
 from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
 from services.worker.engine.engine import UnitEngine  # noqa: E402

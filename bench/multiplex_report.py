@@ -7,47 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-SCALES = list(range(1, 21))
-
-
-def slo_base(r: dict, base: dict) -> float:
-    b = base[r["model"]]
-    return b["ttft"] + b["tpot"] * max(r["tokens_wanted"] - 1, 0)
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.placer.simulator import metrics  # noqa: E402
+from services.placer.simulator.metrics import SCALES, rate_at_slo  # noqa: E402
 
 
 def summarize(results: list[dict], reqs: list, base: dict, models) -> dict:
     want = {r.rid: r.max_tokens for r in reqs}
     for r in results:
         r["tokens_wanted"] = want[r["rid"]]
-    done = [r for r in results if r["completed"]]
-    makespan = max(r["end"] for r in results) - min(r["start"] for r in results)
-    lat = [r["latency"] if r["completed"] else float("inf") for r in results]
-    slo = {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / len(results)
-           for s in SCALES}
-    return {"requests": len(results), "completed": len(done), "makespan_s": makespan,
-            "throughput_rps": len(done) / makespan, "output_tok_s": sum(r["tokens"] for r in done) / makespan,
-            "ttft_p50": pct([r["ttft"] for r in done], 50), "ttft_p99": pct([r["ttft"] for r in done], 99),
-            "tpot_p50": pct([r["tpot"] for r in done], 50), "tpot_p99": pct([r["tpot"] for r in done], 99),
-            "p99_latency": pct(lat, 99), "slo": slo,
-            "per_model_completed": {m: sum(r["model"] == m for r in done) for m in models}}
-
-
-def rate_at_slo(points: list[tuple[float, float]], target: float = 0.99) -> float:
-    """Highest swept rate whose scale-8 attainment >= target (linear between the last pass and first miss)."""
-    best = 0.0
-    for (r0, a0), (r1, a1) in zip(points, points[1:] + [(None, None)]):
-        if a0 < target:
-            break
-        best = r0
-        if r1 is not None and a1 < target:
-            best = r0 + (r1 - r0) * (a0 - target) / (a0 - a1)
-            break
-    return best
+    return metrics.summarize(results, base, models)
 
 
 def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> dict:

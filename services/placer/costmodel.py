@@ -141,6 +141,10 @@ class CostTable:
     def supports(self, key: str, n_devices: int) -> bool:
         return key in self._raw and str(n_devices) in self._raw[key]
 
+    def min_share(self, key: str, n: int) -> float:
+        """The smallest compute share measured for `key` on n devices (a fraction)."""
+        return self._grid(key, n).shares[0]
+
     def prefill_ms(self, key: str, n: int, share: float, batch: float, seq: float) -> float:
         return self._lookup("prefill", key, n, round(share, 3), batch, seq)
 

@@ -3,15 +3,17 @@
 Model (per unit of n devices, all of its LLMs tensor-parallel over all n):
 - Memory: capacity = n x device bytes x utilization; weights of every LLM must fit; the rest is
   the KV pool, split among the LLMs in proportion to rate x KV-bytes-per-token after reserving one
-  full-length sequence (prompt + output) each. An LLM's batch is capped by its share of the pool
-  and by the largest batch its cost table measured.
+  full-length sequence (prompt + output) each. An LLM's batch is capped by its share of the pool,
+  by the largest batch its cost table measured and by the engine's max_num_seqs (`max_batch`).
 - Prefill: a request's prompt is prefilled in batches under the token budget, at the prefill share;
   prefill runs first (ADBS holds decode back), so it occupies the whole unit: the fraction of time
   the unit spends in prefill is rho = sum_j x_j * prefill_j.
 - spatial-temporal (MuxServe): decode jobs of all LLMs run at once, each on its decode share
   (shares sum to <= 1). LLM i serves x_i = min(rate_i, (1 - rho) * b_i / (decode_step_i(b_i, d_i)
-  * output_len)). Its decode share is the smallest that meets its rate at its largest batch (scaled
-  down together when they do not fit in 100%); its batch is then the smallest that meets the rate.
+  * output_len)). Its decode share is the smallest that meets its rate at its largest batch, but
+  never below the smallest share the cost table measured (below it the table only extrapolates
+  latency as 1/share: a 5% decode share would "serve" a cold LLM at 6x the latency); shares are
+  scaled down together when they do not fit in 100%; its batch is then the smallest that meets the rate.
 - temporal: one job at a time on the whole unit (FCFS), so LLM i needs c_i = decode_step_i(b_i, 1)
   * output_len / b_i + prefill_i seconds of exclusive unit time per request; with load
   L = sum_i rate_i * c_i, each LLM gets x_i = rate_i / max(1, L).
@@ -29,6 +31,7 @@ from .llmspec import LLMSpec
 
 SHARES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # decode share grid, 5% steps
 MAX_RHO = 0.95
+MAX_BATCH = 256  # the engine's max_num_seqs default: no LLM runs a larger decode batch
 PREFILL_SLACK = 1.1  # prefill share: the smallest within 10% of full-unit prefill latency
 
 
@@ -56,9 +59,11 @@ class UnitEstimate:
 class UnitEstimator:
     """estimate(n, llms, rates, mode) -> UnitEstimate, or None when the LLMs do not fit the unit."""
 
-    def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9):
+    def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9,
+                 max_batch: int = MAX_BATCH):
         self.cost, self.w = cost, workload
         self.capacity_per_device = device_bytes * mem_util
+        self.max_batch = max_batch
 
     def estimate(self, n: int, llms: tuple[LLMSpec, ...], rates: tuple[float, ...],
                  mode: str = "muxserve") -> UnitEstimate | None:
@@ -92,7 +97,7 @@ class UnitEstimator:
         out = []
         for m, wt in zip(llms, weights):
             extra = int(rest * wt / total // (m.kv_bytes_per_token * ctx))
-            out.append(min(1 + extra, self.cost._grid(m.cost_key, n).batches[-1]))
+            out.append(min(1 + extra, self.cost._grid(m.cost_key, n).batches[-1], self.max_batch))
         return out
 
     def _prefill(self, n: int, m: LLMSpec, bmax: int) -> tuple[float, float]:
@@ -100,7 +105,7 @@ class UnitEstimator:
         p = self.w.prompt_len
         c = max(1, min(bmax, self.w.prefill_token_budget // p))
         full = self.cost.prefill_ms(m.cost_key, n, 1.0, c, p)
-        share = next(s for s in SHARES if self.cost.prefill_ms(m.cost_key, n, s, c, p) <= PREFILL_SLACK * full)
+        share = next(s for s in self._shares(n, m) if self.cost.prefill_ms(m.cost_key, n, s, c, p) <= PREFILL_SLACK * full)
         return share, self.cost.prefill_ms(m.cost_key, n, share, c, p) / 1000 / c
 
     def _capacity(self, n: int, m: LLMSpec, b: int, share: float) -> float:
@@ -123,7 +128,12 @@ class UnitEstimator:
         return UnitEstimate(n, "spatial-temporal", ests)
 
     def _min_share(self, n, m, bmax, need) -> float:
-        return next((s for s in SHARES if self._capacity(n, m, bmax, s) >= need), 1.0)
+        return next((s for s in self._shares(n, m) if self._capacity(n, m, bmax, s) >= need), 1.0)
+
+    def _shares(self, n: int, m: LLMSpec) -> list[float]:
+        """The share grid from the smallest share the table measured (below it latency is extrapolated)."""
+        low = self.cost.min_share(m.cost_key, n)
+        return [s for s in SHARES if s >= low - 1e-9] or [1.0]
 
     def _min_batch(self, n, m, bmax, share, need) -> int:
         lo, hi = 1, bmax

@@ -172,6 +172,16 @@ class Planner:
                 layout.append((u.devices[0] // self.dpn, len(u.devices), names, u.devices))
         return self._build(placement.policy, layout, mode)
 
+    def place(self, policy: str, layout: Layout) -> Placement:
+        """The Placement of a given layout [(node, size, names)], estimated under `policy`."""
+        if policy not in ESTIMATE_MODE:
+            raise PlacementError(f"unknown policy {policy!r}; choose muxserve, spatial or temporal")
+        for _, n, names in layout:
+            if self.unit_estimate(n, tuple(sorted(names)), ESTIMATE_MODE[policy]) is None:
+                raise PlacementError(f"a unit of {n} devices cannot hold {list(names)}")
+        return self._placement(policy, [(node, n, tuple(sorted(names))) for node, n, names in layout],
+                               ESTIMATE_MODE[policy])
+
     def _placement(self, policy: str, layout: Layout, mode: str) -> Placement:
         placed, next_dev = [], [0] * self.nodes
         for node, n, names in sorted(layout, key=lambda u: (u[0], -u[1], u[2])):

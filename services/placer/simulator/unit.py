@@ -1,0 +1,143 @@
+"""One unit on a virtual clock: the engine's own Scheduler, BlockManager and ComputeBudget (not copies),
+with each dispatch lasting what the cost table says instead of running a model.
+
+A dispatch's duration is the cost table's latency for its LLM on the unit's device count at the
+share it runs with: the job's compute share on GPU (its MPS percentage; 1.0 without a share), the
+cores the budget gave it over the unit's cores on CPU (one dispatch per core, free cores spread, as
+compute.py does). Prefill (any plan with more than one token per sequence, recompute included) looks
+up (batch = sequences, seq = mean tokens computed); decode (batch, seq = mean context). Each dispatch
+also costs `dispatch_overhead_s`, and each sampled token `token_overhead_s` (what the engine, its job
+pipes and the mesh spend beside the forward pass; 0 for the A100 table, whose entries were measured
+around the whole step).
+
+KV: the unit's pool (devices x device bytes x memory utilization - weights) in coarse blocks of
+`sim_block_bytes`; a token block of an LLM costs ceil(KV bytes per token x block_size / sim_block_bytes)
+of them. Quotas start in proportion to rate x per-token KV (quotas.initial_quotas) and adapt by
+memmgr's ADBS rule (quotas.adapt; `adapt_quotas`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from services.memmgr import quotas
+from services.placer.costmodel import CostTable
+from services.placer.placement import Unit
+from services.worker.engine.block_manager import BlockManager
+from services.worker.engine.compute import ComputeBudget
+from services.worker.engine.config import EngineConfig
+from services.worker.engine.pool import LocalBlockSource
+from services.worker.engine.scheduler import Dispatch, Scheduler
+from services.worker.engine.sequence import Sequence
+
+_ENGINE = EngineConfig()
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What the simulated units run with (engine defaults unless set)."""
+
+    device: str = "cuda"  # "cuda": shares are MPS percentages; "cpu": a device is a core
+    device_bytes: float = 80e9
+    memory_utilization: float = 0.9
+    block_size: int = _ENGINE.block_size
+    max_num_seqs: int = _ENGINE.max_num_seqs
+    max_prefill_tokens: int = _ENGINE.max_prefill_tokens
+    overload_allowance: float = _ENGINE.overload_allowance
+    quota: quotas.QuotaPolicy = field(default_factory=quotas.QuotaPolicy)
+    dispatch_overhead_s: float = 0.0
+    token_overhead_s: float = 0.0
+    sim_block_bytes: int = 1 << 20
+    num_blocks: int = 0  # blocks of each unit's pool (0: from the memory model); the CPU mesh sets it
+
+
+@dataclass(frozen=True)
+class SimLLM:
+    """What the simulator needs of one LLM (from the placer's LLMSpec)."""
+
+    name: str
+    cost_key: str
+    weight_bytes: int
+    kv_bytes_per_token: int
+    rate: float
+
+
+class SimUnit:
+    def __init__(self, unit: Unit, llms: dict[str, SimLLM], cost: CostTable, cfg: SimConfig):
+        self.unit, self.cost, self.cfg = unit, cost, cfg
+        self.n = len(unit.devices)
+        self.llms = {m.name: llms[m.name] for m in unit.llms}
+        capacity = cfg.num_blocks or self._capacity()
+        self.blocks = BlockManager(LocalBlockSource(capacity), capacity, cfg.block_size)
+        self.per_token = {m.name: self._per_token_block(m) for m in self.llms.values()}
+        for name, per_token in self.per_token.items():
+            self.blocks.add_llm(name, 1, per_token)
+        self.blocks.set_quotas(quotas.initial_quotas(
+            capacity, {n: m.rate for n, m in self.llms.items()}, self.per_token))
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode)
+        for name in self.llms:
+            self.scheduler.add_llm(name)
+        shares = {f"{m.name}/{k}": s for m in unit.llms
+                  for k, s in (("prefill", m.prefill_share), ("decode", m.decode_share)) if s > 0}
+        cores = list(range(self.n)) if cfg.device == "cpu" else None
+        self.budget = ComputeBudget(shares, cfg.overload_allowance, cores)
+
+    def _capacity(self) -> int:
+        free = self.n * self.cfg.device_bytes * self.cfg.memory_utilization
+        free -= sum(m.weight_bytes for m in self.llms.values())
+        if free <= 0:
+            raise ValueError(f"unit {self.unit.unit_id}: the weights of {sorted(self.llms)} do not fit")
+        return int(free // self.cfg.sim_block_bytes)
+
+    def _per_token_block(self, m: SimLLM) -> int:
+        return max(1, math.ceil(m.kv_bytes_per_token * self.cfg.block_size / self.cfg.sim_block_bytes))
+
+    # ---- the loop's three calls ---------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def dispatch(self) -> list[tuple[float, Dispatch]]:
+        """Plan every idle job's next batch: [(duration in s, dispatch)]."""
+        out = self.scheduler.schedule(self.budget.busy, self.budget)
+        return [(self.duration(d), d) for d in out]
+
+    def complete(self, d: Dispatch) -> tuple[list[Sequence], list[Sequence]]:
+        """Apply a returned dispatch: (sequences that sampled a token, sequences that finished)."""
+        self.budget.give(d.llm, d.kind)
+        sampled = self.scheduler.complete(d, [0] * len(d.plan))
+        for seq in sampled:
+            if seq.num_output_tokens >= seq.sampling.max_tokens:
+                self.scheduler.finish(seq, "length")
+        finished = list(self.scheduler.finished)
+        self.scheduler.finished.clear()
+        return sampled, finished
+
+    # ---- durations ----------------------------------------------------------------------------
+    def share_of(self, d: Dispatch) -> float:
+        cores = self.budget.cores_of(d.llm, d.kind)
+        if cores is not None:
+            return len(cores) / self.n
+        return self.budget.share(d.llm, d.kind) or 1.0
+
+    def duration(self, d: Dispatch) -> float:
+        key, share, batch = self.llms[d.llm].cost_key, self.share_of(d), len(d.plan)
+        tokens = sum(d.plan.values())
+        if tokens > batch:
+            ms = self.cost.prefill_ms(key, self.n, share, batch, tokens / batch)
+        else:
+            ctx = sum(s.num_computed_tokens + 1 for s in d.plan) / batch
+            ms = self.cost.decode_ms(key, self.n, share, batch, ctx)
+        sampled = sum(s.num_computed_tokens + n == s.num_tokens for s, n in d.plan.items())
+        return ms / 1000 + self.cfg.dispatch_overhead_s + self.cfg.token_overhead_s * sampled
+
+    # ---- ADBS ---------------------------------------------------------------------------------
+    def adapt_quotas(self) -> None:
+        """One ADBS round as memmgr runs it: saturated = waiting requests and usage >= threshold x quota."""
+        if len(self.llms) < 2:
+            return
+        q, used = self.blocks.quotas, self.blocks.usage
+        saturated = {n for n in self.llms if self.scheduler.waiting[n]
+                     and used[n] >= self.cfg.quota.threshold * q[n]}
+        weights = {n: m.rate * self.per_token[n] for n, m in self.llms.items()}
+        self.blocks.set_quotas(quotas.adapt(q, used, saturated, weights, self.cfg.quota))
