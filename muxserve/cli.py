@@ -4,6 +4,7 @@
     muxserve router|placer|memmgr|worker --config FILE one service (what docker compose runs)
     muxserve plan --config FILE [--policy P] [--cost-table FILE] [--json]
     muxserve profile ...                               measure a cost table on this machine's devices
+    muxserve simulate --config FILE | --preset P ...   serve a placement in the simulator (virtual clock)
     muxserve write-tiny-model PATH [--arch llama]      a small random-weight HF checkpoint
 """
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("services.placer.cli", "plan_main", rest)
     if cmd == "profile":
         return _delegate("services.placer.cli", "profile_main", rest)
+    if cmd == "simulate":
+        return _delegate("services.placer.simulator.cli", "simulate_main", rest)
     if cmd == "write-tiny-model":
         from muxserve.tiny import main as tiny_main
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 
 from muxserve import workload
 from services.memmgr.quotas import QuotaPolicy
 from services.placer.costmodel import CostTable
 from services.placer.placement import LLMPlacement, Placement, Unit
 from services.placer.simulator import SimConfig, SimLLM, SimUnit, Simulation, metrics, simulate
+from services.placer.simulator.cli import simulate_main
 from services.worker.engine.compute import ComputeBudget
 from services.worker.engine.scheduler import Scheduler
+from services.worker.engine.sequence import Sequence
+from services.worker.engine.types import SamplingParams
 
 P100, P50, D100, D50 = 10.0, 20.0, 2.0, 4.0  # ms: prefill / decode step at 100% and 50% share
 
@@ -99,8 +105,6 @@ def test_adbs_moves_quota_to_the_saturated_llm():
     place = unit("spatial-temporal", (0.5, 0.5))
     u = SimUnit(place.units[0], LLMS, flat_table(), cfg(num_blocks=40, quota=QuotaPolicy(adapt_interval_s=1)))
     assert u.blocks.quotas == {"a": 20, "b": 20}
-    from services.worker.engine.sequence import Sequence
-    from services.worker.engine.types import SamplingParams
     for i in range(12):  # 2 blocks each: 10 fit a's quota of 20
         u.add(Sequence(i, f"q{i}", "a", [0] * 8, SamplingParams(max_tokens=4, ignore_eos=True), arrival=0.0))
     u.dispatch()  # a's prefill takes what its quota allows; the rest wait
@@ -130,3 +134,23 @@ def test_metrics_of_simulated_records():
 def test_unhosted_model_is_an_error():
     with pytest.raises(ValueError, match="hosts"):
         simulate(unit("temporal", names=("a",)), LLMS, [req("B", "b", 0.0)], flat_table(), cfg())
+
+
+def test_simulate_command_on_a_config(capsys, tmp_path, hand_table_file):
+    cfg = {"models": [{"name": "a", "size": "llama-7b", "rate": 4, "cost_key": "tiny"},
+                      {"name": "b", "size": "llama-7b", "rate": 1, "cost_key": "tiny"}],
+           "cluster": {"device": "cuda", "nodes": 1, "devices_per_node": 2},
+           "placer": {"cost_table": str(hand_table_file), "device_memory_gb": 80, "avg_prompt_len": 16,
+                      "avg_output_len": 8},
+           "worker": {"engine": {"max_num_seqs": 8}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for policy in ("muxserve", "temporal", "spatial"):
+        assert simulate_main(["--config", str(path), "--policy", policy, "--duration", "5", "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["policy"] == policy and d["requests"] > 10 and d["completed"] == d["requests"]
+        assert 0 < d["slo"]["8"] <= 1 and d["throughput_rps"] > 0
+    assert simulate_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert simulate_main(["--config", str(path), "--policy", "spatial-paper"]) == 2
+    assert "needs --preset" in capsys.readouterr().err

@@ -2,7 +2,10 @@
 
 A record is a dict: model, start (arrival, s), end, latency, ttft, tpot, tokens (output tokens
 received), completed (bool), tokens_wanted (max_tokens). Throughput is completed requests over the
-makespan (first arrival to last finish). A request meets the SLO at scale s when it completed and
+makespan (first arrival to last finish: the paper's measure, which a finite request list's drain
+lowers when its slowest request is long); `steady_throughput_rps` counts the requests completed in
+the second half of the arrival window, per second (past the warm-up, before the drain: what a
+steady stream sustains; the offered rate when the system keeps up, its capacity when it does not). A request meets the SLO at scale s when it completed and
 its latency <= s x its latency alone (`base[model]`: ttft + tpot x (tokens_wanted - 1)); a request
 that did not complete misses at every scale.
 """
@@ -25,12 +28,17 @@ def pct(xs: list[float], q: float) -> float:
 def summarize(results: list[dict], base: dict, models) -> dict:
     """Throughput, tokens/s, TTFT / TPOT / latency percentiles and SLO attainment at SCALES."""
     done = [r for r in results if r["completed"]]
-    makespan = max(r["end"] for r in results) - min(r["start"] for r in results)
+    first, last = min(r["start"] for r in results), max(r["start"] for r in results)
+    makespan = max(r["end"] for r in results) - first
+    mid = (first + last) / 2
+    steady = sum(r["completed"] and mid < r["end"] <= last for r in results)
     lat = [r["latency"] if r["completed"] else float("inf") for r in results]
     slo = {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / len(results)
            for s in SCALES}
     return {"requests": len(results), "completed": len(done), "makespan_s": makespan,
-            "throughput_rps": len(done) / makespan, "output_tok_s": sum(r["tokens"] for r in done) / makespan,
+            "throughput_rps": len(done) / makespan,
+            "steady_throughput_rps": steady / (last - mid) if last > mid else float("nan"),
+            "output_tok_s": sum(r["tokens"] for r in done) / makespan,
             "ttft_p50": pct([r["ttft"] for r in done], 50), "ttft_p99": pct([r["ttft"] for r in done], 99),
             "tpot_p50": pct([r["tpot"] for r in done], 50), "tpot_p99": pct([r["tpot"] for r in done], 99),
             "p99_latency": pct(lat, 99), "slo": slo,
