@@ -168,7 +168,7 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
     config = write_config(work, policy, {m: p * args.rate for m, p in prior.items()}, cost, args.num_blocks,
                           (args.prompt_mean, args.output_mean))
     planned = plan(config)
-    out = {"plan": planned, "runs": {}}
+    out = {"plan": planned, "runs": {}, "config": str(config), "num_blocks": args.num_blocks}
     with Mesh(config, work / f"{policy}.log") as mesh:
         asyncio.run(replay(mesh.address, lists[rates[0]][:4]))  # warm-up: every job has run once
         if need_base:
@@ -177,6 +177,25 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
             print(f"  {policy}: replaying {len(lists[rate])} requests at {rate} req/s", file=sys.stderr)
             out["runs"][rate] = asyncio.run(replay(mesh.address, lists[rate]))
     return out
+
+
+def simulate_runs(r: dict, lists: dict, base: dict) -> dict:
+    """The simulator on the same plan and request lists. The one mesh term it needs, the overhead of
+    a dispatch, is calibrated on the alone runs (measured TPOT alone - the cost table's batch-1 decode
+    step on that model's spatial unit, the smaller of the two models), never on the loaded runs."""
+    from services.placer.cli import load_plan_inputs
+    from services.placer.placement import Placement
+    from services.placer.simulator import SimConfig, simulate, sim_llms
+    from services.memmgr.quotas import QuotaPolicy
+
+    specs, _, _, pcfg, cost = load_plan_inputs(r["config"], None, None)
+    placement = Placement.from_dict(r["plan"])
+    over = min(max(base[m]["tpot"] - cost.decode_ms(m, 1, 1.0, 1, pcfg.avg_prompt_len) / 1000, 0.0) for m in MODELS)
+    head_block = 2 * 32 * 64 * 4  # bytes of one head-wise block (block_size 32, head_dim 64, fp32)
+    cfg = SimConfig(device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block,
+                    dispatch_overhead_s=over, quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
+    return {rate: simulate(placement, sim_llms(specs), reqs, cost, cfg) for rate, reqs in lists.items()} | {
+        "dispatch_overhead_s": over}
 
 
 def main(argv=None) -> int:
@@ -195,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="", help="folder for models, cost table, configs and logs (default: temp)")
     ap.add_argument("--cost-table", default="", help="use this cost table instead of profiling the models")
     ap.add_argument("--out", default="bench/results/multiplex")
+    ap.add_argument("--simulate", action="store_true",
+                    help="also serve each request list in the simulator (same plan, cost table, engine keys)")
     args = ap.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -208,6 +229,9 @@ def main(argv=None) -> int:
         raise SystemExit("the SLO base is measured on the spatial units: keep spatial in --policies")
     raw = {p: run_policy(p, args, work, cost, rates, lists, p == "spatial") for p in ["spatial"] + [
         p for p in policies if p != "spatial"]}
+    if args.simulate:
+        for p, r in raw.items():
+            r["simulated"] = simulate_runs(r, lists, raw["spatial"]["base"])
     report = build_report(raw, lists, rates, args, list(MODELS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

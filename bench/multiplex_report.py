@@ -19,6 +19,13 @@ def summarize(results: list[dict], reqs: list, base: dict, models) -> dict:
     return metrics.summarize(results, base, models)
 
 
+def simulated(sim: dict, rates: list[float], base: dict, models) -> dict:
+    """The simulator's summary of the same request lists (records already carry tokens_wanted)."""
+    runs = {rate: metrics.summarize(sim[rate], base, models) for rate in rates}
+    return {"dispatch_overhead_s": sim["dispatch_overhead_s"], "runs": runs,
+            "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
+
+
 def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> dict:
     base = raw["spatial"]["base"]
     rep = {"args": vars(args), "cpu": os.cpu_count(), "base": base, "policies": {}}
@@ -29,6 +36,8 @@ def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> di
              "llms": {l["name"]: {"prefill": l["prefill_share"], "decode": l["decode_share"]} for l in u["llms"]}}
             for u in r["plan"]["units"]], "runs": runs,
             "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
+        if "simulated" in r:
+            rep["policies"][p]["simulated"] = simulated(r["simulated"], rates, base, models)
     head = {"rate": args.rate}
     for p, v in rep["policies"].items():
         m = v["runs"][args.rate]
@@ -36,6 +45,10 @@ def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> di
                    "completed": m["completed"], "slo8": round(m["slo"][8], 3), "p99_latency": round(m["p99_latency"], 2),
                    "ttft_p99": round(m["ttft_p99"], 3), "tpot_p99": round(m["tpot_p99"], 4),
                    "rate_at_99pct_slo8": round(v["rate_at_99pct_slo8"], 3)}
+        if "simulated" in v:
+            sim = v["simulated"]["runs"][args.rate]
+            head[p]["simulated"] = {"throughput_rps": round(sim["throughput_rps"], 3), "slo8": round(sim["slo"][8], 3),
+                                    "rate_at_99pct_slo8": round(v["simulated"]["rate_at_99pct_slo8"], 3)}
     mux = head.get("muxserve")
     for other in ("spatial", "temporal"):
         if mux and other in head:

@@ -47,15 +47,13 @@ class _Clock:
         return t, out
 
 
-def _record(req) -> dict:
-    return {"rid": req.rid, "model": req.model, "start": req.arrival_s, "end": None, "first": None,
-            "tokens": 0, "tokens_wanted": req.max_tokens, "completed": False}
-
-
-def _finish(rec: dict, end: float) -> None:
-    first = rec["first"] if rec["first"] is not None else end
-    rec.update(end=end, latency=end - rec["start"], ttft=first - rec["start"],
-               tpot=(end - first) / max(rec["tokens"] - 1, 1))
+def _record(req, seq: Sequence | None, end: float) -> dict:
+    """metrics.py's record of `req`: finished by `seq` at `end`, or (seq None) not completed by `end`."""
+    first = seq.first_token_time if seq is not None and seq.first_token_time else end
+    tokens = len(seq.output_token_ids) if seq is not None else 0
+    return {"rid": req.rid, "model": req.model, "start": req.arrival_s, "end": end, "latency": end - req.arrival_s,
+            "ttft": first - req.arrival_s, "tpot": (end - first) / max(tokens - 1, 1), "tokens": tokens,
+            "tokens_wanted": req.max_tokens, "completed": seq is not None and seq.finish_reason == "length"}
 
 
 def simulate(placement: Placement, llms: dict[str, SimLLM], requests: list, cost: CostTable,
@@ -77,7 +75,7 @@ class Simulation:
         missing = sorted(n for n, us in hosts.items() if not us)
         if missing:
             raise ValueError(f"no unit of the placement hosts {missing}")
-        clock, recs, every = _Clock(), {}, self.cfg.quota.adapt_interval_s
+        clock, recs, pending, every = _Clock(), {}, {}, self.cfg.quota.adapt_interval_s
         for r in requests:
             clock.push(r.arrival_s, ARRIVE, r)
         if every > 0:
@@ -88,9 +86,12 @@ class Simulation:
             touched: list[SimUnit] = []
             for kind, payload in events:
                 if kind == ARRIVE:
-                    touched.append(_arrive(payload, now, hosts, recs, next(ids)))
+                    touched.append(_arrive(payload, now, hosts, pending, next(ids)))
                 elif kind == DONE:
-                    touched.append(_done(*payload, now, recs))
+                    unit, d = payload
+                    for seq in unit.complete(d, now):
+                        recs[seq.request_id] = _record(pending.pop(seq.request_id), seq, now)
+                    touched.append(unit)
                 elif clock.live:
                     for u in self.units:
                         u.adapt_quotas()
@@ -99,9 +100,8 @@ class Simulation:
             for u in dict.fromkeys(touched):
                 for duration, d in u.dispatch():
                     clock.push(now + duration, DONE, (u, d))
-        for rec in recs.values():
-            if rec["end"] is None:
-                _finish(rec, now)
+        for req in pending.values():  # never finished: nothing more could happen to them
+            recs[req.rid] = _record(req, None, now)
         return [recs[r.rid] for r in requests]
 
     @property
@@ -109,24 +109,10 @@ class Simulation:
         return sum(u.scheduler.num_preemptions for u in self.units)
 
 
-def _arrive(req, now: float, hosts: dict, recs: dict, seq_id: int) -> SimUnit:
+def _arrive(req, now: float, hosts: dict, pending: dict, seq_id: int) -> SimUnit:
     unit = min(hosts[req.model], key=lambda u: len(u.scheduler.waiting[req.model])
                + len(u.scheduler.running[req.model]))
-    recs[req.rid] = _record(req)
+    pending[req.rid] = req
     unit.add(Sequence(seq_id, req.rid, req.model, list(req.prompt_ids),
                       SamplingParams(max_tokens=req.max_tokens, ignore_eos=True), arrival=now))
-    return unit
-
-
-def _done(unit: SimUnit, d, now: float, recs: dict) -> SimUnit:
-    sampled, finished = unit.complete(d)
-    for seq in sampled:
-        rec = recs[seq.request_id]
-        rec["tokens"] = seq.num_output_tokens
-        if rec["first"] is None:
-            rec["first"] = now
-    for seq in finished:
-        rec = recs[seq.request_id]
-        rec["completed"] = seq.finish_reason == "length"
-        _finish(rec, now)
     return unit

@@ -102,16 +102,18 @@ class SimUnit:
         out = self.scheduler.schedule(self.budget.busy, self.budget)
         return [(self.duration(d), d) for d in out]
 
-    def complete(self, d: Dispatch) -> tuple[list[Sequence], list[Sequence]]:
-        """Apply a returned dispatch: (sequences that sampled a token, sequences that finished)."""
+    def complete(self, d: Dispatch, now: float) -> list[Sequence]:
+        """Apply a returned dispatch at time `now`; returns the sequences that finished (their
+        first_token_time is set when they sampled their first token)."""
         self.budget.give(d.llm, d.kind)
-        sampled = self.scheduler.complete(d, [0] * len(d.plan))
-        for seq in sampled:
-            if seq.num_output_tokens >= seq.sampling.max_tokens:
+        for seq in self.scheduler.complete(d, [0] * len(d.plan)):
+            if not seq.first_token_time:
+                seq.first_token_time = now
+            if len(seq.output_token_ids) >= seq.sampling.max_tokens:
                 self.scheduler.finish(seq, "length")
         finished = list(self.scheduler.finished)
         self.scheduler.finished.clear()
-        return sampled, finished
+        return finished
 
     # ---- durations ----------------------------------------------------------------------------
     def share_of(self, d: Dispatch) -> float:
@@ -125,10 +127,10 @@ class SimUnit:
         tokens = sum(d.plan.values())
         if tokens > batch:
             ms = self.cost.prefill_ms(key, self.n, share, batch, tokens / batch)
-        else:
-            ctx = sum(s.num_computed_tokens + 1 for s in d.plan) / batch
-            ms = self.cost.decode_ms(key, self.n, share, batch, ctx)
-        sampled = sum(s.num_computed_tokens + n == s.num_tokens for s, n in d.plan.items())
+            sampled = sum(s.num_computed_tokens + n == s.num_tokens for s, n in d.plan.items())
+        else:  # decode: every sequence computes its last token and samples the next
+            ms = self.cost.decode_ms(key, self.n, share, batch, sum(s.num_computed_tokens for s in d.plan) / batch + 1)
+            sampled = batch
         return ms / 1000 + self.cfg.dispatch_overhead_s + self.cfg.token_overhead_s * sampled
 
     # ---- ADBS ---------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ class LLMBlocks:
 
     def needed(self, seq: Sequence, n_new: int) -> int:
         """Extra head-wise blocks for seq to hold its computed tokens plus n_new more."""
-        return max(self.blocks_for(seq.num_computed_tokens + n_new) - len(seq.block_table), 0)
+        tokens, bs = seq.num_computed_tokens + n_new, self.block_size  # blocks_for, inlined (hot path)
+        return max(-(-tokens // bs) * self.num_layers * self.num_kv_heads - len(seq.block_table), 0)
 
     @property
     def refilling(self) -> bool:

@@ -191,10 +191,10 @@ class Scheduler:
         running = self.running[name]
         if name in self.wait_for_cache and running:
             return False
-        cands = [s for s in running if s.is_prefill and not s.in_flight] + list(self.waiting[name])
-        if not cands:
+        seq = next((s for s in running if not s.in_flight and s.is_prefill), None)
+        if seq is None and not self.waiting[name]:
             return False
-        seq = cands[0]
+        seq = seq or self.waiting[name][0]
         if seq.status is not SeqStatus.RUNNING and len(running) >= self.max_num_seqs:
             return False
         n = min(seq.num_uncomputed_tokens, self.max_prefill_tokens)
@@ -204,7 +204,7 @@ class Scheduler:
         """FCFS prefill batch of one LLM, bounded by the token budget, max_num_seqs and its quota."""
         view, d, budget = self.blocks[name], Dispatch(name, "prefill"), self.max_prefill_tokens
         running = self.running[name]
-        cands = [s for s in running if s.is_prefill and not s.in_flight] + list(self.waiting[name])
+        cands = [s for s in running if not s.in_flight and s.is_prefill] + list(self.waiting[name])
         for seq in cands:
             if budget <= 0 or (seq.status is not SeqStatus.RUNNING and len(running) >= self.max_num_seqs):
                 break

@@ -61,7 +61,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return len(self.prompt_token_ids) + len(self.output_token_ids) - self.num_computed_tokens
 
     @property
     def max_total_tokens(self) -> int:
@@ -75,7 +75,8 @@ class Sequence:
     @property
     def is_prefill(self) -> bool:
         """More than the last token is uncomputed: a prompt (or a recompute) pass."""
-        return self.num_uncomputed_tokens > 1 or self.num_computed_tokens == 0
+        done = self.num_computed_tokens  # (inlined: this runs per sequence per scheduling pass)
+        return done == 0 or len(self.prompt_token_ids) + len(self.output_token_ids) - done > 1
 
     def tokens(self, start: int, n: int) -> list[int]:
         """Token ids at positions start .. start+n-1 (prompt then output)."""
