@@ -42,7 +42,7 @@ start_mps() {
 }
 
 stop() {  # stop PID NAME: SIGTERM and wait (kubelet's grace period bounds the whole)
-  if kill -0 "$1" 2>/dev/null; then
+  if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
     log "stopping $2"
     kill -TERM "$1" 2>/dev/null
     wait "$1" 2>/dev/null
@@ -50,8 +50,8 @@ stop() {  # stop PID NAME: SIGTERM and wait (kubelet's grace period bounds the w
 }
 
 shutdown() {
-  stop "${worker:-0}" worker
-  stop "${memmgr:-0}" memmgr
+  stop "${worker:-}" worker
+  stop "${memmgr:-}" memmgr
   [ "$mps_started" = 1 ] && echo quit | "$MPS_CONTROL" >/dev/null 2>&1
   exit "$1"
 }
