@@ -16,11 +16,19 @@ SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "overlays" 
 
 FAKE_MUXSERVE = r"""#!/bin/bash
 # muxserve SERVICE --config C --host H --port P: log start and SIGTERM; memmgr marks itself SERVING after
-# MEMMGR_DELAY s; CRASH=SERVICE:SECONDS makes that one exit 3 after SECONDS.
+# MEMMGR_DELAY s (MEMMGR_FAILS=1: exits 3 instead); CRASH=SERVICE:SECONDS makes that one exit 3 SECONDS
+# after the worker has started.
 echo "$1 start $*" >> "$UNIT_LOG"
 trap 'echo "$1 term" >> "$UNIT_LOG"; exit 0' TERM
-if [ "$1" = memmgr ]; then sleep "${MEMMGR_DELAY:-0}"; touch "$UNIT_DIR/memmgr.serving"; fi
-if [ "${CRASH%%:*}" = "$1" ]; then sleep "${CRASH#*:}"; echo "$1 crash" >> "$UNIT_LOG"; exit 3; fi
+if [ "$1" = memmgr ]; then
+  sleep "${MEMMGR_DELAY:-0}"
+  [ -n "${MEMMGR_FAILS:-}" ] && { echo "memmgr failed" >> "$UNIT_LOG"; exit 3; }
+  touch "$UNIT_DIR/memmgr.serving"
+fi
+if [ "${CRASH%%:*}" = "$1" ]; then
+  until grep -q "^worker start" "$UNIT_LOG"; do sleep 0.05; done
+  sleep "${CRASH#*:}"; echo "$1 crash" >> "$UNIT_LOG"; exit 3
+fi
 while true; do sleep 0.05; done
 """
 
@@ -104,11 +112,21 @@ def test_starts_mps_then_memmgr_then_the_worker_once_memmgr_serves_and_stops_in_
 
 def test_memmgr_dying_takes_the_worker_down_and_fails_the_container(unit):
     start, lines, d = unit
-    p = start(CRASH="memmgr:1")
+    p = start(CRASH="memmgr:0.5")
     out, _ = p.communicate(timeout=30)
     assert p.returncode != 0
     assert lines()[-3:] == ["memmgr crash", "worker term", "mps quit"]
     assert "memmgr exited (code 3)" in out
+
+
+def test_memmgr_failing_to_start_fails_the_container_without_a_worker(unit):
+    start, lines, d = unit
+    p = start(MEMMGR_FAILS="1", MEMMGR_DELAY="0.5")
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode != 0
+    assert "memmgr exited (code 3) before serving" in out
+    assert not any(line.startswith("worker") for line in lines())
+    assert lines()[-1] == "mps quit"
 
 
 def test_worker_dying_stops_memmgr_and_fails_the_container(unit):
