@@ -3,8 +3,9 @@
 Workloads: 19 LLMs (12x llama-7b, 4x 13b, 2x 30b, 1x 65b) on 4 nodes x 8 A100-80GB with power-law
 rates rate_i = 20 * (i+1)^-alpha (alpha in 0.7, 0.9, 1.3, 1.7, 2.1; rates shuffled over the LLMs
 with a fixed seed), and the 16-LLM ChatLMSYS rates of services/placer/data (every condense setting).
-Prints one JSON line per (workload, policy) and checks: every LLM placed, objective of muxserve
->= spatial and >= temporal. Run: python bench/placement_scale.py [--out DIR]
+Prints one JSON line per (workload, policy), with the uncapped objective (`capacity_scale`: the
+largest scale of all rates the layout still serves), and checks: every LLM placed, objective of
+muxserve >= spatial and >= temporal. Run: python bench/placement_scale.py [--out DIR]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run_plan(config_path: Path, policy: str) -> tuple[dict, float]:
     buf = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(buf):
-        rc = plan_main(["--config", str(config_path), "--policy", policy, "--json"])
+        rc = plan_main(["--config", str(config_path), "--policy", policy, "--json", "--capacity"])
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"plan failed for {config_path} ({policy})")
@@ -74,6 +75,7 @@ def check(name: str, cfg: dict, folder: Path) -> bool:
         ok &= all_placed and seconds < 60
         print(json.dumps({"workload": name, "policy": policy, "seconds": round(seconds, 2),
                           "objective": plan["objective"], "total_rate": plan["total_rate"],
+                          "capacity_scale": plan["capacity_scale"],
                           "units": len(plan["units"]), "all_placed": all_placed}))
     ok &= objective["muxserve"] >= objective["spatial"] - 1e-6
     ok &= objective["muxserve"] >= objective["temporal"] - 1e-6

@@ -1,7 +1,8 @@
 """`muxserve plan` and `muxserve profile` (wired by muxserve/cli.py).
 
 plan reads the YAML directly (model entries may name `size: llama-7b` instead of a `path`),
-plans with the config's prior rates, and prints the placement as text or JSON:
+plans with the config's prior rates, and prints the placement as text or JSON (with --capacity,
+also "capacity_scale": the largest common scale of the rates its layout still serves, capacity.py):
 {"policy", "objective", "total_rate", "units": [{"unit_id", "devices", "mode", "est_throughput",
 "llms": [{"name", "prefill_share", "decode_share", "rate", "est_throughput", "batch"}]}]}.
 Errors (bad config, an LLM too large for any unit, an empty cluster, a cost table without the
@@ -21,6 +22,7 @@ import yaml
 from muxserve.config import ConfigError
 
 from .config import POLICIES, PlacerConfig
+from .capacity import capacity_scale
 from .costmodel import CostModelError, CostTable
 from .llmspec import load_specs
 from .placement import Placement
@@ -73,18 +75,25 @@ def plan_main(argv: list[str]) -> int:
     ap.add_argument("--policy", choices=POLICIES, default=None, help="default: the config's placer.policy")
     ap.add_argument("--cost-table", default=None, help="JSON cost table (default: the config's)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--capacity", action="store_true",
+                    help="also the uncapped objective: the largest scale of all rates the layout still serves")
     args = ap.parse_args(argv)
     try:
         specs, nodes, dpn, cfg, cost = load_plan_inputs(args.config, args.policy, args.cost_table)
         t0 = time.perf_counter()
         placement = make_planner(specs, {}, nodes, dpn, cfg, cost).plan(cfg.policy)
         seconds = time.perf_counter() - t0
+        capacity = capacity_scale(lambda x: make_planner(specs, {m.name: m.rate * x for m in specs}, nodes, dpn,
+                                                         cfg, cost), placement) if args.capacity else None
     except (ConfigError, CostModelError, PlacementError, ValueError, KeyError) as e:
         print(f"muxserve plan: error: {e}", file=sys.stderr)
         return 2
     d = placement.to_dict()
     d.pop("version")
-    print(json.dumps(d, indent=1) if args.json else format_text(placement, seconds))
+    if capacity is not None:
+        d["capacity_scale"] = round(capacity, 4)
+    text = format_text(placement, seconds) + (f"\n  capacity: every rate x {capacity:.3f}" if capacity is not None else "")
+    print(json.dumps(d, indent=1) if args.json else text)
     return 0
 
 

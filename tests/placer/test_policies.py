@@ -112,3 +112,15 @@ def test_rescore_keeps_layout_and_reflects_new_rates():
     assert later.layout() == p.layout()
     assert {m.name: m.rate for m in later.units[0].llms} == {"a": 8.0, "b": 0.5}
     assert later.objective < 8.5
+
+
+def test_capacity_scale_is_the_largest_load_the_layout_serves():
+    from services.placer.capacity import capacity_scale, serves
+
+    llms = [spec("a", 4), spec("b", 1)]
+    at = lambda s: Planner(llms, {m.name: m.rate * s for m in llms}, 1, 2, estimator(2000))  # noqa: E731
+    p = at(1.0).plan("spatial")
+    cap = capacity_scale(at, p)
+    assert cap > 1  # the offered load is served with room to spare: the capped objective cannot say how much
+    assert serves(at(cap), p, 0.99) and not serves(at(cap * 1.05), p, 0.99)
+    assert capacity_scale(at, p, lo=cap * 2) == 0.0
