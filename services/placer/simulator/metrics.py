@@ -3,9 +3,12 @@
 A record is a dict: model, start (arrival, s), end, latency, ttft, tpot, tokens (output tokens
 received), completed (bool), tokens_wanted (max_tokens). Throughput is completed requests over the
 makespan (first arrival to last finish: the paper's measure, which a finite request list's drain
-lowers when its slowest request is long); `steady_throughput_rps` counts the requests completed in
-the second half of the arrival window, per second (past the warm-up, before the drain: what a
-steady stream sustains; the offered rate when the system keeps up, its capacity when it does not). A request meets the SLO at scale s when it completed and
+lowers when its slowest request is long); `steady_output_tok_s` is the output tokens produced during
+the second half of the arrival window, per second (past the warm-up, before the drain; a request's
+tokens are spread evenly between its first token and its finish), and `steady_throughput_rps` that
+over the mean output length of the list: what a steady stream sustains, in requests per second
+(the offered rate when the system keeps up, its capacity when it does not; unlike completions in
+the window it is not biased by requests that last longer than the window). A request meets the SLO at scale s when it completed and
 its latency <= s x its latency alone (`base[model]`: ttft + tpot x (tokens_wanted - 1)); a request
 that did not complete misses at every scale.
 """
@@ -31,18 +34,29 @@ def summarize(results: list[dict], base: dict, models) -> dict:
     first, last = min(r["start"] for r in results), max(r["start"] for r in results)
     makespan = max(r["end"] for r in results) - first
     mid = (first + last) / 2
-    steady = sum(r["completed"] and mid < r["end"] <= last for r in results)
+    steady_tok = sum(_tokens_between(r, mid, last) for r in results) / (last - mid) if last > mid else float("nan")
+    mean_out = sum(r["tokens_wanted"] for r in results) / len(results)
     lat = [r["latency"] if r["completed"] else float("inf") for r in results]
     slo = {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / len(results)
            for s in SCALES}
     return {"requests": len(results), "completed": len(done), "makespan_s": makespan,
             "throughput_rps": len(done) / makespan,
-            "steady_throughput_rps": steady / (last - mid) if last > mid else float("nan"),
+            "steady_output_tok_s": steady_tok, "steady_throughput_rps": steady_tok / mean_out,
             "output_tok_s": sum(r["tokens"] for r in done) / makespan,
             "ttft_p50": pct([r["ttft"] for r in done], 50), "ttft_p99": pct([r["ttft"] for r in done], 99),
             "tpot_p50": pct([r["tpot"] for r in done], 50), "tpot_p99": pct([r["tpot"] for r in done], 99),
             "p99_latency": pct(lat, 99), "slo": slo,
             "per_model_completed": {m: sum(r["model"] == m for r in done) for m in models}}
+
+
+def _tokens_between(r: dict, t0: float, t1: float) -> float:
+    """Output tokens of record r produced in [t0, t1], spread evenly from its first token to its end."""
+    if r["tokens"] <= 1:
+        first = r["start"] + r["ttft"]
+        return float(r["tokens"]) if t0 <= first <= t1 else 0.0
+    first, end = r["start"] + r["ttft"], r["end"]
+    overlap = max(0.0, min(end, t1) - max(first, t0))
+    return r["tokens"] * overlap / (end - first) if end > first else 0.0
 
 
 def rate_at_slo(points: list[tuple[float, float]], target: float = 0.99) -> float:
