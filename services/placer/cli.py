@@ -2,7 +2,9 @@
 
 plan reads the YAML directly (model entries may name `size: llama-7b` instead of a `path`),
 plans with the config's prior rates, and prints the placement as text or JSON (with --capacity,
-also "capacity_scale": the largest common scale of the rates its layout still serves, capacity.py):
+also "capacity_scale": the largest common scale of the rates its layout still serves, capacity.py;
+with --simulate S, the search's final candidates are served S seconds each in the simulator and the
+one with the highest steady throughput wins, simulator/choose.py):
 {"policy", "objective", "total_rate", "units": [{"unit_id", "devices", "mode", "est_throughput",
 "llms": [{"name", "prefill_share", "decode_share", "rate", "est_throughput", "batch"}]}]}.
 Errors (bad config, an LLM too large for any unit, an empty cluster, a cost table without the
@@ -77,11 +79,14 @@ def plan_main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--capacity", action="store_true",
                     help="also the uncapped objective: the largest scale of all rates the layout still serves")
+    ap.add_argument("--simulate", type=float, default=0.0, metavar="S",
+                    help="choose among the search's final candidates by serving S seconds of traffic in the simulator")
     args = ap.parse_args(argv)
     try:
         specs, nodes, dpn, cfg, cost = load_plan_inputs(args.config, args.policy, args.cost_table)
         t0 = time.perf_counter()
-        placement = make_planner(specs, {}, nodes, dpn, cfg, cost).plan(cfg.policy)
+        planner = make_planner(specs, {}, nodes, dpn, cfg, cost)
+        placement = _by_simulation(planner, specs, cfg, cost, args) if args.simulate > 0 else planner.plan(cfg.policy)
         seconds = time.perf_counter() - t0
         capacity = capacity_scale(lambda x: make_planner(specs, {m.name: m.rate * x for m in specs}, nodes, dpn,
                                                          cfg, cost), placement) if args.capacity else None
@@ -95,6 +100,17 @@ def plan_main(argv: list[str]) -> int:
     text = format_text(placement, seconds) + (f"\n  capacity: every rate x {capacity:.3f}" if capacity is not None else "")
     print(json.dumps(d, indent=1) if args.json else text)
     return 0
+
+
+def _by_simulation(planner, specs, cfg: PlacerConfig, cost: CostTable, args) -> Placement:
+    from .simulator import sim_llms
+    from .simulator.choose import by_simulation
+    from .simulator.cli import sim_config
+
+    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    chosen, _ = by_simulation(planner.candidates(cfg.policy), sim_llms(specs), cost, sim_config(raw, cfg),
+                              (cfg.avg_prompt_len, cfg.avg_output_len), args.simulate)
+    return chosen
 
 
 def profile_main(argv: list[str]) -> int:

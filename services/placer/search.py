@@ -103,21 +103,21 @@ class Planner:
             if best is None:
                 raise PlacementError(f"the units {self.units} cannot hold all {len(self.llms)} LLMs")
             return self._placement(policy, best[1], ESTIMATE_MODE[policy])
-        if policy == "spatial":
-            best = spatial_layout(self)
-        else:
-            best = self._search(ESTIMATE_MODE[policy])
+        return max(self.candidates(policy), key=lambda p: p.objective)  # ties: the first candidate
+
+    def candidates(self, policy: str = "muxserve") -> list[Placement]:
+        """The placements `plan` chooses among: the policy's search result; for muxserve also the spatial
+        and the temporal layouts under MuxServe's scheduling (so it is never worse than either layout)."""
+        if policy not in ESTIMATE_MODE:
+            raise PlacementError(f"unknown policy {policy!r}; choose muxserve, spatial or temporal")
+        found = [spatial_layout(self) if policy == "spatial" else self._search(ESTIMATE_MODE[policy])]
         if policy == "muxserve":
-            for seed in (spatial_layout(self), self._search("temporal")):
-                if seed and (best is None or self._score(seed, "muxserve") > best[0]):
-                    best = (self._score(seed, "muxserve"), seed[1])
-        if best is None:
+            found += [spatial_layout(self), self._search("temporal")]
+        layouts = list(dict.fromkeys(tuple(r[1]) for r in found if r))
+        if not layouts:
             raise PlacementError(f"no split of {self.nodes}x{self.dpn} devices holds all "
                                  f"{len(self.llms)} LLMs under policy {policy}")
-        return self._placement(policy, best[1], ESTIMATE_MODE[policy])
-
-    def _score(self, result: tuple[float, Layout], mode: str) -> float:
-        return sum(self.unit_estimate(n, names, mode).served for _, n, names in result[1])
+        return [self._placement(policy, list(layout), ESTIMATE_MODE[policy]) for layout in layouts]
 
     def _search(self, mode: str) -> tuple[float, Layout] | None:
         need = max(self.min_devices.values())

@@ -30,22 +30,27 @@ from services.placer.search import PlacementError
 from services.placer.service import make_planner
 
 from . import metrics, scenarios
+from .choose import alone_base
 from .run import Simulation
 from .unit import SimConfig, SimLLM
 
 ENGINE_KEYS = ("block_size", "max_num_seqs", "max_prefill_tokens", "overload_allowance", "num_blocks")
 
 
+def sim_config(raw: dict, pcfg) -> SimConfig:
+    """The simulator's settings from a mesh config: device, memory, engine keys, memmgr's ADBS policy."""
+    engine = ((raw.get("worker") or {}).get("engine") or {})
+    return SimConfig(device=(raw.get("cluster") or {}).get("device", "cpu"),
+                     device_bytes=pcfg.device_memory_gb * 2**30, memory_utilization=pcfg.memory_utilization,
+                     quota=MemmgrConfig.from_section(raw.get("memmgr") or {}).quota,
+                     **{k: type(getattr(SimConfig, k))(engine[k]) for k in ENGINE_KEYS if k in engine})
+
+
 def _from_config(args):
     from services.placer.cli import load_plan_inputs
 
     specs, nodes, dpn, pcfg, cost = load_plan_inputs(args.config, None, args.cost_table)
-    raw = yaml.safe_load(open(args.config)) or {}
-    engine = ((raw.get("worker") or {}).get("engine") or {})
-    sim = SimConfig(device=(raw.get("cluster") or {}).get("device", "cpu"),
-                    device_bytes=pcfg.device_memory_gb * 2**30, memory_utilization=pcfg.memory_utilization,
-                    quota=MemmgrConfig.from_section(raw.get("memmgr") or {}).quota,
-                    **{k: type(getattr(SimConfig, k))(engine[k]) for k in ENGINE_KEYS if k in engine})
+    sim = sim_config(yaml.safe_load(open(args.config)) or {}, pcfg)
     planner = make_planner(specs, {}, nodes, dpn, pcfg, cost)
     lens = (pcfg.avg_prompt_len, pcfg.avg_output_len)
     return specs, planner, cost, sim, lens, args.policy or pcfg.policy, None
@@ -57,17 +62,6 @@ def _from_preset(args):
         scenarios.synthetic(args.alpha, args.max_rate)
     planner = sc.planner(cost)
     return sc.specs, planner, cost, SimConfig(), (sc.prompt_len, sc.output_len), args.policy or "muxserve", sc
-
-
-def alone_base(placement, cost: CostTable, llms: dict[str, SimLLM], lens) -> dict:
-    """Each LLM alone at batch 1 on its unit of `placement`, whole share: TTFT and mid-output TPOT."""
-    base = {}
-    for u in placement.units:
-        for m in u.llms:
-            key, n = llms[m.name].cost_key, len(u.devices)
-            base.setdefault(m.name, {"ttft": cost.prefill_ms(key, n, 1.0, 1, lens[0]) / 1000,
-                                     "tpot": cost.decode_ms(key, n, 1.0, 1, lens[0] + lens[1] / 2) / 1000})
-    return base
 
 
 def simulate_main(argv: list[str]) -> int:
