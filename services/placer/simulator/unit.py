@@ -39,7 +39,7 @@ class SimConfig:
     """What the simulated units run with (engine defaults unless set)."""
 
     device: str = "cuda"  # "cuda": shares are MPS percentages; "cpu": a device is a core
-    device_bytes: float = 80e9
+    device_bytes: float = 80 * 2**30  # bytes per device (80 GiB: the placer's device_memory_gb default)
     memory_utilization: float = 0.9
     block_size: int = _ENGINE.block_size
     max_num_seqs: int = _ENGINE.max_num_seqs
