@@ -4,8 +4,8 @@ with each dispatch lasting what the cost table says instead of running a model.
 A dispatch's duration is the cost table's latency for its LLM on the unit's device count at the
 share it runs with: the job's compute share on GPU (its MPS percentage; 1.0 without a share), the
 cores the budget gave it over the unit's cores on CPU (one dispatch per core, free cores spread, as
-compute.py does). Prefill (any plan with more than one token per sequence, recompute included) looks
-up (batch = sequences, seq = mean tokens computed); decode (batch, seq = mean context). Each dispatch
+compute.py does). A prefill dispatch (recompute after preemption included) looks up (batch =
+sequences, seq = mean tokens computed); a decode dispatch (batch, seq = mean context). Each dispatch
 also costs `dispatch_overhead_s`, and each sampled token `token_overhead_s` (what the engine, its job
 pipes and the mesh spend beside the forward pass; 0 for the A100 table, whose entries were measured
 around the whole step).
@@ -124,9 +124,8 @@ class SimUnit:
 
     def duration(self, d: Dispatch) -> float:
         key, share, batch = self.llms[d.llm].cost_key, self.share_of(d), len(d.plan)
-        tokens = sum(d.plan.values())
-        if tokens > batch:
-            ms = self.cost.prefill_ms(key, self.n, share, batch, tokens / batch)
+        if d.kind == "prefill":
+            ms = self.cost.prefill_ms(key, self.n, share, batch, sum(d.plan.values()) / batch)
             sampled = sum(s.num_computed_tokens + n == s.num_tokens for s, n in d.plan.items())
         else:  # decode: every sequence computes its last token and samples the next
             ms = self.cost.decode_ms(key, self.n, share, batch, sum(s.num_computed_tokens for s in d.plan) / batch + 1)
