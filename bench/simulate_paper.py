@@ -122,7 +122,8 @@ def slo_rates(results: list[dict], alpha: float) -> dict:
     return out
 
 
-def draw(results: list[dict], rates: dict, path: Path) -> None:
+def draw(results: list[dict], rates: dict, max_rates: list[float], path: Path) -> None:
+    """Steady throughput vs alpha per policy, one panel per max rate; SLO attainment vs rate."""
     try:
         import matplotlib
     except ImportError:
@@ -131,23 +132,43 @@ def draw(results: list[dict], rates: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    color = {p: f"C{i}" for i, p in enumerate(POLICIES)}
     syn = [r for r in results if r["key"][0] == "synthetic"]
-    max_rates = sorted({r["key"][2] for r in syn})
     fig, axes = plt.subplots(1, len(max_rates) + 1, figsize=(4 * (len(max_rates) + 1), 3.6))
     for ax, mr in zip(axes, max_rates):
         for p in POLICIES:
-            pts = sorted((r["key"][1], r["throughput_rps"]) for r in syn if r["key"][2] == mr and r["policy"] == p)
-            ax.plot([a for a, _ in pts], [t for _, t in pts], marker="o", label=p)
-        ax.set(xlabel="alpha", ylabel="throughput (req/s)", title=f"most popular LLM at {mr:g} req/s")
+            pts = sorted((r["key"][1], r["steady_throughput_rps"]) for r in syn
+                         if r["key"][2] == mr and r["policy"] == p)
+            ax.plot([a for a, _ in pts], [t for _, t in pts], marker="o", color=color[p], label=p)
+        ax.set(xlabel="alpha", ylabel="steady throughput (req/s)", title=f"most popular LLM at {mr:g} req/s")
     axes[0].legend(fontsize=7)
     ax = axes[-1]
-    for p, v in rates.items():
-        ax.plot([x for x, _ in v["points"]], [y for _, y in v["points"]], marker="o", label=p)
+    for p in POLICIES:
+        if p in rates:
+            pts = rates[p]["points"]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", color=color[p], label=p)
     ax.axhline(0.99, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="max rate (req/s)", ylabel="SLO attainment at scale 8", ylim=(0, 1.02), title="SLO vs rate")
+    ax.set(xlabel="most popular LLM's rate (req/s)", ylabel="SLO attainment at scale 8", ylim=(0, 1.02),
+           title="SLO attainment vs rate")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def report(results: list[dict], args, out: Path, wall: float) -> list[str]:
+    """Write table.md, results.json and simulate_paper.png to `out`; returns the table's lines."""
+    rates = slo_rates(results, args.slo_alpha) if args.slo_alpha else {}
+    out.mkdir(parents=True, exist_ok=True)
+    lines = table(results)
+    if rates:
+        lines += ["", f"alpha {args.slo_alpha:g}: highest max rate at 99% SLO attainment (scale 8): " + ", ".join(
+            f"{p} {v['rate_at_99pct_slo8']:.1f}" for p, v in sorted(rates.items()))]
+    lines += ["", f"wall {wall:.0f} s, {args.jobs} processes, duration {args.duration:g} s per workload"]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "from_json"},
+                                                  "wall_s": wall, "results": results, "slo_rates": rates}, indent=1))
+    draw(results, rates, args.max_rates, out / "simulate_paper.png")
+    return lines
 
 
 def floats(s: str) -> list[float]:
@@ -168,28 +189,23 @@ def main(argv=None) -> int:
                     default=["muxserve", "temporal", "spatial-paper", "spatial"])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="bench/results/simulate_paper")
+    ap.add_argument("--from-json", default="", help="redraw the table and plot from a results.json instead of running")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        for r in saved["results"]:
+            r["slo"] = {int(k): v for k, v in r["slo"].items()}  # JSON keys are strings
+        print("\n".join(report(saved["results"], args, Path(args.out), saved.get("wall_s", 0.0))))
+        return 0
     t0 = time.time()
     todo = tasks(args)
     with Pool(args.jobs) as pool:
         results = []
         for i, r in enumerate(pool.imap_unordered(run_one, todo), 1):
             results.append(r)
-            print(f"[{i}/{len(todo)} {time.time() - t0:.0f}s] {r['key']} {r['policy']}: "
-                  f"{r['throughput_rps']:.1f} req/s, SLO@8 {r['slo'][8]:.3f}", file=sys.stderr)
-    rates = slo_rates(results, args.slo_alpha) if args.slo_alpha else {}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = table(results)
-    if rates:
-        lines += ["", f"alpha {args.slo_alpha:g}: highest max rate at 99% SLO attainment (scale 8): " + ", ".join(
-            f"{p} {v['rate_at_99pct_slo8']:.1f}" for p, v in sorted(rates.items()))]
-    lines += ["", f"wall {time.time() - t0:.0f} s, {args.jobs} processes, duration {args.duration:g} s per workload"]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "slo_rates": rates},
-                                                 indent=1))
-    draw(results, rates, out / "simulate_paper.png")
-    print("\n".join(lines))
+            print(f"[{i}/{len(todo)} {time.time() - t0:.0f}s] {r['key']} {r['policy']}: steady "
+                  f"{r['steady_throughput_rps']:.1f} req/s, SLO@8 {r['slo'][8]:.3f}", file=sys.stderr)
+    print("\n".join(report(results, args, Path(args.out), time.time() - t0)))
     return 0
 
 
