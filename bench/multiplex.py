@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from muxserve import workload  # noqa: E402
-from multiplex_report import build_report, draw  # noqa: E402
+from multiplex_report import build_report, draw, validation_lines  # noqa: E402
 
 MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share one pool)
     "big": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8, intermediate_size=1408, seed=1),
@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps({"report": report, "raw": raw}, indent=1, default=str))
     draw(report, out / "multiplex.png")
     print(json.dumps(report["headline"], indent=1))
+    if args.simulate:
+        print("\n".join(validation_lines(report)))
     return 0
 
 

@@ -26,6 +26,22 @@ def simulated(sim: dict, rates: list[float], base: dict, models) -> dict:
             "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
 
 
+def validation_lines(report: dict) -> list[str]:
+    """Measured vs simulated per policy and rate (markdown): throughput, steady throughput, SLO@8."""
+    lines = ["| policy | offered req/s | throughput measured / simulated | steady measured / simulated | "
+             "SLO@8 measured / simulated |", "| --- | --- | --- | --- | --- |"]
+    for p, v in report["policies"].items():
+        for rate, m in v["runs"].items():
+            sim = v.get("simulated", {}).get("runs", {}).get(rate)
+            if sim is None:
+                continue
+            err = sim["throughput_rps"] / m["throughput_rps"] - 1
+            lines.append(f"| {p} | {float(rate):g} | {m['throughput_rps']:.2f} / {sim['throughput_rps']:.2f} "
+                         f"({err:+.0%}) | {m['steady_throughput_rps']:.2f} / {sim['steady_throughput_rps']:.2f} | "
+                         f"{m['slo'][8]:.3f} / {sim['slo'][8]:.3f} |")
+    return lines
+
+
 def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> dict:
     base = raw["spatial"]["base"]
     rep = {"args": vars(args), "cpu": os.cpu_count(), "base": base, "policies": {}}
