@@ -17,7 +17,7 @@ from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
-from services.worker.engine.types import ModelNotReadyError, UnknownModelError
+from services.worker.engine.types import CapacityError, ModelNotReadyError, UnknownModelError
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -105,14 +105,19 @@ class Worker:
             rates[name] = spec.rate
         await self.apply(UnitAssignment(0, "static", rates))
 
-    def generate(self, request_id, llm, prompt, prompt_token_ids, sampling):
+    def generate(self, request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens=None):
         """The engine's chunk stream (AsyncUnitEngine.generate). A model being loaded or drained here
-        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError."""
+        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError; a model
+        with `max_waiting` requests already waiting, CapacityError (RESOURCE_EXHAUSTED)."""
         if llm in self._loading or llm in self._draining:
             return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
             return _not_hosted(llm)
-        return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling)
+        waiting = self.engine.stats()["llms"].get(llm, {}).get("waiting", 0)
+        if waiting >= self.wcfg.max_waiting:
+            return _fail(CapacityError(f"model {llm!r} has {waiting} requests waiting on this worker "
+                                       f"(worker.max_waiting {self.wcfg.max_waiting}); retry later"))
+        return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
 
     async def close(self) -> None:
         for task in list(self._draining.values()):
@@ -139,13 +144,16 @@ def unit_engine_keys(a: UnitAssignment, cluster) -> dict:
     return keys
 
 
-async def _not_ready(llm: str, what: str):
-    raise ModelNotReadyError(f"model {llm!r} is {what} on this worker (re-placement); retry")
-    yield  # an async generator, like the engine's stream
+def _not_ready(llm: str, what: str):
+    return _fail(ModelNotReadyError(f"model {llm!r} is {what} on this worker (re-placement); retry"))
 
 
-async def _not_hosted(llm: str):
-    raise UnknownModelError(f"model {llm!r} is not hosted here (no LLM loaded yet)")
+def _not_hosted(llm: str):
+    return _fail(UnknownModelError(f"model {llm!r} is not hosted here (no LLM loaded yet)"))
+
+
+async def _fail(exc: Exception):
+    raise exc
     yield  # an async generator, like the engine's stream
 
 

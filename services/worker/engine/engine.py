@@ -34,7 +34,8 @@ from services.worker.engine.launch import load_tokenizer, make_jobs
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
-    Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
+    Chunk, EngineError, InvalidRequestError, Job, JobCrashedError, PoolLostError, SamplingParams, SeqStep,
+    StepInput, UnknownModelError,
 )
 from services.worker.engine.unit_compute import UnitCompute
 
@@ -182,9 +183,11 @@ class UnitEngine:
         return hosted
 
     # ---- requests ---------------------------------------------------------------------------
-    def add_request(self, request_id: str, llm: str, prompt: str | None = None,
-                    prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None) -> None:
-        """Validate and enqueue; raises UnknownModelError / InvalidRequestError / CapacityError."""
+    def add_request(self, request_id: str, llm: str, prompt: str | list[dict] | None = None,
+                    prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None,
+                    add_special_tokens: bool | None = None) -> None:
+        """Validate and enqueue; raises UnknownModelError / InvalidRequestError / CapacityError.
+        `prompt` is text or chat messages; tokenization: admission.prompt_ids."""
         sampling = sampling or SamplingParams()
         hosted = self._hosted(llm)
         if hosted.draining:
@@ -192,7 +195,8 @@ class UnitEngine:
         if not isinstance(sampling, SamplingParams):
             raise InvalidRequestError(f"sampling must be SamplingParams, got {type(sampling).__name__}")
         sampling.validate()
-        ids = admission.prompt_ids(hosted.tokenizer, hosted.spec.vocab_size, prompt, prompt_token_ids)
+        ids = admission.prompt_ids(hosted.tokenizer, hosted.spec.vocab_size, prompt, prompt_token_ids,
+                                   add_special_tokens)
         need = self.blocks[llm].blocks_for(len(ids) + sampling.max_tokens - 1)
         admission.check_lengths(len(ids), sampling.max_tokens, hosted.max_model_len, need, self.blocks.capacity)
         with self._lock:
@@ -212,9 +216,10 @@ class UnitEngine:
                 self.scheduler.abort(seq)
         self._wake()
 
-    def fail_all(self, error: str) -> None:
-        """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost); blocks
-        of sequences in flight return when their dispatch does."""
+    def fail_all(self, error: str | EngineError) -> None:
+        """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost: a
+        PoolLostError); blocks of sequences in flight return when their dispatch does."""
+        error = error if isinstance(error, EngineError) else PoolLostError(str(error))
         with self._lock:
             for seq in list(self._seqs.values()):
                 if not seq.is_finished:
@@ -290,7 +295,8 @@ class UnitEngine:
         now = time.monotonic()
         for d, res in zip(dispatches, results):
             if isinstance(res, BaseException):
-                self.scheduler.fail(d, f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}")
+                why = f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}"
+                self.scheduler.fail(d, JobCrashedError(why) if isinstance(res, JobCrashedError) else EngineError(why))
                 continue
             for seq in self.scheduler.complete(d, res.token_ids):
                 seq.first_token_time = seq.first_token_time or now

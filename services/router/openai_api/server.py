@@ -1,0 +1,105 @@
+"""Serving the HTTP API with uvicorn inside the router's own event loop (beside grpc.aio).
+
+`HttpServer.start(app, host, port, max_body_bytes)` binds (port 0 picks a free one) and serves until
+`stop()`; uvicorn's own signal handling is off (the router's SIGTERM handler stops both fronts). Bodies
+over `max_body_bytes` are refused with 413 and an OpenAI error body, from the Content-Length header
+when there is one, else as the body streams in, before the route reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+
+import uvicorn
+
+from services.router.openai_api.errors import error_body
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the router handles SIGTERM/SIGINT for both fronts
+        yield
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send, int(length))
+        seen, started = 0, False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send, seen)
+
+    async def _refuse(self, send, size: int) -> None:
+        body = json.dumps(error_body(
+            f"request body too large: {size} bytes, at most {self.max_bytes} (router.max_message_bytes)",
+            "invalid_request_error", None, "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class HttpServer:
+    def __init__(self):
+        self.server: _Server | None = None
+        self.task: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self, app, host: str, port: int, max_body_bytes: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(BodyLimit(app, max_body_bytes), lifespan="off", access_log=False,
+                                log_level="warning", timeout_graceful_shutdown=5)
+        self.server = _Server(config)
+        self.task = asyncio.ensure_future(self.server.serve(sockets=[sock]))
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # raises why it could not start
+                raise OSError(f"HTTP server on {host}:{self.port} stopped at start")
+            await asyncio.sleep(0.01)
+        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1", host, self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.server = self.task = None
