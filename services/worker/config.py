@@ -25,8 +25,9 @@ Keys (all optional):
     drain_timeout_s     how long an unloaded LLM may finish its in-flight requests (default 120)
     max_waiting         per LLM: a request that finds this many of its model's requests waiting (not yet
                         scheduled) is refused with RESOURCE_EXHAUSTED instead of queueing (default 256)
-    metrics_port        Prometheus /metrics of this worker (default: the gRPC port + 1000; 0 picks a free
-                        port, -1 turns it off); served on the worker's host
+    metrics_port        Prometheus /metrics of this worker (default: its gRPC port + 1000, so worker i of
+                        `muxserve up` is on worker.port + i + 1000; 0 picks a free port, -1 turns it off);
+                        served on the worker's host
 
 Cached free blocks (memmgr mode) go back to memmgr when an LLM has held no block for idle_release_s,
 when it is unloaded, and at shutdown (CloseSession); a worker that dies loses its blocks to memmgr

@@ -17,6 +17,7 @@ from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
+from services.worker.metrics import serve_metrics
 from services.worker.engine.types import CapacityError, ModelNotReadyError, UnknownModelError
 from services.worker.servicer import WorkerServicer
 
@@ -34,6 +35,7 @@ class Worker:
         self._draining: dict[str, asyncio.Task] = {}
         self._loading: set[str] = set()  # assigned here, not loaded yet
         self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
+        self.metrics_server = None  # services/worker/metrics.py, set by serve()
 
     def llm_stats(self) -> dict[str, dict]:
         """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
@@ -120,11 +122,20 @@ class Worker:
         return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
 
     async def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         for task in list(self._draining.values()):
             task.cancel()
         if self.engine is not None:
             await self.engine.close()
         await self.kv.close()  # memmgr mode: ends the session, every block goes back
+
+
+def start_metrics(worker: Worker, wcfg: WorkerConfig, host: str, grpc_port: int):
+    """/metrics on worker.metrics_port (default: the gRPC port + 1000; -1: none)."""
+    port = wcfg.metrics_port if wcfg.metrics_port is not None else grpc_port + 1000
+    return None if port == -1 else serve_metrics(worker, host, port)
 
 
 def unit_engine_keys(a: UnitAssignment, cluster) -> dict:
@@ -170,6 +181,7 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
         return [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name]
 
     running = await start_server(register, host or wcfg.host, wcfg.port if port is None else port)
+    worker.metrics_server = start_metrics(worker, wcfg, host or wcfg.host, running.port)
     task = None
     if wcfg.models:
         await worker.load_static()

@@ -86,6 +86,7 @@ class UnitEngine:
         self._lock = threading.RLock()  # engine state
         self._step_lock = threading.Lock()  # one step at a time
         self._carry: dict[str, Chunk] = {}  # chunks produced by remove_llm's own steps
+        self.busy_s: dict[tuple[str, str], float] = {}  # (llm, kind) -> seconds its job had a batch in flight
         for c in llms:
             self.add_llm(c)
 
@@ -265,7 +266,12 @@ class UnitEngine:
 
     def _dispatch(self) -> None:
         for d in self.scheduler.schedule(self.budget.busy, self.budget):
-            self._inflight[(d.llm, d.kind)] = (d, self._submit(d))
+            fut = self._submit(d)
+            self._inflight[(d.llm, d.kind)] = (d, fut)
+            fut.add_done_callback(lambda _, key=(d.llm, d.kind), t0=time.monotonic(): self._busy(key, t0))
+
+    def _busy(self, key: tuple[str, str], t0: float) -> None:
+        self.busy_s[key] = self.busy_s.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self) -> dict[str, Chunk]:
         """Apply every dispatch that has returned; their jobs become idle."""
