@@ -20,6 +20,8 @@ from services.router.openai_api.errors import error_body
 
 log = logging.getLogger(__name__)
 
+DRAIN_BYTES = 256 << 20  # most of a refused chunked body read and dropped (see BodyLimit._drain)
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -27,12 +29,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`."""
+    """ASGI middleware: 413 for a request body over `max_bytes`. The body is read here (at most
+    max_bytes of it are ever held) and handed to the app whole; later receive() calls (the client's
+    disconnect) go to the server."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -43,27 +43,37 @@ class BodyLimit:
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(send, int(length))
-        seen, started = 0, False
-
-        async def limited_receive():
-            nonlocal seen
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._drain(receive, message)  # before answering: the server ignores reads after
+                return await self._refuse(send, size)
+            more = message.get("more_body", False)
+        replayed = False
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send, seen)
+        await self.app(scope, replay, send)
+
+    async def _drain(self, receive, message, cap: int = DRAIN_BYTES) -> None:
+        """Read (and drop) the rest of a refused body, up to `cap` bytes, so that a client that sends
+        all of it before reading gets the 413 instead of a reset connection."""
+        seen = 0
+        while message.get("more_body", False) and seen < cap:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
 
     async def _refuse(self, send, size: int) -> None:
         body = json.dumps(error_body(

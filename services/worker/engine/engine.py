@@ -17,6 +17,7 @@ shares and the unit's mode between dispatches.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -38,6 +39,8 @@ from services.worker.engine.types import (
     StepInput, UnknownModelError,
 )
 from services.worker.engine.unit_compute import UnitCompute
+
+log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # a step with nothing in flight and nothing to dispatch returns after this at most
 
@@ -296,6 +299,14 @@ class UnitEngine:
             fut.set_exception(e)
             return fut
 
+    def _revive(self, d: Dispatch) -> None:
+        """A job process died: its sequences failed; start a new one so the LLM keeps serving."""
+        hosted = self.llms.get(d.llm)
+        job = getattr(hosted, d.kind, None)
+        if job is not None and hasattr(job, "restart") and not job.alive:
+            log.warning("restarting the %s job of %s after it died", d.kind, d.llm)
+            job.restart()
+
     def _apply(self, dispatches: list[Dispatch], results: list) -> dict[str, Chunk]:
         out: dict[str, Chunk] = {}
         now = time.monotonic()
@@ -303,6 +314,8 @@ class UnitEngine:
             if isinstance(res, BaseException):
                 why = f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}"
                 self.scheduler.fail(d, JobCrashedError(why) if isinstance(res, JobCrashedError) else EngineError(why))
+                if isinstance(res, JobCrashedError):
+                    self._revive(d)
                 continue
             for seq in self.scheduler.complete(d, res.token_ids):
                 seq.first_token_time = seq.first_token_time or now
