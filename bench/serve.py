@@ -11,8 +11,10 @@ at `--rate` req/s (Poisson, fixed seed: both fronts get the same schedule; `inf`
 a text prompt and a fixed output length (ignore_eos, greedy). Each round runs both fronts, the order
 alternating between rounds. Per front: request throughput, output tokens/s, TTFT, TPOT and ITL p50 / p99
 (ms), measured by the client; then HTTP/gRPC ratios and the TTFT the HTTP front adds. The HTTP client
-is the official `openai` AsyncOpenAI (streaming, stream_options.include_usage) or, with `--client raw`,
-httpx reading the SSE lines itself. Results: docs/benchmarks.md.
+is httpx reading the SSE lines itself (the default, `--client raw`, like `vllm bench serve`'s aiohttp
+client) or the official `openai` AsyncOpenAI (`--client openai`: streaming, stream_options.include_usage),
+whose per-chunk parsing costs client CPU that, on a small machine, the engine shares. Results:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def ratios(rounds: list[dict]) -> dict:
     tok = [r["http"]["output_tok_per_s"] / r["grpc"]["output_tok_per_s"] for r in rounds]
     ttft = [r["http"]["ttft_p50_ms"] - r["grpc"]["ttft_p50_ms"] for r in rounds]
     return {"http_over_grpc_output_tok_per_s": tok, "http_added_ttft_p50_ms": ttft,
-            "min_tok_ratio": min(tok), "median_added_ttft_ms": statistics.median(ttft)}
+            "median_tok_ratio": statistics.median(tok), "min_tok_ratio": min(tok), "max_tok_ratio": max(tok),
+            "median_added_ttft_ms": statistics.median(ttft)}
 
 
 async def with_mesh(a) -> dict:
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-words", type=int, default=48)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--client", choices=("openai", "raw"), default="openai")
+    ap.add_argument("--client", choices=("raw", "openai"), default="raw",
+                    help="raw: httpx reading SSE lines (as vllm bench serve's aiohttp client); openai: AsyncOpenAI")
     ap.add_argument("--api-key", default="bench-key")
     ap.add_argument("--http-url", default=None, help="use a running deployment's HTTP API (…/v1)")
     ap.add_argument("--grpc-address", default=None, help="…and its router's gRPC address")

@@ -115,9 +115,10 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
         router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
+    # No per-connection grpc.max_concurrent_streams: HTTP/2 would queue a call past it silently; the
+    # router's own bound (RouterCore) answers RESOURCE_EXHAUSTED instead.
     options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-               ("grpc.max_send_message_length", 64 << 20),
-               ("grpc.max_concurrent_streams", cfg.max_concurrent_streams)]
+               ("grpc.max_send_message_length", 64 << 20)]
     running = await start_server(register, cfg.host, cfg.port, reflection=True, options=options,
                                  interceptors=[AuthInterceptor(keys)])
     http = None

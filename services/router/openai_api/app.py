@@ -22,7 +22,7 @@ from services.router.core import RouterCore
 from services.router.metrics import CONTENT_TYPE
 from services.router.openai_api import errors, render
 from services.router.openai_api.protocol import ChatCompletionRequest, CompletionRequest
-from services.router.openai_api.runs import Choice, Run, start
+from services.router.openai_api.runs import Choice, start
 from services.router.request import RouterError, Unauthenticated
 
 

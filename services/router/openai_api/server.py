@@ -20,6 +20,9 @@ from services.router.openai_api.errors import error_body
 
 log = logging.getLogger(__name__)
 
+# An idle keep-alive connection is closed after this (uvicorn's default, 5 s, races clients that reuse a
+# pooled connection just as the server closes it: they see a reset instead of a response).
+KEEP_ALIVE_S = 60
 DRAIN_BYTES = 256 << 20  # most of a refused chunked body read and dropped (see BodyLimit._drain)
 
 
@@ -98,7 +101,7 @@ class HttpServer:
         sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(BodyLimit(app, max_body_bytes), lifespan="off", access_log=False,
-                                log_level="warning", timeout_graceful_shutdown=5)
+                                log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
         self.server = _Server(config)
         self.task = asyncio.ensure_future(self.server.serve(sockets=[sock]))
         while not self.server.started:
