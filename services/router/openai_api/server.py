@@ -97,6 +97,9 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux): without it Nagle holds each small SSE event until the
+        # client's delayed ACK, and a kept-alive stream delivers its tokens in bursts.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
