@@ -72,7 +72,7 @@ def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, n
     cfg = {"redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
            "models": [{"name": n, "path": str(work / n), "rate": round(r, 4)} for n, r in rates.items()],
            "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
-           "router": {"host": "127.0.0.1", "port": ports["router"]},
+           "router": {"host": "127.0.0.1", "port": ports["router"], "http_port": -1},
            "placer": {"host": "127.0.0.1", "port": ports["placer"], "cost_table": str(cost), "policy": policy,
                       "interval_s": 3600, "avg_prompt_len": lens[0], "avg_output_len": lens[1]},
            "memmgr": {"host": "127.0.0.1", "port": ports["memmgr"]},

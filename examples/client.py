@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import grpc
@@ -17,14 +18,16 @@ import grpc
 from muxserve.v1 import router_pb2, router_pb2_grpc
 
 
-async def stream(address: str, model: str, prompt: str, max_tokens: int, temperature: float) -> int:
+async def stream(address: str, model: str, prompt: str, max_tokens: int, temperature: float,
+                 api_key: str | None = None) -> int:
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         request = router_pb2.GenerateRequest(
             model=model, prompt=prompt,
             sampling=router_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature))
         try:
-            async for chunk in stub.Generate(request):
+            async for chunk in stub.Generate(request, metadata=metadata):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
                 if chunk.finish_reason:
@@ -43,8 +46,9 @@ def main() -> int:
     ap.add_argument("--prompt", default="Hello, world")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--api-key", default=os.environ.get("MUXSERVE_API_KEY"), help="when router.api_keys is set")
     a = ap.parse_args()
-    return asyncio.run(stream(a.address, a.model, a.prompt, a.max_tokens, a.temperature))
+    return asyncio.run(stream(a.address, a.model, a.prompt, a.max_tokens, a.temperature, a.api_key))
 
 
 if __name__ == "__main__":

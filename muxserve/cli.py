@@ -1,6 +1,6 @@
 """The `muxserve` command: start the whole mesh, one service, plan a placement, or write a tiny model.
 
-    muxserve up --config FILE [--grpc-port 50051]     every service as local processes (one command)
+    muxserve up --config FILE [--grpc-port 50051] [--http-port 8000]   every service as local processes
     muxserve router|placer|memmgr|worker --config FILE one service (what docker compose runs)
     muxserve plan --config FILE [--policy P] [--cost-table FILE] [--json]
     muxserve profile ...                               measure a cost table on this machine's devices
@@ -23,12 +23,16 @@ def _service_main(name: str, argv: list[str]) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
     ap.add_argument("--host", default=None, help="listen host (overrides the config)")
+    if name == "router":
+        ap.add_argument("--http-port", type=int, default=None, help="HTTP API port (router.http_port; -1: off)")
     if name == "worker":
         ap.add_argument("--worker-id", default=None)
         ap.add_argument("--num-devices", type=int, default=None, help="devices (cores/GPUs) of this worker")
     args = ap.parse_args(argv)
     module = importlib.import_module(f"services.{name}.server")
     kwargs = {"port": args.port, "host": args.host}
+    if name == "router":
+        kwargs["http_port"] = args.http_port
     if name == "worker":
         kwargs.update(worker_id=args.worker_id, num_devices=args.num_devices)
     return module.main(args.config, **kwargs) or 0

@@ -1,7 +1,8 @@
 """`muxserve up`: run the whole mesh on one machine as local processes.
 
 Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, one
-worker per unit of the placer's placement (worker i listens on worker.port + i) and the router, each as `python -m muxserve.cli <service> --config FILE`, waits until each
+worker per unit of the placer's placement (worker i listens on worker.port + i) and the router (gRPC and
+the OpenAI-compatible HTTP API, 127.0.0.1:8000 by default), each as `python -m muxserve.cli <service> --config FILE`, waits until each
 reports SERVING on grpc.health.v1, prints where to connect, and on SIGINT/SIGTERM stops them in
 reverse order (SIGTERM, then SIGKILL after a grace period). `Mesh` is the same code for tests.
 """
@@ -35,6 +36,7 @@ class Mesh:
     grpc_port: int | None = None          # router port override
     log_dir: str | None = None            # each service's stdout/stderr goes to <log_dir>/<name>.log
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    http_port: int | None = None          # router HTTP port override (router.http_port, default 8000)
 
     def __post_init__(self) -> None:
         self.mesh = cfg.load(self.config_path)
@@ -46,6 +48,15 @@ class Mesh:
     def router_address(self) -> str:
         port = self.grpc_port or self.mesh.section("router")["port"]
         return f"127.0.0.1:{port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the router's OpenAI-compatible API ("" when router.http_port is -1)."""
+        sec = self.mesh.section("router")
+        port = self.http_port if self.http_port is not None else int(sec.get("http_port", 8000))
+        host = sec.get("http_host") or sec["host"]
+        host = host if host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
+        return "" if port == -1 else f"http://{host}:{port}/v1"
 
     async def unit_sizes(self) -> list[int]:
         """Devices of each unit of the placer's current placement: one worker is started per unit."""
@@ -72,6 +83,7 @@ class Mesh:
         for i in range(len(sizes)):
             await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
         router_args = ["--port", str(self.grpc_port)] if self.grpc_port else []
+        router_args += ["--http-port", str(self.http_port)] if self.http_port is not None else []
         self._spawn("router", router_args)
         await self._wait("router", self.router_address, timeout)
 
@@ -161,7 +173,8 @@ async def _run(mesh: Mesh) -> None:
     await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and not stop.is_set():
         starting.result()
-        print(f"muxserve is up. Router gRPC: {mesh.router_address} (service muxserve.v1.Router). "
+        http = f" OpenAI-compatible HTTP: {mesh.http_url}." if mesh.http_url else ""
+        print(f"muxserve is up. Router gRPC: {mesh.router_address} (service muxserve.v1.Router).{http} "
               f"Logs: {mesh.log_dir}. Ctrl-C stops everything.", flush=True)
         await stopped
 
@@ -170,10 +183,12 @@ def up_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="muxserve up")
     ap.add_argument("--config", required=True)
     ap.add_argument("--grpc-port", type=int, default=None, help="router port (default: config, 50051)")
+    ap.add_argument("--http-port", type=int, default=None,
+                    help="router HTTP API port (default: config router.http_port, 8000; -1: off)")
     ap.add_argument("--log-dir", default=None)
     args = ap.parse_args(argv)
     install_uvloop()
-    mesh = Mesh(args.config, args.grpc_port, args.log_dir)
+    mesh = Mesh(args.config, args.grpc_port, args.log_dir, http_port=args.http_port)
     try:
         asyncio.run(_run(mesh))
     except Exception as exc:  # a service failed to start: say which and where its log is

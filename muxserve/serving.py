@@ -56,9 +56,10 @@ async def start_server(
     port: int = 0,
     reflection: bool = False,
     options: list | None = None,
+    interceptors: list | None = None,
 ) -> RunningServer:
     """Build, register (register returns the full service names it added), bind and start."""
-    server = grpc.aio.server(options=options or [
+    server = grpc.aio.server(interceptors=interceptors, options=options or [
         ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
     names = tuple(register(server))
     health_servicer = health.aio.HealthServicer()

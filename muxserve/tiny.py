@@ -26,9 +26,20 @@ ARCHS = {
 }
 
 
-def build_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE tokenizer trained on a small built-in corpus (any UTF-8 text encodes)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# A minimal chat template in the style of real ones (role markers, the generation prompt, BOS first when
+# the tokenizer has one), so that /v1/chat/completions works on the tiny models.
+CHAT_TEMPLATE = (
+    "{% if bos_token is defined and bos_token %}{{ bos_token }}{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 384, add_bos: bool = False, chat_template: str | None = None):
+    """A byte-level BPE tokenizer trained on a small built-in corpus (any UTF-8 text encodes).
+
+    add_bos: encoding with special tokens puts `<s>` first, as a Llama tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -40,9 +51,15 @@ def build_tokenizer(vocab_size: int = 384):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    if add_bos:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+    fast.chat_template = chat_template
+    return fast
 
 
 def write_tiny_checkpoint(
@@ -57,10 +74,13 @@ def write_tiny_checkpoint(
     vocab_size: int = 384,
     seed: int = 0,
     dtype: str = "float32",
+    chat_template: str | None = CHAT_TEMPLATE,
 ) -> Path:
     """Write a random-weight checkpoint of `arch` ("llama", "mistral" or "qwen2") to `path`.
 
-    Returns the folder. Same arguments and seed give the same weights.
+    Returns the folder. Same arguments and seed give the same weights. Like the real families, the
+    llama and mistral tokenizers add BOS to a plain prompt and qwen2's does not; `chat_template`
+    (None: none) is the tokenizer's chat template.
     """
     import torch
     import transformers
@@ -69,7 +89,7 @@ def write_tiny_checkpoint(
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = build_tokenizer(vocab_size, add_bos=arch != "qwen2", chat_template=chat_template)
     cfg_cls, model_cls = (getattr(transformers, n) for n in ARCHS[arch])
     extra = {"sliding_window": None} if arch in ("mistral", "qwen2") else {}
     config = cfg_cls(

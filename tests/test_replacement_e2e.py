@@ -53,7 +53,7 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2):
     }
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
-    m = Mesh(str(path), log_dir=str(root / "logs"))
+    m = Mesh(str(path), log_dir=str(root / "logs"), http_port=0)  # HTTP on a free port (unused here)
     try:
         asyncio.run(m.start(timeout=240))
     except Exception:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/router.proto\x12\x0bmuxserve.v1\"\x95\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\x07\n\x05_seed\"\xb1\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x31\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x15.muxserve.v1.TokenIdsH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.muxserve.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xa6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0cqueue_time_s\x18\x03 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\x04 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x05 \x01(\x01\x12\x15\n\re2e_latency_s\x18\x06 \x01(\x01\"\x81\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.muxserve.v1.Usage\"\x13\n\x11ListModelsRequest\"?\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\r\n\x05units\x18\x03 \x03(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.muxserve.v1.ModelInfo2\xa2\x01\n\x06Router\x12I\n\x08Generate\x12\x1c.muxserve.v1.GenerateRequest\x1a\x1d.muxserve.v1.GenerateResponse0\x01\x12M\n\nListModels\x12\x1e.muxserve.v1.ListModelsRequest\x1a\x1f.muxserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/router.proto\x12\x0bmuxserve.v1\"\x95\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\x07\n\x05_seed\"\x98\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x31\n\x10prompt_token_ids\x18\x03 \x01(\x0b\x32\x15.muxserve.v1.TokenIdsH\x00\x12-\n\x08messages\x18\x06 \x01(\x0b\x32\x19.muxserve.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.muxserve.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokens\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.muxserve.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xa6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0cqueue_time_s\x18\x03 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\x04 \x01(\x01\x12\x1f\n\x17time_per_output_token_s\x18\x05 \x01(\x01\x12\x15\n\re2e_latency_s\x18\x06 \x01(\x01\"\x81\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.muxserve.v1.Usage\"\x13\n\x11ListModelsRequest\"?\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\r\n\x05units\x18\x03 \x03(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.muxserve.v1.ModelInfo2\xa2\x01\n\x06Router\x12I\n\x08Generate\x12\x1c.muxserve.v1.GenerateRequest\x1a\x1d.muxserve.v1.GenerateResponse0\x01\x12M\n\nListModels\x12\x1e.muxserve.v1.ListModelsRequest\x1a\x1f.muxserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=42
   _globals['_SAMPLINGPARAMS']._serialized_end=191
   _globals['_GENERATEREQUEST']._serialized_start=194
-  _globals['_GENERATEREQUEST']._serialized_end=371
-  _globals['_TOKENIDS']._serialized_start=373
-  _globals['_TOKENIDS']._serialized_end=396
-  _globals['_USAGE']._serialized_start=399
-  _globals['_USAGE']._serialized_end=565
-  _globals['_GENERATERESPONSE']._serialized_start=568
-  _globals['_GENERATERESPONSE']._serialized_end=697
-  _globals['_LISTMODELSREQUEST']._serialized_start=699
-  _globals['_LISTMODELSREQUEST']._serialized_end=718
-  _globals['_MODELINFO']._serialized_start=720
-  _globals['_MODELINFO']._serialized_end=783
-  _globals['_LISTMODELSRESPONSE']._serialized_start=785
-  _globals['_LISTMODELSRESPONSE']._serialized_end=845
-  _globals['_ROUTER']._serialized_start=848
-  _globals['_ROUTER']._serialized_end=1010
+  _globals['_GENERATEREQUEST']._serialized_end=474
+  _globals['_CHATMESSAGE']._serialized_start=476
+  _globals['_CHATMESSAGE']._serialized_end=520
+  _globals['_CHATMESSAGES']._serialized_start=522
+  _globals['_CHATMESSAGES']._serialized_end=580
+  _globals['_TOKENIDS']._serialized_start=582
+  _globals['_TOKENIDS']._serialized_end=605
+  _globals['_USAGE']._serialized_start=608
+  _globals['_USAGE']._serialized_end=774
+  _globals['_GENERATERESPONSE']._serialized_start=777
+  _globals['_GENERATERESPONSE']._serialized_end=906
+  _globals['_LISTMODELSREQUEST']._serialized_start=908
+  _globals['_LISTMODELSREQUEST']._serialized_end=927
+  _globals['_MODELINFO']._serialized_start=929
+  _globals['_MODELINFO']._serialized_end=992
+  _globals['_LISTMODELSRESPONSE']._serialized_start=994
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1054
+  _globals['_ROUTER']._serialized_start=1057
+  _globals['_ROUTER']._serialized_end=1219
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,10 @@ class RouterServicer:
 
     def Generate(self, request, context):
         """Streams the completion of one prompt: one chunk per step that produced tokens, the last one
-        carrying finish_reason and usage.
+        carrying finish_reason and usage. A request that fails, before or after its first chunk, ends
+        with a non-OK status (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL,
+        UNAUTHENTICATED) and a message saying what happened, never with an OK status and an error string.
+        With router.api_keys set, calls carry metadata `authorization: Bearer <key>`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

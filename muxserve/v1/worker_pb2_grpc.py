@@ -51,7 +51,8 @@ class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Same stream contract as Router.Generate; `model` must be hosted by this worker.
+        """Same stream contract as Router.Generate (failures end the stream with a status); `model` must be
+        hosted by this worker; a full waiting queue of the model answers RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -9,6 +9,14 @@
       status_interval_s: 5.0        # how often workers' GetStatus refines each model's context length
       unavailable_wait_s: 30.0      # how long a request waits for a host of its model (re-placement,
                                     # a worker loading or draining it, a restart) before UNAVAILABLE
+      http_host: 127.0.0.1          # the OpenAI-compatible HTTP API and /metrics (default: `host`)
+      http_port: 8000               # 0 picks a free port; -1 turns HTTP off
+      api_keys: [KEY, ...]          # also MUXSERVE_API_KEY (one key, added); none configured = open
+      max_message_bytes: 4194304    # largest gRPC message / HTTP body accepted (4 MiB)
+      max_concurrent_streams: 1024  # Generate calls and HTTP completions in flight, all fronts together
+      max_stop_strings: 16          # stop strings per request...
+      max_stop_chars: 256           # ...each at most this long
+      max_request_id_chars: 128
 
 Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
 static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
@@ -38,6 +46,15 @@ class ModelLimits:
     vocab_size: int = 0
 
 
+@dataclass(frozen=True)
+class RequestBounds:
+    """Bounds on a request's fields (validation.py), from the router config."""
+
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+    max_request_id_chars: int = 128
+
+
 @dataclass
 class RouterConfig:
     models: dict[str, ModelLimits]
@@ -51,6 +68,12 @@ class RouterConfig:
     redis_timeout_s: float = 0.5
     status_interval_s: float = 5.0  # how often worker-reported context lengths are refreshed
     unavailable_wait_s: float = 30.0  # a request with no reachable host waits (and retries) this long
+    http_host: str | None = None  # None: `host`
+    http_port: int = 8000  # -1: no HTTP server
+    api_keys: tuple[str, ...] = ()
+    max_message_bytes: int = 4 << 20
+    max_concurrent_streams: int = 1024
+    bounds: RequestBounds = field(default_factory=RequestBounds)
 
     def __post_init__(self) -> None:
         for model, addresses in self.static_workers.items():
@@ -64,6 +87,15 @@ class RouterConfig:
             raise ConfigError(f"router.status_interval_s must be > 0, got {self.status_interval_s}")
         if self.unavailable_wait_s < 0:
             raise ConfigError(f"router.unavailable_wait_s must be >= 0, got {self.unavailable_wait_s}")
+        if self.http_port < -1:
+            raise ConfigError(f"router.http_port must be a port, 0 (any) or -1 (off), got {self.http_port}")
+        if min(self.max_message_bytes, self.max_concurrent_streams) < 1:
+            raise ConfigError("router.max_message_bytes and max_concurrent_streams must be >= 1")
+        b = self.bounds
+        if min(b.max_stop_strings, b.max_stop_chars, b.max_request_id_chars) < 1:
+            raise ConfigError(f"router: max_stop_strings, max_stop_chars, max_request_id_chars must be >= 1, got {b}")
+        if not all(isinstance(k, str) and k for k in self.api_keys):
+            raise ConfigError("router.api_keys must be a list of non-empty strings")
 
     @property
     def static(self) -> bool:
@@ -98,4 +130,18 @@ def from_mesh(mesh: MeshConfig) -> RouterConfig:
         redis_url=mesh.redis_url, bucket_s=float(pop.get("bucket_s", 1.0)),
         ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)),
         status_interval_s=float(sec.get("status_interval_s", 5.0)),
-        unavailable_wait_s=float(sec.get("unavailable_wait_s", 30.0)))
+        unavailable_wait_s=float(sec.get("unavailable_wait_s", 30.0)),
+        http_host=sec.get("http_host"), http_port=int(sec.get("http_port", 8000)), api_keys=api_keys(sec),
+        max_message_bytes=int(sec.get("max_message_bytes", 4 << 20)),
+        max_concurrent_streams=int(sec.get("max_concurrent_streams", 1024)),
+        bounds=RequestBounds(int(sec.get("max_stop_strings", 16)), int(sec.get("max_stop_chars", 256)),
+                             int(sec.get("max_request_id_chars", 128))))
+
+
+def api_keys(sec: dict) -> tuple[str, ...]:
+    """router.api_keys plus MUXSERVE_API_KEY, when set."""
+    keys = sec.get("api_keys") or []
+    if isinstance(keys, str) or not isinstance(keys, list):
+        raise ConfigError("router.api_keys must be a list of strings")
+    env = os.environ.get("MUXSERVE_API_KEY")
+    return tuple(dict.fromkeys([*keys, *([env] if env else [])]))

@@ -32,13 +32,19 @@ def request_from_proto(p: router_pb2.GenerateRequest) -> RouteRequest:
     return RouteRequest(
         model=p.model, prompt=p.prompt if which == "prompt" else "",
         prompt_token_ids=list(p.prompt_token_ids.ids) if which == "prompt_token_ids" else [],
+        messages=[{"role": m.role, "content": m.content} for m in p.messages.messages] if which == "messages" else [],
+        add_special_tokens=p.add_special_tokens if p.HasField("add_special_tokens") else None,
         sampling=sampling_from_proto(p.sampling), request_id=p.request_id)
 
 
 def worker_request(req: RouteRequest) -> worker_pb2.WorkerGenerateRequest:
-    return worker_pb2.WorkerGenerateRequest(
+    p = worker_pb2.WorkerGenerateRequest(
         request_id=req.request_id, model=req.model, prompt=req.prompt,
-        prompt_token_ids=req.prompt_token_ids, sampling=sampling_to_proto(req.sampling))
+        prompt_token_ids=req.prompt_token_ids, sampling=sampling_to_proto(req.sampling),
+        messages=[router_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in req.messages])
+    if req.add_special_tokens is not None:
+        p.add_special_tokens = req.add_special_tokens
+    return p
 
 
 def models_to_proto(models: dict[str, ModelLimits], units: dict[str, list[str]]) -> router_pb2.ListModelsResponse:

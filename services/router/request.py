@@ -19,8 +19,9 @@ class RouterError(Exception):
 
     code = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, param: str | None = None):
         super().__init__(message)
+        self.param = param  # the request field at fault, when known (OpenAI error bodies name it)
         if code is not None:
             self.code = code
 
@@ -37,17 +38,29 @@ class Unavailable(RouterError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(RouterError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(RouterError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 @dataclass
 class RouteRequest:
     """A Generate request from arrival to its last chunk.
 
-    Exactly one of `prompt` (text, tokenized by the worker) and `prompt_token_ids` is set once valid.
+    Exactly one of `prompt` (text, tokenized by the worker), `prompt_token_ids` and `messages` (chat
+    messages [{"role", "content"}], rendered by the worker with the model's chat template) is set once
+    valid; `add_special_tokens` None means the default (admission.prompt_ids).
     `worker` is the address it was forwarded to; token counts fill in as chunks stream back.
     """
 
     model: str
     prompt: str = ""
     prompt_token_ids: list[int] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    add_special_tokens: bool | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     worker: str = ""

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 
-from services.router.config import ModelLimits
+from services.router.config import ModelLimits, RequestBounds
 from services.router.request import InvalidArgument, ModelNotFound, RouteRequest
 from services.worker.engine.types import InvalidRequestError
 
 
-def validate(req: RouteRequest, models: dict[str, ModelLimits]) -> None:
+def validate(req: RouteRequest, models: dict[str, ModelLimits], bounds: RequestBounds = RequestBounds()) -> None:
     limits = check_model(req.model, models)
     check_prompt(req)
-    check_sampling(req)
+    check_sampling(req, bounds)
     check_lengths(req, limits)
+    if len(req.request_id) > bounds.max_request_id_chars:
+        raise InvalidArgument(f"request_id is {len(req.request_id)} characters long; at most "
+                              f"{bounds.max_request_id_chars} (router.max_request_id_chars)")
 
 
 def check_model(name: str, models: dict[str, ModelLimits]) -> ModelLimits:
@@ -31,11 +34,14 @@ def check_model(name: str, models: dict[str, ModelLimits]) -> ModelLimits:
 
 
 def check_prompt(req: RouteRequest) -> None:
-    if not req.prompt and not req.prompt_token_ids:
-        raise InvalidArgument("prompt is empty: set a non-empty `prompt` or `prompt_token_ids`")
+    if not req.prompt and not req.prompt_token_ids and not req.messages:
+        raise InvalidArgument("prompt is empty: set a non-empty `prompt`, `prompt_token_ids` or `messages`")
+    for i, m in enumerate(req.messages):
+        if not m.get("role"):
+            raise InvalidArgument(f"messages[{i}].role is required")
 
 
-def check_sampling(req: RouteRequest) -> None:
+def check_sampling(req: RouteRequest, bounds: RequestBounds = RequestBounds()) -> None:
     s = req.sampling
     for name in ("temperature", "top_p"):
         if not math.isfinite(getattr(s, name)):
@@ -46,6 +52,13 @@ def check_sampling(req: RouteRequest) -> None:
         raise InvalidArgument(f"sampling.{exc}") from None
     if any(not stop for stop in s.stop):
         raise InvalidArgument("sampling.stop must not contain empty strings")
+    if len(s.stop) > bounds.max_stop_strings:
+        raise InvalidArgument(f"sampling.stop has {len(s.stop)} strings; at most {bounds.max_stop_strings} "
+                              "(router.max_stop_strings)")
+    long = next((x for x in s.stop if len(x) > bounds.max_stop_chars), None)
+    if long is not None:
+        raise InvalidArgument(f"sampling.stop: a string of {len(long)} characters; at most "
+                              f"{bounds.max_stop_chars} (router.max_stop_chars)")
 
 
 def check_lengths(req: RouteRequest, limits: ModelLimits) -> None:

@@ -23,6 +23,11 @@ Keys (all optional):
                         compute_shares / cores (memmgr mode: the pool and its
                         block_size are memmgr's; num_blocks is ignored)
     drain_timeout_s     how long an unloaded LLM may finish its in-flight requests (default 120)
+    max_waiting         per LLM: a request that finds this many of its model's requests waiting (not yet
+                        scheduled) is refused with RESOURCE_EXHAUSTED instead of queueing (default 256)
+    metrics_port        Prometheus /metrics of this worker (default: its gRPC port + 1000, so worker i of
+                        `muxserve up` is on worker.port + i + 1000; 0 picks a free port, -1 turns it off);
+                        served on the worker's host
 
 Cached free blocks (memmgr mode) go back to memmgr when an LLM has held no block for idle_release_s,
 when it is unloaded, and at shutdown (CloseSession); a worker that dies loses its blocks to memmgr
@@ -74,6 +79,8 @@ class WorkerConfig:
     leases: LeaseConfig = field(default_factory=LeaseConfig)
     engine: dict = field(default_factory=dict)
     drain_timeout_s: float = 120.0
+    max_waiting: int = 256
+    metrics_port: int | None = None  # None: port + 1000 (services/worker/metrics.py)
 
     @classmethod
     def from_section(cls, sec: dict, worker_id: str | None = None) -> "WorkerConfig":
@@ -85,7 +92,11 @@ class WorkerConfig:
                   advertise=str(sec.get("advertise", "")), models=list(models),
                   kv=str(sec.get("kv", "auto")), leases=LeaseConfig.from_dict(sec.get("leases")),
                   engine=dict(sec.get("engine") or {}),
-                  drain_timeout_s=float(sec.get("drain_timeout_s", 120.0)))
+                  drain_timeout_s=float(sec.get("drain_timeout_s", 120.0)),
+                  max_waiting=int(sec.get("max_waiting", 256)),
+                  metrics_port=None if sec.get("metrics_port") is None else int(sec["metrics_port"]))
+        if cfg.max_waiting < 1:
+            raise ValueError(f"worker.max_waiting must be >= 1, got {cfg.max_waiting}")
         if cfg.kv not in KV_MODES:
             raise ValueError(f"worker.kv must be one of {KV_MODES}, got {cfg.kv!r}")
         return cfg

@@ -14,10 +14,20 @@ def sampling_from_proto(p: router_pb2.SamplingParams) -> SamplingParams:
         seed=int(p.seed) if p.HasField("seed") else None, stop=tuple(p.stop), ignore_eos=bool(p.ignore_eos))
 
 
-def chunk_to_proto(request_id: str, chunk: Chunk) -> router_pb2.GenerateResponse:
+def prompt_from_proto(p: worker_pb2.WorkerGenerateRequest) -> str | list[dict] | None:
+    """The text prompt, or the chat messages as [{"role", "content"}] (what the engine renders)."""
+    if p.prompt:
+        return p.prompt
+    if p.messages:
+        return [{"role": m.role, "content": m.content} for m in p.messages]
+    return None
+
+
+def chunk_to_proto(request_id: str, chunk: Chunk, final: bool = True) -> router_pb2.GenerateResponse:
+    """final=False: only the chunk's tokens and text (a failed request's last tokens, before its status)."""
     resp = router_pb2.GenerateResponse(request_id=request_id, token_ids=chunk.token_ids, text=chunk.text,
-                                       finish_reason=chunk.finish_reason)
-    if chunk.finish_reason:
+                                       finish_reason=chunk.finish_reason if final else "")
+    if chunk.finish_reason and final:
         resp.usage.prompt_tokens = chunk.prompt_tokens
         resp.usage.completion_tokens = chunk.completion_tokens
         if chunk.timing is not None:

@@ -89,6 +89,7 @@ class MemmgrKV:
         self.address, self.leases = address, leases or LeaseConfig()
         self.client = MemmgrClient(address, worker_id)
         self.sources = MemmgrSources(self.client, self.leases)
+        self.quota_moves: dict[str, int] = {}  # LLM -> quota changes applied from memmgr
         self.handle: PoolHandle | None = None
         self.pool = None  # [num_blocks, 2, block_size, head_dim], memmgr's memory
         self.engine: AsyncUnitEngine | None = None
@@ -189,6 +190,8 @@ class MemmgrKV:
                    if u.name in llms and llms[u.name]["quota"] != u.quota_blocks}
         if changed:
             log.info("memmgr quotas: %s", changed)
+            for name in changed:  # ADBS moves seen here (services/worker/metrics.py)
+                self.quota_moves[name] = self.quota_moves.get(name, 0) + 1
             try:
                 await asyncio.to_thread(eng.set_quotas, changed)
             except KeyError:

@@ -17,7 +17,8 @@ from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
-from services.worker.engine.types import ModelNotReadyError, UnknownModelError
+from services.worker.metrics import serve_metrics
+from services.worker.engine.types import CapacityError, ModelNotReadyError, UnknownModelError
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -34,6 +35,7 @@ class Worker:
         self._draining: dict[str, asyncio.Task] = {}
         self._loading: set[str] = set()  # assigned here, not loaded yet
         self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
+        self.metrics_server = None  # services/worker/metrics.py, set by serve()
 
     def llm_stats(self) -> dict[str, dict]:
         """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
@@ -105,21 +107,35 @@ class Worker:
             rates[name] = spec.rate
         await self.apply(UnitAssignment(0, "static", rates))
 
-    def generate(self, request_id, llm, prompt, prompt_token_ids, sampling):
+    def generate(self, request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens=None):
         """The engine's chunk stream (AsyncUnitEngine.generate). A model being loaded or drained here
-        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError."""
+        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError; a model
+        with `max_waiting` requests already waiting, CapacityError (RESOURCE_EXHAUSTED)."""
         if llm in self._loading or llm in self._draining:
             return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
             return _not_hosted(llm)
-        return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling)
+        waiting = self.engine.stats()["llms"].get(llm, {}).get("waiting", 0)
+        if waiting >= self.wcfg.max_waiting:
+            return _fail(CapacityError(f"model {llm!r} has {waiting} requests waiting on this worker "
+                                       f"(worker.max_waiting {self.wcfg.max_waiting}); retry later"))
+        return self.engine.generate(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
 
     async def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         for task in list(self._draining.values()):
             task.cancel()
         if self.engine is not None:
             await self.engine.close()
         await self.kv.close()  # memmgr mode: ends the session, every block goes back
+
+
+def start_metrics(worker: Worker, wcfg: WorkerConfig, host: str, grpc_port: int):
+    """/metrics on worker.metrics_port (default: the gRPC port + 1000; -1: none)."""
+    port = wcfg.metrics_port if wcfg.metrics_port is not None else grpc_port + 1000
+    return None if port == -1 else serve_metrics(worker, host, port)
 
 
 def unit_engine_keys(a: UnitAssignment, cluster) -> dict:
@@ -139,13 +155,16 @@ def unit_engine_keys(a: UnitAssignment, cluster) -> dict:
     return keys
 
 
-async def _not_ready(llm: str, what: str):
-    raise ModelNotReadyError(f"model {llm!r} is {what} on this worker (re-placement); retry")
-    yield  # an async generator, like the engine's stream
+def _not_ready(llm: str, what: str):
+    return _fail(ModelNotReadyError(f"model {llm!r} is {what} on this worker (re-placement); retry"))
 
 
-async def _not_hosted(llm: str):
-    raise UnknownModelError(f"model {llm!r} is not hosted here (no LLM loaded yet)")
+def _not_hosted(llm: str):
+    return _fail(UnknownModelError(f"model {llm!r} is not hosted here (no LLM loaded yet)"))
+
+
+async def _fail(exc: Exception):
+    raise exc
     yield  # an async generator, like the engine's stream
 
 
@@ -162,6 +181,7 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
         return [worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name]
 
     running = await start_server(register, host or wcfg.host, wcfg.port if port is None else port)
+    worker.metrics_server = start_metrics(worker, wcfg, host or wcfg.host, running.port)
     task = None
     if wcfg.models:
         await worker.load_static()

@@ -105,7 +105,7 @@ def test_a_lone_sequence_that_can_never_fit_finishes_with_an_error():
         if not sched.has_unfinished():
             break
         run_round(sched)
-    assert s.finish_reason == "error" and "does not fit" in s.error
+    assert s.finish_reason == "error" and "does not fit" in str(s.error)
     assert sched.blocks.num_free == 8
 
 

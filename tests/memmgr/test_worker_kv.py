@@ -161,7 +161,7 @@ async def test_expired_session_fails_requests_then_recovers_with_a_new_one(tiny_
             if not ch.finish_reason:
                 await asyncio.to_thread(aeng.engine.fail_all, "lease lost")  # what recovery does first
             last = ch
-        assert (last.finish_reason, last.error) == ("error", "lease lost")
+        assert (last.finish_reason, str(last.error)) == ("error", "lease lost")
 
         old = kv.client.session_id
 

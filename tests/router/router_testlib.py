@@ -126,7 +126,7 @@ def mesh(model_dir, redis_url: str, router: dict, names=("tiny", "slow", "idle")
 @contextlib.asynccontextmanager
 async def running_router(mesh_cfg):
     """Yield (router handle, Router stub) for a router on a free port."""
-    router = await serve(mesh_cfg, port=0)
+    router = await serve(mesh_cfg, port=0, http_port=0)
     try:
         async with grpc.aio.insecure_channel(router.address) as channel:
             from muxserve.v1 import router_pb2_grpc

@@ -9,18 +9,42 @@ from __future__ import annotations
 from services.worker.engine.types import CapacityError, Chunk, InvalidRequestError
 
 
-def prompt_ids(tokenizer, vocab_size: int, prompt: str | None, prompt_token_ids: list[int] | None) -> list[int]:
-    """The request's prompt as token ids (prompt_token_ids win; a text prompt is encoded without specials)."""
+def prompt_ids(tokenizer, vocab_size: int, prompt: str | list[dict] | None, prompt_token_ids: list[int] | None,
+               add_special_tokens: bool | None = None) -> list[int]:
+    """The request's prompt as token ids, tokenized as transformers and vLLM do.
+
+    prompt_token_ids win (used as given). A text prompt is encoded with the tokenizer's special tokens
+    (BOS) unless add_special_tokens is False. A list of chat messages ({"role", "content"}) is rendered
+    with the tokenizer's own chat template (with the generation prompt) and encoded without adding
+    special tokens unless add_special_tokens is True (the template writes them).
+    """
     if prompt_token_ids:
         ids = [int(t) for t in prompt_token_ids]
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if bad:
             raise InvalidRequestError(f"prompt token ids {bad[:4]} outside the vocabulary [0, {vocab_size})")
         return ids
-    ids = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+    if isinstance(prompt, list):
+        prompt, specials = render_chat(tokenizer, prompt), bool(add_special_tokens)
+    else:
+        specials = add_special_tokens is not False
+    ids = tokenizer.encode(prompt, add_special_tokens=specials) if prompt else []
     if not ids:
-        raise InvalidRequestError("empty prompt: give a non-empty prompt or prompt_token_ids")
+        raise InvalidRequestError("empty prompt: give a non-empty prompt, messages or prompt_token_ids")
     return ids
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """messages rendered by the tokenizer's chat template; InvalidRequestError when it has none."""
+    if not messages:
+        raise InvalidRequestError("messages is empty")
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidRequestError("this model's tokenizer has no chat template: use the completions API "
+                                  "(a text prompt) instead")
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is bad input
+        raise InvalidRequestError(f"the chat template rejected the messages: {exc}") from None
 
 
 def check_lengths(n_prompt: int, max_tokens: int, max_model_len: int, blocks_needed: int, capacity: int) -> None:

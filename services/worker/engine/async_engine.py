@@ -5,7 +5,7 @@ cross back with `loop.call_soon_threadsafe`. `generate` raises add_request's err
 (UnknownModelError, InvalidRequestError, CapacityError) on the first iteration, before any chunk.
 If the consumer stops iterating or is cancelled, the request is aborted and its blocks return.
 A request that fails inside the engine ends with a chunk whose finish_reason is "error" (its
-`error` says why).
+`error`, an EngineError, says why; the worker's servicer ends the stream with its status code).
 """
 
 from __future__ import annotations
@@ -64,17 +64,17 @@ class AsyncUnitEngine:
                 self._queues.pop(rid, None)
 
     # ---- requests ---------------------------------------------------------------------------
-    async def generate(self, request_id: str, llm: str, prompt: str | None = None,
-                       prompt_token_ids: list[int] | None = None,
-                       sampling: SamplingParams | None = None) -> AsyncIterator[Chunk]:
-        """Stream the request's chunks; the last has a finish_reason."""
+    async def generate(self, request_id: str, llm: str, prompt: str | list[dict] | None = None,
+                       prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None,
+                       add_special_tokens: bool | None = None) -> AsyncIterator[Chunk]:
+        """Stream the request's chunks; the last has a finish_reason (UnitEngine.add_request's args)."""
         if request_id in self._queues:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         q: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = (asyncio.get_running_loop(), q)
         finished = False
         try:
-            self.engine.add_request(request_id, llm, prompt, prompt_token_ids, sampling)
+            self.engine.add_request(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
             self._wake.set()
             while not finished:
                 ch = await q.get()

@@ -17,6 +17,7 @@ shares and the unit's mode between dispatches.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -34,9 +35,12 @@ from services.worker.engine.launch import load_tokenizer, make_jobs
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
-    Chunk, InvalidRequestError, Job, SamplingParams, SeqStep, StepInput, UnknownModelError,
+    Chunk, EngineError, InvalidRequestError, Job, JobCrashedError, PoolLostError, SamplingParams, SeqStep,
+    StepInput, UnknownModelError,
 )
 from services.worker.engine.unit_compute import UnitCompute
+
+log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.01  # a step with nothing in flight and nothing to dispatch returns after this at most
 
@@ -85,6 +89,7 @@ class UnitEngine:
         self._lock = threading.RLock()  # engine state
         self._step_lock = threading.Lock()  # one step at a time
         self._carry: dict[str, Chunk] = {}  # chunks produced by remove_llm's own steps
+        self.busy_s: dict[tuple[str, str], float] = {}  # (llm, kind) -> seconds its job had a batch in flight
         for c in llms:
             self.add_llm(c)
 
@@ -182,9 +187,11 @@ class UnitEngine:
         return hosted
 
     # ---- requests ---------------------------------------------------------------------------
-    def add_request(self, request_id: str, llm: str, prompt: str | None = None,
-                    prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None) -> None:
-        """Validate and enqueue; raises UnknownModelError / InvalidRequestError / CapacityError."""
+    def add_request(self, request_id: str, llm: str, prompt: str | list[dict] | None = None,
+                    prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None,
+                    add_special_tokens: bool | None = None) -> None:
+        """Validate and enqueue; raises UnknownModelError / InvalidRequestError / CapacityError.
+        `prompt` is text or chat messages; tokenization: admission.prompt_ids."""
         sampling = sampling or SamplingParams()
         hosted = self._hosted(llm)
         if hosted.draining:
@@ -192,7 +199,8 @@ class UnitEngine:
         if not isinstance(sampling, SamplingParams):
             raise InvalidRequestError(f"sampling must be SamplingParams, got {type(sampling).__name__}")
         sampling.validate()
-        ids = admission.prompt_ids(hosted.tokenizer, hosted.spec.vocab_size, prompt, prompt_token_ids)
+        ids = admission.prompt_ids(hosted.tokenizer, hosted.spec.vocab_size, prompt, prompt_token_ids,
+                                   add_special_tokens)
         need = self.blocks[llm].blocks_for(len(ids) + sampling.max_tokens - 1)
         admission.check_lengths(len(ids), sampling.max_tokens, hosted.max_model_len, need, self.blocks.capacity)
         with self._lock:
@@ -212,9 +220,10 @@ class UnitEngine:
                 self.scheduler.abort(seq)
         self._wake()
 
-    def fail_all(self, error: str) -> None:
-        """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost); blocks
-        of sequences in flight return when their dispatch does."""
+    def fail_all(self, error: str | EngineError) -> None:
+        """Finish every request with finish_reason "error" (e.g. the unit's KV lease was lost: a
+        PoolLostError); blocks of sequences in flight return when their dispatch does."""
+        error = error if isinstance(error, EngineError) else PoolLostError(str(error))
         with self._lock:
             for seq in list(self._seqs.values()):
                 if not seq.is_finished:
@@ -260,7 +269,12 @@ class UnitEngine:
 
     def _dispatch(self) -> None:
         for d in self.scheduler.schedule(self.budget.busy, self.budget):
-            self._inflight[(d.llm, d.kind)] = (d, self._submit(d))
+            fut = self._submit(d)
+            self._inflight[(d.llm, d.kind)] = (d, fut)
+            fut.add_done_callback(lambda _, key=(d.llm, d.kind), t0=time.monotonic(): self._busy(key, t0))
+
+    def _busy(self, key: tuple[str, str], t0: float) -> None:
+        self.busy_s[key] = self.busy_s.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self) -> dict[str, Chunk]:
         """Apply every dispatch that has returned; their jobs become idle."""
@@ -285,12 +299,23 @@ class UnitEngine:
             fut.set_exception(e)
             return fut
 
+    def _revive(self, d: Dispatch) -> None:
+        """A job process died: its sequences failed; start a new one so the LLM keeps serving."""
+        hosted = self.llms.get(d.llm)
+        job = getattr(hosted, d.kind, None)
+        if job is not None and hasattr(job, "restart") and not job.alive:
+            log.warning("restarting the %s job of %s after it died", d.kind, d.llm)
+            job.restart()
+
     def _apply(self, dispatches: list[Dispatch], results: list) -> dict[str, Chunk]:
         out: dict[str, Chunk] = {}
         now = time.monotonic()
         for d, res in zip(dispatches, results):
             if isinstance(res, BaseException):
-                self.scheduler.fail(d, f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}")
+                why = f"{d.llm} {d.kind} job failed: {type(res).__name__}: {res}"
+                self.scheduler.fail(d, JobCrashedError(why) if isinstance(res, JobCrashedError) else EngineError(why))
+                if isinstance(res, JobCrashedError):
+                    self._revive(d)
                 continue
             for seq in self.scheduler.complete(d, res.token_ids):
                 seq.first_token_time = seq.first_token_time or now

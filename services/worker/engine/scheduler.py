@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
 from services.worker.engine.compute import ComputeBudget
 from services.worker.engine.sequence import Sequence, SeqStatus
+from services.worker.engine.types import CapacityError, EngineError
 
 
 MODES = ("spatial-temporal", "temporal")
@@ -83,7 +84,7 @@ class Scheduler:
         if not seq.in_flight:
             self._drop(seq)
 
-    def finish(self, seq: Sequence, reason: str, error: str = "") -> None:
+    def finish(self, seq: Sequence, reason: str, error: EngineError | None = None) -> None:
         seq.finish(reason, error)
         self.finished.append(seq)
         if not seq.in_flight:
@@ -246,7 +247,7 @@ class Scheduler:
             victim = self._victim(seq, view, planned, lone)
             if victim is None:
                 if not any(s.block_table for s in self.all_seqs() if s is not seq):
-                    self.finish(seq, "error", "the sequence does not fit in the KV pool")
+                    self.finish(seq, "error", CapacityError("the sequence does not fit in the KV pool"))
                 return False
             self._preempt(victim)
             if victim is seq:
@@ -286,7 +287,7 @@ class Scheduler:
                 sampled.append(seq)
         return sampled
 
-    def fail(self, d: Dispatch, error: str) -> None:
+    def fail(self, d: Dispatch, error: EngineError) -> None:
         """The dispatch's job failed: finish each of its sequences with the error."""
         for seq in d.plan:
             seq.in_flight = False

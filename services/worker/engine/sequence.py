@@ -39,7 +39,7 @@ class Sequence:
     block_table: array = field(default_factory=lambda: array("i"))  # int32 ids (pool.py's order): copied and
     # shipped to jobs every step, where a list of ints would be converted or pickled id by id
     finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error"
-    error: str = ""  # why, when finish_reason == "error"
+    error: Any = None  # types.EngineError saying why, when finish_reason == "error"
     detok: Any = None  # detok.IncrementalDetokenizer
     in_flight: bool = False  # part of a dispatch that has not returned yet
     num_emitted_tokens: int = 0  # output tokens already handed to the caller
@@ -87,7 +87,7 @@ class Sequence:
             return self.output_token_ids[start - p:start - p + n]
         return self.prompt_token_ids[start:] + self.output_token_ids[:start + n - p]
 
-    def finish(self, reason: str, error: str = "") -> None:
+    def finish(self, reason: str, error: Any = None) -> None:
         self.status = SeqStatus.FINISHED
         self.finish_reason = reason
         self.error = error

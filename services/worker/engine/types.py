@@ -126,6 +126,10 @@ class JobCrashedError(EngineError):
     """A job process died while running this request's step (UNAVAILABLE)."""
 
 
+class PoolLostError(EngineError):
+    """The unit's KV blocks are gone (e.g. the memmgr lease expired) (UNAVAILABLE)."""
+
+
 @dataclass(frozen=True)
 class RequestTiming:
     """Where a request's time went, in seconds, measured where it was served (on the final chunk).
@@ -146,8 +150,9 @@ class Chunk:
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error"
+    finish_reason: str = ""  # "" | "stop" | "length" | "abort" | "error" (engine-internal: the servicer
+    # turns "error" into a gRPC status from `error`, and clients never see it as a finish_reason)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    error: str = ""  # why, when finish_reason == "error" (e.g. a job crashed, the KV pool is too small)
+    error: Any = None  # EngineError saying why, when finish_reason == "error" (a job crashed, pool lost, ...)
     timing: RequestTiming | None = None  # on the final chunk
