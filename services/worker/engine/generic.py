@@ -40,6 +40,7 @@ class PagedStep:
     pool: torch.Tensor  # [N, 2, bs, hd] (pool.py)
     build: Callable[[int | None], AttnContext]
     ws: Workspace
+    kv_heads: int  # the checkpoint description's KV heads per layer (the block tables' H)
     contexts: dict = field(default_factory=dict)
     calls: list = field(default_factory=list)  # (layer_idx, kv_heads, head_dim) of each attention call
 
@@ -66,9 +67,12 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     _, Hq, T, hd = query.shape
     H = key.shape[1]
     step.calls.append((layer, H, key.shape[-1], value.shape[-1]))
-    if layer is None or key.shape[-1] != hd or value.shape[-1] != hd or query.shape[0] != 1:
-        raise UnsupportedModelError(f"{name}: q/k/v shapes {tuple(query.shape)}/{tuple(key.shape)}/{tuple(value.shape)}"
-                                    f" (layer {layer}) do not fit head-wise blocks of one head_dim")
+    pool_hd = step.pool.shape[-1]
+    if layer is None or {hd, key.shape[-1], value.shape[-1]} != {pool_hd} or H != step.kv_heads or query.shape[0] != 1:
+        raise UnsupportedModelError(
+            f"{name} (layer {layer}) attends with q/k/v of shapes {tuple(query.shape)}/{tuple(key.shape)}/"
+            f"{tuple(value.shape)}, not the description's {step.kv_heads} KV heads of head_dim {pool_hd} for both "
+            "K and V (head-wise blocks hold K and V of one head_dim)")
     q = query[0].transpose(0, 1).contiguous()  # [T, Hq, hd]
     k, v = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, H, hd] each
     out = paged_attention(q, k, v, step.pool, layer, step.context(sliding_window), step.ws, scaling, softcap)
@@ -126,7 +130,7 @@ class GenericModel:
 
     def step(self, tokens: torch.Tensor, build: Callable[[int | None], AttnContext]) -> tuple[torch.Tensor, PagedStep]:
         """tokens [T] -> (logits [B, V] fp32 at each sequence's last token, the step's state); writes K/V."""
-        step = PagedStep(self.pool, build, self.workspace)
+        step = PagedStep(self.pool, build, self.workspace, self.spec.num_kv_heads)
         ctx = step.context(None)  # positions and last rows are the same in every window's context
         out = self.hf(input_ids=tokens[None], position_ids=ctx.positions[None], use_cache=False,
                       logits_to_keep=ctx.last_rows, **{STEP_KWARG: step})

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from muxserve.checkpoint import Checkpoint, describe
 from . import calibrate, native, support, tensors
 from .hugepages import huge_copy
 from .panels import MATRICES, to_panels
@@ -100,7 +99,7 @@ def _sliding_window(cfg: dict, arch: str) -> int | None:
 def read_spec(path: str | Path, dtype: torch.dtype = torch.float32) -> ModelSpec:
     """A ModelSpec from the checkpoint's description (weight_bytes left 0); UnsupportedModelError naming the
     architecture and why when no path can run it."""
-    ck = describe(path)
+    ck = support.describe(path)
     engine = support.choose(ck)
     cfg = ck.config
     fast = {}

@@ -18,14 +18,15 @@ from muxserve.checkpoint import Checkpoint
 from services.worker.engine.types import UnsupportedModelError
 
 FAST_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+FAST_TYPES = ("llama", "mistral", "qwen2")  # model_types: others reuse LlamaForCausalLM's name (e.g. exaone)
 FAST_ROPE = ("default", "linear", "llama3")
 ATTENTION_LAYERS = ("full_attention", "sliding_attention", "attention")
 
 
 def fast_refusal(ck: Checkpoint) -> str | None:
     """Why the fast path cannot take `ck` (None: it can)."""
-    if ck.arch not in FAST_ARCHS:
-        return f"the fast path implements {', '.join(FAST_ARCHS)}"
+    if ck.arch not in FAST_ARCHS or ck.model_type not in FAST_TYPES:
+        return f"the fast path implements {', '.join(FAST_ARCHS)} (model_type {', '.join(FAST_TYPES)})"
     cfg = ck.config
     params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
     rope = params.get("rope_type", params.get("type", "default")) or "default"
@@ -49,24 +50,37 @@ def _model_class(ck: Checkpoint):
                                     "causal-LM class for it") from None
 
 
+def config_refusal(cfg: dict) -> str | None:
+    """Why the generic path cannot take a raw config.json (None: maybe it can), before it is even described."""
+    text = {**cfg, **(cfg.get("text_config") or {})}
+    if cfg.get("is_encoder_decoder") or text.get("is_encoder_decoder"):
+        return "an encoder-decoder model: its decoder cross-attends to an encoder's output"
+    kinds = sorted({str(t) for t in text.get("layer_types") or () if t not in ATTENTION_LAYERS})
+    if kinds:
+        return (f"its layers include {', '.join(kinds)}, which are not softmax attention over all past K/V "
+                "(state-space, linear or sparse attention, convolutions, chunked attention): the head-wise pool "
+                "holds only past K/V")
+    if text.get("attention_chunk_size"):
+        return "chunked attention (attention_chunk_size), which the paged attention does not mask"
+    return None
+
+
 def generic_refusal(ck: Checkpoint) -> str | None:
     """Why the generic path cannot take `ck` (None: it can, subject to selfcheck.py)."""
-    cfg = ck.config
-    if cfg.get("is_encoder_decoder"):
-        return "an encoder-decoder model: its decoder cross-attends to an encoder's output"
-    kinds = sorted({str(t) for t in cfg.get("layer_types") or () if t not in ATTENTION_LAYERS})
-    if kinds:
-        return (f"its layers include {', '.join(kinds)}: they keep a recurrent state (state-space, linear attention "
-                "or convolution), not past K/V, and the head-wise pool holds only K/V")
-    if cfg.get("attention_chunk_size"):
-        return "chunked attention (attention_chunk_size), which the paged attention does not mask"
+    why = config_refusal(ck.config)
+    if why:
+        return why
     config, cls = _model_class(ck)
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "add_cross_attention", False):
-        return "an encoder-decoder model: its decoder cross-attends to an encoder's output"
+    if getattr(config, "add_cross_attention", False):
+        return "its decoder cross-attends to an encoder's output (add_cross_attention)"
     if not getattr(cls, "_supports_attention_backend", False):
         return (f"transformers' {cls.__name__} computes attention in its own modeling code (it does not route it "
                 "through AttentionInterface with its kwargs: _supports_attention_backend is False)")
     return None
+
+
+def refuse(arch: str, model_type: str, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"architecture {arch!r} (model_type {model_type!r}) is not supported: {why}")
 
 
 def choose(ck: Checkpoint) -> str:
@@ -75,5 +89,22 @@ def choose(ck: Checkpoint) -> str:
         return "fast"
     why = generic_refusal(ck)
     if why is not None:
-        raise UnsupportedModelError(f"architecture {ck.arch!r} (model_type {ck.model_type!r}) is not supported: {why}")
+        raise refuse(ck.arch, ck.model_type, why)
     return "generic"
+
+
+def describe(path) -> Checkpoint:
+    """muxserve.checkpoint.describe, refusing (UnsupportedModelError) a config the generic path cannot take or
+    that has no attention shapes (e.g. a state-space model has no attention heads)."""
+    from muxserve.checkpoint import CheckpointError, describe as describe_checkpoint, read_json
+    from pathlib import Path
+
+    cfg = read_json(Path(path) / "config.json")
+    arch, model_type = (cfg.get("architectures") or ["?"])[0], cfg.get("model_type", "?")
+    why = config_refusal(cfg)
+    if why:
+        raise refuse(arch, model_type, why)
+    try:
+        return describe_checkpoint(path)
+    except CheckpointError as e:
+        raise refuse(arch, model_type, f"{e}: no softmax attention this engine could page") from None
