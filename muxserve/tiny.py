@@ -26,7 +26,8 @@ ARCHS = FAST_ARCHS  # kept for callers; any model_type of transformers' causal-L
 # does not know is not passed to it.
 _SMALL = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
               shared_expert_intermediate_size=32, n_shared_experts=1, kv_lora_rank=16, q_lora_rank=16,
-              qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1)
+              qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1,
+              rotary_dim=8)
 MAX_TINY_PARAMS = 20_000_000  # a tiny config that still builds a bigger model is a config this could not shrink
 
 
@@ -40,6 +41,9 @@ def causal_lm_types() -> dict[str, str]:
 def _accepts(cls, default, key: str) -> bool:
     import inspect
 
+    attr = inspect.getattr_static(cls, key, None)
+    if isinstance(attr, property) and attr.fset is None:
+        return False  # derived from other keys (e.g. Falcon's head_dim)
     return key in inspect.signature(cls.__init__).parameters or key in getattr(cls, "attribute_map", {}) \
         or hasattr(default, key)
 
@@ -59,6 +63,8 @@ def tiny_config(arch: str, hidden_size: int = 64, num_layers: int = 2, num_heads
             "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
             "head_dim": hidden_size // num_heads, "max_position_embeddings": max_position_embeddings,
             "vocab_size": vocab_size, "tie_word_embeddings": False, "sliding_window": sliding_window, **extra}
+    if _accepts(cls, default, "qk_rope_head_dim"):
+        del want["head_dim"]  # multi-head latent attention: the config derives it from its own head dims
     return cls(**{k: v for k, v in want.items() if k in extra or _accepts(cls, default, k)})
 
 

@@ -55,7 +55,8 @@ def config_refusal(cfg: dict) -> str | None:
     text = {**cfg, **(cfg.get("text_config") or {})}
     if cfg.get("is_encoder_decoder") or text.get("is_encoder_decoder"):
         return "an encoder-decoder model: its decoder cross-attends to an encoder's output"
-    kinds = sorted({str(t) for t in text.get("layer_types") or () if t not in ATTENTION_LAYERS})
+    layers = [*(text.get("layer_types") or ()), *(text.get("block_types") or ())]
+    kinds = sorted({str(t) for t in layers if t not in ATTENTION_LAYERS})
     if kinds:
         return (f"its layers include {', '.join(kinds)}, which are not softmax attention over all past K/V "
                 "(state-space, linear or sparse attention, convolutions, chunked attention): the head-wise pool "
