@@ -34,6 +34,7 @@ NOT_BUILT = {  # model_type -> why no tiny checkpoint is written here
        for t in ("cohere_compass_text", "dots3_note_text", "gemma3n_text", "gemma4_assistant", "gpt_neo",
                  "inkling2_loop_text", "inkling2_text", "lfm2_moe", "mamba2", "plbart", "prophetnet", "reformer",
                  "whisper", "xlnet", "zamba", "zamba2", "zaya", "blenderbot")},
+    "longcat_flash": "transformers' own forward fails on the small config's latent-attention head sizes",
     "xmod": "transformers' forward needs a language set on the model first (set_default_language)",
 }
 
