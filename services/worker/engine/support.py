@@ -21,10 +21,13 @@ FAST_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 FAST_TYPES = ("llama", "mistral", "qwen2")  # model_types: others reuse LlamaForCausalLM's name (e.g. exaone)
 FAST_ROPE = ("default", "linear", "llama3")
 ATTENTION_LAYERS = ("full_attention", "sliding_attention", "attention")
+FAST = True  # the fast path takes what it can (benchmarks switch it off to time the generic path on the same arch)
 
 
 def fast_refusal(ck: Checkpoint) -> str | None:
     """Why the fast path cannot take `ck` (None: it can)."""
+    if not FAST:
+        return "the fast path is switched off (support.FAST)"
     if ck.arch not in FAST_ARCHS or ck.model_type not in FAST_TYPES:
         return f"the fast path implements {', '.join(FAST_ARCHS)} (model_type {', '.join(FAST_TYPES)})"
     cfg = ck.config
