@@ -34,7 +34,7 @@ def check_logits(d: Driver, hf, plan: dict[int, int], out) -> None:
 
 
 @pytest.mark.parametrize("arch", GENERIC)
-def test_generic_mixed_batches_match_transformers(arch, generic_ckpts, monkeypatch):
+def test_generic_path_matches_transformers(arch, generic_ckpts, monkeypatch):
     path = generic_ckpts[arch]
     d, hf = Driver(path, seed=1), hf_model(path)
     assert d.spec.engine == "generic"
@@ -46,20 +46,19 @@ def test_generic_mixed_batches_match_transformers(arch, generic_ckpts, monkeypat
         monkeypatch.setattr(attention, "GATHER_MAX_ROWS", 10**9 if k % 2 else 0)
         check_logits(d, hf, plan, d.step(plan))
     assert d.seqs[1].computed > 16
+    check_greedy(d, hf)
 
 
-@pytest.mark.parametrize("arch", GENERIC)
-def test_generic_greedy_equals_generate(arch, generic_ckpts):
-    path = generic_ckpts[arch]
-    d, hf = Driver(path, seed=2), hf_model(path)
-    prompts = {0: [1, 50, 60, 70], 1: list(range(100, 119)), 2: [9]}
+def check_greedy(d: Driver, hf, new: int = 10) -> None:
+    """Fresh sequences in the same pool, then greedy decoding: the tokens of transformers' generate."""
+    prompts = {10: [1, 50, 60, 70], 11: list(range(100, 119)), 12: [9]}
     for sid, p in prompts.items():
         d.add(sid, p)
     d.step({sid: len(p) for sid, p in prompts.items()}, return_logits=False)
-    for _ in range(9):
+    for _ in range(new - 1):
         d.step({sid: 1 for sid in prompts}, return_logits=False)
     for sid, p in prompts.items():
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None,
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=new, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, len(p):].tolist()
         assert d.seqs[sid].tokens[len(p):] == ref, f"seq {sid}"
