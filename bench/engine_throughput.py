@@ -193,7 +193,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         window = {} if args.arch in ("llama", "mistral", "qwen2") else {"sliding_window": args.window}
         path = str(write_tiny_checkpoint(tmp, args.arch, args.hidden, args.layers, args.heads, args.kv_heads,
-                                         args.intermediate, seed=0, max_position_embeddings=4096, **window))
+                                         args.intermediate, seed=0, max_position_embeddings=4096,
+                                         max_params=10**10, **window))
         params = sum(t.numel() for t in hf_model(path, "cpu").parameters())
         reqs = make_requests(args.requests, args.seed, args.prompt, args.output, 384)
         results = {}

@@ -99,11 +99,12 @@ def write_tiny_checkpoint(
     vocab_size: int = 384,
     seed: int = 0,
     dtype: str = "float32",
+    max_params: int = MAX_TINY_PARAMS,
     **config,
 ) -> Path:
     """Write a random-weight checkpoint of `arch` (a model_type of transformers' causal-LM registry, e.g. "llama",
     "qwen3", "gemma2") to `path`; `config` overrides tiny_config's keys. Returns the folder. Same arguments and
-    seed give the same weights. ValueError for an unknown arch or a config this cannot shrink."""
+    seed give the same weights. ValueError for an unknown arch or a config this cannot shrink below max_params."""
     import torch
     import transformers
 
@@ -120,7 +121,7 @@ def write_tiny_checkpoint(
     model_cls = getattr(transformers, types[arch])
     with torch.device("meta"):
         n = sum(p.numel() for p in model_cls(cfg).parameters())
-    if n > MAX_TINY_PARAMS:
+    if n > max_params:
         raise ValueError(f"{arch}: the small config still has {n / 1e6:.0f}M parameters")
     torch.manual_seed(seed)
     model = model_cls(cfg).to(getattr(torch, dtype)).eval()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import native
 from .pool import key_view, table_prefix, value_view
+from .scores import PLAIN, Scores, softcapped
 from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
@@ -213,24 +214,6 @@ def write_kv(pool: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, c
 GATHER_MAX_ROWS = 0 if native.gemv() is not None else 64
 
 
-@dataclass(frozen=True)
-class Scores:
-    """How a layer turns q.k into attention logits: `scale` (None: hd ** -0.5) and, where the model soft-caps them
-    (Gemma 2), `softcap` * tanh(s / softcap) before the mask."""
-
-    scale: float | None = None
-    softcap: float | None = None
-
-    def factor(self, hd: int) -> float:
-        return hd**-0.5 if self.scale is None else self.scale
-
-    def cap(self, s: torch.Tensor) -> torch.Tensor:
-        return s if not self.softcap else torch.tanh(s / self.softcap) * self.softcap
-
-
-PLAIN = Scores()
-
-
 def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext,
                    ws: Workspace, sc: Scores = PLAIN) -> torch.Tensor:
     """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd]."""
@@ -293,23 +276,10 @@ def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup
     vc = vb.view(Bg, -1, NB * bs, hd)[:, :, : g.ctx_len]  # [Bg, H, C, hd]
     qp = q.view(Bg, Qm, Hq, hd).transpose(1, 2)  # [Bg, Hq, Qm, hd]
     if sc.softcap:
-        o = _softcapped(qp, kc, vc, g.mask, sc)
+        o = softcapped(qp, kc, vc, g.mask, sc)
     else:
         o = F.scaled_dot_product_attention(qp, kc, vc, attn_mask=g.mask, enable_gqa=Hq != kc.shape[1], scale=sc.scale)
     return o.transpose(1, 2).reshape(Bg * Qm, Hq * hd)
-
-
-def _softcapped(qp: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Tensor | None,
-                sc: Scores) -> torch.Tensor:
-    """SDPA with soft-capped scores (SDPA has no softcap): qp [Bg, Hq, Qm, hd], kc / vc [Bg, H, C, hd]
-    -> [Bg, Hq, Qm, hd]."""
-    (Bg, Hq, Qm, hd), H = qp.shape, kc.shape[1]
-    qg = qp.reshape(Bg, H, Hq // H * Qm, hd)  # query heads of one KV head together: [Bg, H, G * Qm, hd]
-    s = sc.cap(torch.matmul(qg * sc.factor(hd), kc.transpose(-1, -2))).view(Bg, Hq, Qm, -1)  # [Bg, Hq, Qm, C]
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1).view(Bg, H, Hq // H * Qm, -1)
-    return torch.matmul(p, vc).view(Bg, Hq, Qm, hd)
 
 
 def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext, ws: Workspace,
