@@ -6,6 +6,8 @@ requests (prompt and output lengths drawn with a fixed seed, ignore_eos, greedy)
   engine  - services.worker.engine.UnitEngine (ADBS scheduler, head-wise paged KV pool), on the path
             support.py chooses for the arch (`path:` in the output)
   engine_generic - the same engine with the fast path switched off (support.FAST = False): the generic path
+  engine_nn_linear - generic path only: transformers' nn.Linear instead of model.matrix_product
+            (generic.ROUTE_LINEARS = False)
   hf_cb   - transformers' continuous batching (the manager behind model.generate_batch, with each
             request's own max_new_tokens, EOS disabled)
   hf_pad  - model.generate on left-padded batches of --batch-size in arrival order (a batch runs to
@@ -57,6 +59,16 @@ def run_engine_generic(path: str, reqs, args) -> dict:
         return run_engine(path, reqs, args)
     finally:
         support.FAST = True
+
+
+def run_engine_nn_linear(path: str, reqs, args) -> dict:
+    from services.worker.engine import generic
+
+    generic.ROUTE_LINEARS = False
+    try:
+        return run_engine(path, reqs, args)
+    finally:
+        generic.ROUTE_LINEARS = True
 
 
 def run_engine(path: str, reqs, args) -> dict:
@@ -133,7 +145,7 @@ def run_hf_pad(path: str, reqs, args) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - t0}
 
 
-RUNNERS = {"engine": run_engine, "engine_generic": run_engine_generic, "hf_cb": run_hf_cb, "hf_pad": run_hf_pad}
+RUNNERS = {"engine": run_engine, "engine_generic": run_engine_generic, "engine_nn_linear": run_engine_nn_linear, "hf_cb": run_hf_cb, "hf_pad": run_hf_pad}
 
 
 def paths() -> dict:

@@ -15,6 +15,7 @@ also runs `selfcheck.check` on every generic load, which compares this path with
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,6 +26,7 @@ from .attention import AttnContext, Workspace, paged_attention
 from .types import UnsupportedModelError
 
 ATTN_NAME = "muxserve_paged"
+ROUTE_LINEARS = True  # nn.Linear through model.matrix_product (route_linears; benchmarks switch it off to compare)
 STEP_KWARG = "muxserve_step"  # the keyword the step state travels under, through transformers' **kwargs
 
 # kwargs transformers' attention modules pass that do not change a softmax attention's result here
@@ -106,6 +108,28 @@ def build_hf(path: str, dtype: torch.dtype, weights: dict[str, torch.Tensor] | N
     return model.eval()
 
 
+def _linear_forward(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear over a weight stored [in, out] (generic_load.transpose_linears): x [..., in] -> [..., out]."""
+    from .model import matrix_product
+
+    y = matrix_product(x.reshape(-1, x.shape[-1]), m.weight.t())  # [T, out]
+    if m.bias is not None:
+        y = y + m.bias
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def route_linears(model: torch.nn.Module) -> int:
+    """Send the forward of each nn.Linear whose weight is stored [in, out] through model.matrix_product; returns
+    how many. Instance attributes only: transformers' classes are untouched."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2 and m.weight.t().is_contiguous() \
+                and not m.weight.is_contiguous():
+            m.forward = functools.partial(_linear_forward, m)
+            n += 1
+    return n
+
+
 class GenericModel:
     """transformers' model of `spec.arch` over `weights` and the pool (the same interface as model.Transformer)."""
 
@@ -115,6 +139,7 @@ class GenericModel:
                              f"(head_dim {spec.head_dim}, {spec.dtype})")
         self.spec, self.pool = spec, pool
         self.hf = build_hf(spec.path, spec.dtype, weights).to(pool.device)
+        self.fast_linears = route_linears(self.hf) if ROUTE_LINEARS else 0
         self._local = threading.local()  # a Workspace per thread: prefill and decode jobs may share a model
         self.last_calls: list = []  # (layer, kv heads, k dim, v dim) per attention call of the last step
 

@@ -40,8 +40,24 @@ def _state(path: str, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
         from transformers import AutoModelForCausalLM
 
         log.info("%s: the checkpoint's tensors are not the model's by name; loading through transformers", path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return {k: v.to(device).contiguous() for k, v in model.state_dict().items()}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(device)
+    transpose_linears(model)
+    return dict(model.state_dict())
+
+
+def transpose_linears(model: torch.nn.Module) -> None:
+    """Store each untied nn.Linear weight [out, in] as a contiguous [in, out] tensor, the module's `weight` its
+    transposed view (same values and shape for transformers' code): generic.GenericModel multiplies `x @ w` with
+    model.matrix_product, which on CPU streams a [K, N] matrix on all threads (model.py), where nn.Linear with a
+    few rows reads the [out, in] weight far slower (docs/benchmarks.md, generic path)."""
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[p.data_ptr()] = uses.get(p.data_ptr(), 0) + 1
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, torch.nn.Linear) and w is not None and w.dim() == 2 and uses[w.data_ptr()] == 1:
+            m.weight = torch.nn.Parameter(w.detach().t().contiguous().t(), requires_grad=False)
 
 
 def load(spec, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
