@@ -123,7 +123,7 @@ def route_linears(model: torch.nn.Module) -> int:
     how many. Instance attributes only: transformers' classes are untouched."""
     n = 0
     for m in model.modules():
-        if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2 and m.weight.t().is_contiguous() \
+        if type(m) is torch.nn.Linear and m.weight.dim() == 2 and m.weight.t().is_contiguous() \
                 and not m.weight.is_contiguous():
             m.forward = functools.partial(_linear_forward, m)
             n += 1

@@ -56,7 +56,7 @@ def transpose_linears(model: torch.nn.Module) -> None:
         uses[p.data_ptr()] = uses.get(p.data_ptr(), 0) + 1
     for m in model.modules():
         w = getattr(m, "weight", None)
-        if isinstance(m, torch.nn.Linear) and w is not None and w.dim() == 2 and uses[w.data_ptr()] == 1:
+        if type(m) is torch.nn.Linear and w is not None and w.dim() == 2 and uses[w.data_ptr()] == 1:
             m.weight = torch.nn.Parameter(w.detach().t().contiguous().t(), requires_grad=False)
 
 
