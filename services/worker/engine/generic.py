@@ -45,8 +45,15 @@ class PagedStep:
     kv_heads: int  # the checkpoint description's KV heads per layer (the block tables' H)
     contexts: dict = field(default_factory=dict)
     calls: list = field(default_factory=list)  # (layer_idx, kv_heads, head_dim) of each attention call
+    longest: int = 0  # the longest context of the step (tokens), known once the first context is built
 
     def context(self, window: int | None) -> AttnContext:
+        """The step's context for a layer with this sliding window; a window no context reaches past is none."""
+        if None not in self.contexts:
+            self.contexts[None] = self.build(None)
+            self.longest = int(self.contexts[None].positions.max()) + 1
+        if window is not None and window >= self.longest:
+            window = None
         if window not in self.contexts:
             self.contexts[window] = self.build(window)
         return self.contexts[window]
