@@ -1,8 +1,13 @@
 """Engine throughput: UnitEngine vs transformers' continuous batching vs padded static generate.
 
-In ONE process, the same random-weight Llama (written to a temp dir by muxserve.tiny) and the same
+In ONE process, the same random-weight model of --arch (default llama; any model_type of transformers'
+causal-LM registry the engine supports, written to a temp dir by muxserve.tiny) and the same
 requests (prompt and output lengths drawn with a fixed seed, ignore_eos, greedy) go through:
-  engine  - services.worker.engine.UnitEngine (ADBS scheduler, head-wise paged KV pool)
+  engine  - services.worker.engine.UnitEngine (ADBS scheduler, head-wise paged KV pool), on the path
+            support.py chooses for the arch (`path:` in the output)
+  engine_generic - the same engine with the fast path switched off (support.FAST = False): the generic path
+  engine_nn_linear - generic path only: transformers' nn.Linear instead of model.matrix_product
+            (generic.ROUTE_LINEARS = False)
   hf_cb   - transformers' continuous batching (the manager behind model.generate_batch, with each
             request's own max_new_tokens, EOS disabled)
   hf_pad  - model.generate on left-padded batches of --batch-size in arrival order (a batch runs to
@@ -11,6 +16,8 @@ and prints output tokens/s of each and the ratios (one JSON line at the end).
 
     python bench/engine_throughput.py                       # 64 requests, ~25M-param Llama, CPU
     python bench/engine_throughput.py --requests 16 --systems engine,hf_pad
+    python bench/engine_throughput.py --arch qwen3 --systems engine,hf_cb     # the generic path (generic.py)
+    python bench/engine_throughput.py --arch llama --systems engine,engine_generic  # fast vs generic path
     python bench/engine_throughput.py --device cuda --dtype bfloat16 [--hidden 2048 --layers 16 ...]
     MUXSERVE_NATIVE=0 python bench/engine_throughput.py --systems engine       # the engine's torch path
     MUXSERVE_NATIVE_ISA=avx2 python bench/engine_throughput.py --systems engine  # the AVX2 build on any AVX2 CPU
@@ -44,6 +51,26 @@ def make_requests(n: int, seed: int, prompt: tuple[int, int], output: tuple[int,
     return reqs
 
 
+def run_engine_generic(path: str, reqs, args) -> dict:
+    from services.worker.engine import support
+
+    support.FAST = False
+    try:
+        return run_engine(path, reqs, args)
+    finally:
+        support.FAST = True
+
+
+def run_engine_nn_linear(path: str, reqs, args) -> dict:
+    from services.worker.engine import generic
+
+    generic.ROUTE_LINEARS = False
+    try:
+        return run_engine(path, reqs, args)
+    finally:
+        generic.ROUTE_LINEARS = True
+
+
 def run_engine(path: str, reqs, args) -> dict:
     from services.worker.engine.engine import UnitEngine
     from services.worker.engine.types import SamplingParams
@@ -52,6 +79,7 @@ def run_engine(path: str, reqs, args) -> dict:
                        max_num_seqs=args.requests, max_prefill_tokens=args.prefill_tokens, device=args.device,
                        dtype=args.dtype)
     eng = UnitEngine([LLMConfig("m", path)], cfg)
+    engine_path = eng.llms["m"].spec.engine
     eng.generate("m", [reqs[0][0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
     for i, (ids, n) in enumerate(reqs):
@@ -63,7 +91,7 @@ def run_engine(path: str, reqs, args) -> dict:
     elapsed = time.perf_counter() - t0
     pre = eng.stats()["preemptions"]
     eng.close()
-    return {"tokens": tokens, "seconds": elapsed, "steps": steps, "preemptions": pre}
+    return {"tokens": tokens, "seconds": elapsed, "steps": steps, "preemptions": pre, "path": engine_path}
 
 
 def hf_model(path: str, device: str, dtype: str = "float32"):
@@ -117,7 +145,7 @@ def run_hf_pad(path: str, reqs, args) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - t0}
 
 
-RUNNERS = {"engine": run_engine, "hf_cb": run_hf_cb, "hf_pad": run_hf_pad}
+RUNNERS = {"engine": run_engine, "engine_generic": run_engine_generic, "engine_nn_linear": run_engine_nn_linear, "hf_cb": run_hf_cb, "hf_pad": run_hf_pad}
 
 
 def paths() -> dict:
@@ -133,6 +161,8 @@ def paths() -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="llama", help="a model_type of transformers' causal-LM registry")
+    ap.add_argument("--window", type=int, default=4096, help="sliding window where the arch has one")
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt", type=int, nargs=2, default=(16, 256))
@@ -173,8 +203,10 @@ def main(argv=None) -> dict:
     from muxserve.tiny import write_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(write_tiny_checkpoint(tmp, "llama", args.hidden, args.layers, args.heads, args.kv_heads,
-                                         args.intermediate, seed=0))
+        window = {} if args.arch in ("llama", "mistral", "qwen2") else {"sliding_window": args.window}
+        path = str(write_tiny_checkpoint(tmp, args.arch, args.hidden, args.layers, args.heads, args.kv_heads,
+                                         args.intermediate, seed=0, max_position_embeddings=4096,
+                                         max_params=10**10, **window))
         params = sum(t.numel() for t in hf_model(path, "cpu").parameters())
         reqs = make_requests(args.requests, args.seed, args.prompt, args.output, 384)
         results = {}
@@ -185,10 +217,11 @@ def main(argv=None) -> dict:
             r = RUNNERS[name](path, reqs, args)
             r["tok_per_s"] = r["tokens"] / r["seconds"]
             results[name] = r
-            print(f"{name:7s} {r['tokens']:6d} tokens in {r['seconds']:7.2f}s = {r['tok_per_s']:8.1f} tok/s", flush=True)
+            print(f"{name:7s} {r['tokens']:6d} tokens in {r['seconds']:7.2f}s = {r['tok_per_s']:8.1f} tok/s"
+                  + (f" ({r['path']} path)" if "path" in r else ""), flush=True)
     ratios = {f"engine/{k}": results["engine"]["tok_per_s"] / v["tok_per_s"]
               for k, v in results.items() if k != "engine" and "engine" in results}
-    summary = {"params": params, "requests": args.requests, "threads": torch.get_num_threads(),
+    summary = {"arch": args.arch, "params": params, "requests": args.requests, "threads": torch.get_num_threads(),
                "device": args.device, "dtype": args.dtype, "results": results, "ratios": ratios, **paths()}
     print(json.dumps(summary))
     return summary

@@ -19,11 +19,54 @@ _CORPUS = (
     "compute share, over one head-wise key-value pool. Hello, world! 0123456789 ¿Qué tal? 日本語 €"
 )
 
-ARCHS = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM"),
-    "mistral": ("MistralConfig", "MistralForCausalLM"),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-}
+FAST_ARCHS = ("llama", "mistral", "qwen2")  # the engine's Llama-family fast path (tests written before the generic path)
+ARCHS = FAST_ARCHS  # kept for callers; any model_type of transformers' causal-LM registry works (causal_lm_types)
+
+# Small values for the size knobs configs of many families share (MoE experts, MLA ranks, ...); a key a config
+# does not know is not passed to it.
+_SMALL = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+              shared_expert_intermediate_size=32, n_shared_experts=1, kv_lora_rank=16, q_lora_rank=16,
+              qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1,
+              rotary_dim=8)
+NO_BOS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")  # families whose tokenizers add no BOS to a plain prompt
+MAX_TINY_PARAMS = 20_000_000  # a tiny config that still builds a bigger model is a config this could not shrink
+
+
+def causal_lm_types() -> dict[str, str]:
+    """model_type -> causal-LM class name, transformers' registry (AutoModelForCausalLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _accepts(cls, default, key: str) -> bool:
+    import inspect
+
+    attr = inspect.getattr_static(cls, key, None)
+    if isinstance(attr, property) and attr.fset is None:
+        return False  # derived from other keys (e.g. Falcon's head_dim)
+    return key in inspect.signature(cls.__init__).parameters or key in getattr(cls, "attribute_map", {}) \
+        or hasattr(default, key)
+
+
+def tiny_config(arch: str, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
+                intermediate_size: int = 128, max_position_embeddings: int = 1024, vocab_size: int = 384,
+                sliding_window: int | None | str = "auto", **extra):
+    """A small config of `arch` (a model_type): the given shapes where the config has such keys, _SMALL for the
+    rest; sliding_window "auto": None for FAST_ARCHS (as before), else 8 where the config has a window."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[arch]
+    default = cls()
+    if sliding_window == "auto":
+        sliding_window = None if arch in FAST_ARCHS or getattr(default, "sliding_window", None) is None else 8
+    want = {**_SMALL, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+            "num_hidden_layers": num_layers, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
+            "head_dim": hidden_size // num_heads, "max_position_embeddings": max_position_embeddings,
+            "vocab_size": vocab_size, "tie_word_embeddings": False, "sliding_window": sliding_window, **extra}
+    if _accepts(cls, default, "qk_rope_head_dim"):
+        del want["head_dim"]  # multi-head latent attention: the config derives it from its own head dims
+    return cls(**{k: v for k, v in want.items() if k in extra or _accepts(cls, default, k)})
 
 
 # A minimal chat template in the style of real ones (role markers, the generation prompt, BOS first when
@@ -75,39 +118,35 @@ def write_tiny_checkpoint(
     seed: int = 0,
     dtype: str = "float32",
     chat_template: str | None = CHAT_TEMPLATE,
+    max_params: int = MAX_TINY_PARAMS,
+    **config,
 ) -> Path:
-    """Write a random-weight checkpoint of `arch` ("llama", "mistral" or "qwen2") to `path`.
+    """Write a random-weight checkpoint of `arch` (a model_type of transformers' causal-LM registry, e.g. "llama",
+    "qwen3", "gemma2") to `path`; `config` overrides tiny_config's keys. Returns the folder. Same arguments and
+    seed give the same weights. ValueError for an unknown arch or a config this cannot shrink below max_params.
 
-    Returns the folder. Same arguments and seed give the same weights. Like the real families, the
-    llama and mistral tokenizers add BOS to a plain prompt and qwen2's does not; `chat_template`
-    (None: none) is the tokenizer's chat template.
-    """
+    Like the real families, the tokenizer adds BOS to a plain prompt except for the Qwen families (NO_BOS);
+    `chat_template` (None: none) is the tokenizer's chat template."""
     import torch
     import transformers
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
+    types = causal_lm_types()
+    if arch not in types:
+        raise ValueError(f"unknown architecture {arch!r}; choose a model_type of {sorted(types)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size, add_bos=arch != "qwen2", chat_template=chat_template)
-    cfg_cls, model_cls = (getattr(transformers, n) for n in ARCHS[arch])
-    extra = {"sliding_window": None} if arch in ("mistral", "qwen2") else {}
-    config = cfg_cls(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        **extra,
-    )
+    tokenizer = build_tokenizer(vocab_size, add_bos=arch not in NO_BOS, chat_template=chat_template)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.eos_token_id)
+    cfg = tiny_config(arch, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                      max_position_embeddings, len(tokenizer), **{**ids, **config})
+    model_cls = getattr(transformers, types[arch])
+    with torch.device("meta"):
+        n = sum(p.numel() for p in model_cls(cfg).parameters())
+    if n > max_params:
+        raise ValueError(f"{arch}: the small config still has {n / 1e6:.0f}M parameters")
     torch.manual_seed(seed)
-    model = model_cls(config).to(getattr(torch, dtype)).eval()
+    model = model_cls(cfg).to(getattr(torch, dtype)).eval()
     with torch.no_grad():  # random init of tiny models is near-uniform; widen it so greedy tokens differ
         for p in model.parameters():
             p.normal_(0.0, 0.2 if p.dim() > 1 else 0.05)
@@ -123,7 +162,7 @@ def write_tiny_checkpoint(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="write a tiny random-weight HF checkpoint")
     ap.add_argument("path")
-    ap.add_argument("--arch", default="llama", choices=sorted(ARCHS))
+    ap.add_argument("--arch", default="llama", help="a model_type of transformers' causal-LM registry")
     ap.add_argument("--hidden-size", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)

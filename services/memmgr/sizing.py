@@ -1,7 +1,7 @@
 """Resolve memmgr's pools to concrete block counts: from the config, or sized from free memory.
 
 Explicit pools: num_blocks, or bytes // bytes-per-block. `auto`: one pool per (head_dim, dtype)
-found in the mesh's models (config.json; dtype = memmgr.auto_dtype), together given
+found in the mesh's models (muxserve.checkpoint; dtype = memmgr.auto_dtype), together given
 `auto_memory_fraction x (free memory - the models' weight bytes)`, split between pools in
 proportion to sum(rate x per-token KV bytes) of their LLMs. Free memory is measured: CUDA
 `mem_get_info`, on CPU min(MemAvailable, free /dev/shm).
@@ -9,10 +9,10 @@ proportion to sum(rate x per-token KV bytes) of their LLMs. Free memory is measu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from muxserve import checkpoint
 from muxserve.config import ConfigError, MeshConfig
 from services.memmgr.config import MemmgrConfig, PoolSpec
 from services.memmgr.quotas import split
@@ -55,19 +55,19 @@ def _explicit(p: PoolSpec, block_size: int) -> PoolSpec:
 
 
 def _model_shape(path: str, dtype: str) -> tuple[int, str, int]:
-    """(head_dim, dtype, layers x kv_heads) from a HF config.json."""
+    """(head_dim, dtype, layers x kv_heads) of the checkpoint (muxserve.checkpoint)."""
     try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
+        ck = checkpoint.describe(path)
     except (OSError, ValueError) as e:
         raise ConfigError(f"memmgr auto sizing: cannot read {path}/config.json: {e}") from None
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    return head_dim, dtype, cfg["num_hidden_layers"] * kv_heads
+    return ck.head_dim, dtype, ck.blocks_per_token_block
 
 
 def _weight_bytes(path: str) -> int:
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    try:
+        return checkpoint.describe(path).file_bytes
+    except (OSError, ValueError):
+        return 0
 
 
 def free_memory(device: str = "cpu") -> int:

@@ -1,6 +1,6 @@
 """What the placer knows about one LLM: its name, prior rate, real sizes and its cost-table key.
 
-Sizes come from the checkpoint when the model entry has a `path` (config.json shapes and the
+Sizes come from the checkpoint when the model entry has a `path` (muxserve.checkpoint: its shapes and
 safetensors file sizes), or from a LLaMA architecture config when it names `size: llama-7b` (for
 cluster-scale planning with no checkpoints here). The cost-table key is `cost_key` when given, else
 `size`, else the model name (the profiler writes tables keyed by the served name).
@@ -8,14 +8,12 @@ cluster-scale planning with no checkpoints here). The cost-table key is `cost_ke
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from muxserve import checkpoint
 from muxserve.config import ConfigError
-
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "half": 2, "float": 4}
 
 # Published LLaMA(-1) architecture configs (fp16): the shapes, not a table keyed on served names.
 LLAMA_ARCHS = {
@@ -45,31 +43,20 @@ class LLMSpec:
 
 
 def shapes_from_config(cfg: dict) -> tuple[int, int]:
-    """(weight bytes estimated from shapes, KV bytes per token) of a HF LLaMA-family config dict."""
-    layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
-    heads = int(cfg["num_attention_heads"])
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
-    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16")
-    nbytes = DTYPE_BYTES.get(dtype.replace("torch.", ""), 2)
-    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-    per_layer = attn + 3 * hidden * inter + 2 * hidden
-    params = layers * per_layer + 2 * vocab * hidden + hidden
-    return params * nbytes, 2 * layers * kv_heads * head_dim * nbytes
+    """(weight bytes estimated from shapes, KV bytes per token) of a HF config dict (muxserve.checkpoint)."""
+    ck = checkpoint.from_config({"dtype": "float16", **cfg})
+    return ck.estimated_weight_bytes(), ck.kv_bytes_per_token()
 
 
 def spec_from_path(name: str, rate: float, path: str | Path, cost_key: str | None = None) -> LLMSpec:
-    """Read config.json and the safetensors sizes of the HF folder at `path`."""
-    path = Path(path)
+    """Sizes of the HF folder at `path`: its weight files, and KV bytes per token from its description."""
     try:
-        cfg = json.loads((path / "config.json").read_text())
+        ck = checkpoint.describe(path)
     except FileNotFoundError:
         raise ConfigError(f"model {name!r}: no config.json in {path}") from None
-    shape_bytes, kv = shapes_from_config(cfg)
-    files = list(path.glob("*.safetensors"))
-    weight = sum(f.stat().st_size for f in files) if files else shape_bytes
-    return LLMSpec(name, rate, weight, kv, cost_key or name)
+    except ValueError as e:
+        raise ConfigError(f"model {name!r}: {e}") from None
+    return LLMSpec(name, rate, ck.weight_bytes, ck.kv_bytes_per_token(), cost_key or name)
 
 
 def spec_from_size(name: str, rate: float, size: str, cost_key: str | None = None) -> LLMSpec:

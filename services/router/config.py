@@ -26,12 +26,12 @@ to what the workers hosting it report in GetStatus (limits.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from muxserve import checkpoint
 from muxserve.config import ConfigError, MeshConfig
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,13 @@ class RouterConfig:
 
 
 def model_limits(name: str, path: str | Path) -> ModelLimits:
-    """Read max_position_embeddings and vocab_size from `path`/config.json (0 where unknown)."""
+    """The context length and vocab size of the checkpoint at `path` (muxserve.checkpoint; 0 where unknown)."""
     try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
+        ck = checkpoint.describe(path)
     except (OSError, ValueError) as exc:
         log.warning("model %s: cannot read %s/config.json (%s); the worker will check lengths", name, path, exc)
         return ModelLimits(name)
-    cfg = {**cfg.get("text_config", {}), **cfg}
-    length = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0
-    return ModelLimits(name, int(length), int(cfg.get("vocab_size") or 0))
+    return ModelLimits(name, ck.max_model_len, ck.vocab_size)
 
 
 def from_mesh(mesh: MeshConfig) -> RouterConfig:

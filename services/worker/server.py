@@ -81,6 +81,7 @@ class Worker:
             log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
             section = self.wcfg.engine_section(self.mesh.cluster.device)
             engine = EngineConfig.from_section({**section, **unit_engine_keys(self.assignment, self.mesh.cluster)})
+            engine = engine.resolve_dtype([c.path for c in new])  # dtype: auto -> the unit's one pool dtype
             log.info("unit %s: mode %s, devices %s, shares %s", self.assignment.unit_id or "static",
                      engine.mode, self.assignment.devices or "all", engine.compute_shares or "none (all admitted)")
             self.engine = await self.kv.create_engine(new, engine)

@@ -9,7 +9,7 @@ import torch
 
 import services.worker.engine.model as model
 
-from services.worker.engine.loader import UnsupportedModelError, load_weights
+from services.worker.engine.loader import UnsupportedModelError, load_weights, read_spec
 from services.worker.engine.pool import (
     LocalBlockSource,
     allocate_pool,
@@ -64,14 +64,20 @@ def test_integrity_check_catches_corruption():
 
 
 def test_unsupported_architecture_is_named(tmp_path, checkpoints):
+    """A checkpoint no path can run is refused at load, naming its architecture and why; a Llama option the fast
+    path lacks (yarn RoPE) sends it to the generic path instead."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*LlamaForCausalLM"):
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*not supported: config.json has none of"):
+        load_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["BartForCausalLM"], "model_type": "bart", "is_encoder_decoder": True}))
+    with pytest.raises(UnsupportedModelError, match="BartForCausalLM.*encoder-decoder"):
         load_weights(tmp_path)
     cfg = json.loads((checkpoints["llama"] / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedModelError, match="yarn"):
-        load_weights(tmp_path)
+    assert read_spec(tmp_path).engine == "generic"
+    assert read_spec(checkpoints["llama"]).engine == "fast"
 
 
 def test_bad_steps_raise_invalid_request(checkpoints):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import native
 from .pool import key_view, table_prefix, value_view
+from .scores import PLAIN, Scores, softcapped
 from .types import InvalidRequestError
 
 GROUP_RATIO = 1.25  # a group's longest context <= GROUP_RATIO x its shortest (+ one block)
@@ -214,14 +215,15 @@ GATHER_MAX_ROWS = 0 if native.gemv() is not None else 64
 
 
 def _attend_decode(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext,
-                   ws: Workspace) -> torch.Tensor:
+                   ws: Workspace, sc: Scores = PLAIN) -> torch.Tensor:
     """q [Bg, Hq, hd] (one query per sequence) -> [Bg, Hq * hd]."""
     if q.shape[0] * q.shape[1] <= GATHER_MAX_ROWS:
-        return _decode_gathered(q, pool, layer, g, ws)
-    return _decode_bags(q, pool, layer, g, ctx)
+        return _decode_gathered(q, pool, layer, g, ws, sc)
+    return _decode_bags(q, pool, layer, g, ctx, sc)
 
 
-def _decode_gathered(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+def _decode_gathered(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace,
+                     sc: Scores = PLAIN) -> torch.Tensor:
     """Small groups: copy the context's whole blocks (K^T and V halves, one index_select), then matmuls.
     Next to MKL's matmuls, multi-threaded bags slowed the matmuls after them by 25-35% and
     single-threaded ones read the cold blocks slowly (docs/benchmarks.md)."""
@@ -232,15 +234,16 @@ def _decode_gathered(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGro
     kv = ws.blocks(ids.numel() * 2 * bs * hd, pool).view(-1, 2, bs, hd)
     torch.index_select(pool, 0, ids, out=kv)  # [Bg * H * NB, 2, bs, hd]: K^T half, V half (pool.py)
     kt = kv[:, 0].view(Bg * H, NB, hd, bs)  # [Bg * H, NB, hd, bs]
-    s = torch.matmul((q * hd**-0.5).view(Bg * H, 1, G, hd), kt)  # [Bg * H, NB, G, bs]
-    s = s.transpose(1, 2).reshape(Bg, Hq, NB * bs)  # [Bg, Hq, NB * bs]
+    s = torch.matmul((q * sc.factor(hd)).view(Bg * H, 1, G, hd), kt)  # [Bg * H, NB, G, bs]
+    s = sc.cap(s.transpose(1, 2).reshape(Bg, Hq, NB * bs))  # [Bg, Hq, NB * bs]
     p = torch.softmax(s if g.bias is None else s + g.bias.to(s.dtype), dim=-1)  # [Bg, Hq, NB * bs]
     pv = p.view(Bg * H, G, NB, bs).transpose(1, 2)  # [Bg * H, NB, G, bs]
     o = torch.matmul(pv, kv[:, 1].view(Bg * H, NB, bs, hd))  # [Bg * H, NB, G, hd]: per-block partial sums
     return o.sum(1).view(Bg, Hq * hd)
 
 
-def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext) -> torch.Tensor:
+def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext,
+                 sc: Scores = PLAIN) -> torch.Tensor:
     (Bg, Hq, hd), NB, bs = q.shape, g.num_blocks, pool.shape[2]
     ids = g.read_blocks[layer].view(Bg, -1, 1, NB, 1)  # [Bg, H, 1, NB, 1]
     H = ids.shape[1]
@@ -248,9 +251,10 @@ def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, 
     ids = ids.expand(Bg, H, G, NB, 1)  # [Bg, H, G, NB, 1]
     # scores: one bag per (seq, q head, block) = its K^T rows (hd x bs) weighted by the query
     k_rows = ids * (2 * hd) + ctx.dims[:hd]  # [Bg, H, G, NB, hd]
-    w = (q * hd**-0.5).view(Bg, H, G, 1, hd).expand(Bg, H, G, NB, hd)  # [Bg, H, G, NB, hd]
+    w = (q * sc.factor(hd)).view(Bg, H, G, 1, hd).expand(Bg, H, G, NB, hd)  # [Bg, H, G, NB, hd]
     s = F.embedding_bag(k_rows.reshape(-1, hd), pool.view(-1, bs), per_sample_weights=w.reshape(-1, hd),
                         mode="sum").view(Bg, Hq, NB * bs)  # [Bg, Hq, NB * bs]
+    s = sc.cap(s)
     p = torch.softmax(s if g.bias is None else s + g.bias.to(s.dtype), dim=-1)  # [Bg, Hq, NB * bs]
     # output: one bag per (seq, q head) = its context's V rows weighted by p
     v_rows = ids * (2 * bs) + ctx.v_slots  # [Bg, H, G, NB, bs]
@@ -259,7 +263,8 @@ def _decode_bags(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, 
     return o.view(Bg, Hq * hd)
 
 
-def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace) -> torch.Tensor:
+def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ws: Workspace,
+                   sc: Scores = PLAIN) -> torch.Tensor:
     """q [Bg * Qm, Hq, hd] -> [Bg * Qm, Hq * hd] over the group's contexts gathered into ws."""
     ids = g.read_blocks[layer]  # [Bg * H * NB]
     (_, Hq, hd), bs = q.shape, pool.shape[2]
@@ -270,27 +275,33 @@ def _attend_gather(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup
     kc = kb.view(Bg, -1, NB, hd, bs).transpose(-1, -2).reshape(Bg, -1, NB * bs, hd)[:, :, : g.ctx_len]  # [Bg, H, C, hd]
     vc = vb.view(Bg, -1, NB * bs, hd)[:, :, : g.ctx_len]  # [Bg, H, C, hd]
     qp = q.view(Bg, Qm, Hq, hd).transpose(1, 2)  # [Bg, Hq, Qm, hd]
-    o = F.scaled_dot_product_attention(qp, kc, vc, attn_mask=g.mask, enable_gqa=Hq != kc.shape[1])
+    if sc.softcap:
+        o = softcapped(qp, kc, vc, g.mask, sc)
+    else:
+        o = F.scaled_dot_product_attention(qp, kc, vc, attn_mask=g.mask, enable_gqa=Hq != kc.shape[1], scale=sc.scale)
     return o.transpose(1, 2).reshape(Bg * Qm, Hq * hd)
 
 
-def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext, ws: Workspace):
+def _attend(q: torch.Tensor, pool: torch.Tensor, layer: int, g: AttnGroup, ctx: AttnContext, ws: Workspace,
+            sc: Scores = PLAIN):
     if g.max_q == 1:
-        return _attend_decode(q, pool, layer, g, ctx, ws)
-    return _attend_gather(q, pool, layer, g, ws)
+        return _attend_decode(q, pool, layer, g, ctx, ws, sc)
+    return _attend_gather(q, pool, layer, g, ws, sc)
 
 
 def paged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, layer: int, ctx: AttnContext,
-    ws: Workspace,
+    ws: Workspace, scale: float | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """q [T, Hq, hd], k/v [T, H, hd] (new tokens, RoPE applied) -> attention output [T, Hq * hd]."""
+    """q [T, Hq, hd], k/v [T, H, hd] (new tokens, RoPE applied) -> attention output [T, Hq * hd].
+    Scores are q.k x `scale` (None: hd ** -0.5), soft-capped by `softcap` where given."""
     write_kv(pool, layer, k, v, ctx)
+    sc = PLAIN if scale is None and not softcap else Scores(scale, softcap)
     if len(ctx.groups) == 1 and ctx.groups[0].q_rows is None:
-        return _attend(q, pool, layer, ctx.groups[0], ctx, ws)
+        return _attend(q, pool, layer, ctx.groups[0], ctx, ws, sc)
     T, Hq, hd = q.shape
     out = q.new_empty(T, Hq * hd)
     for g in ctx.groups:
-        o = _attend(q if g.q_rows is None else q[g.q_rows], pool, layer, g, ctx, ws)  # [Bg * Qm, Hq * hd]
+        o = _attend(q if g.q_rows is None else q[g.q_rows], pool, layer, g, ctx, ws, sc)  # [Bg * Qm, Hq * hd]
         out.index_copy_(0, g.out_rows, o if g.keep is None else o[g.keep])
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
 JOB_MODES = ("thread", "process")
 UNIT_MODES = ("spatial-temporal", "temporal")
 
@@ -75,7 +75,27 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The dtype of weights and pool; "auto" not yet resolved (resolve_dtype) is float32 on CPU, else bf16."""
+        if self.dtype == "auto":
+            return torch.float32 if self.device == "cpu" else torch.bfloat16
         return getattr(torch, self.dtype)
+
+    def resolve_dtype(self, paths: list[str]) -> "EngineConfig":
+        """This config with dtype "auto" made concrete: float32 on CPU (unless asked otherwise: set dtype), on CUDA
+        the first checkpoint's own dtype (muxserve.checkpoint) where the device supports it (bfloat16 needs
+        compute capability 8), else float16; one pool per unit holds one dtype, so the unit's first LLM decides."""
+        if self.dtype != "auto":
+            return self
+        from dataclasses import replace
+
+        from muxserve.checkpoint import describe
+
+        if self.device == "cpu" or not paths:
+            return replace(self, dtype="float32" if self.device == "cpu" else "bfloat16")
+        want = describe(paths[0]).dtype
+        if want == "bfloat16" and not torch.cuda.is_bf16_supported():
+            want = "float16"
+        return replace(self, dtype=want if want in ("float16", "bfloat16", "float32") else "float16")
 
     def pool_blocks(self, head_dim: int) -> int:
         """Head-wise blocks of the pool for this head_dim (K and V per block)."""

@@ -66,7 +66,7 @@ class UnitEngine:
     def __init__(self, llms: list[LLMConfig], config: EngineConfig | None = None,
                  block_source=None, pool: torch.Tensor | None = None,
                  pool_attach: Callable[[], torch.Tensor] | None = None):
-        self.config = config or EngineConfig()
+        self.config = (config or EngineConfig()).resolve_dtype([c.path for c in llms])
         specs = [loader.read_spec(c.path, self.config.torch_dtype) for c in llms]
         if not specs and pool is None:
             raise InvalidRequestError("a unit needs at least one LLM (or a pool)")

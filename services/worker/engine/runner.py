@@ -56,7 +56,12 @@ class ModelRunner:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.model = Transformer(spec, weights, pool)
+        if spec.engine == "generic":
+            from .generic import GenericModel
+
+            self.model = GenericModel(spec, weights, pool)
+        else:
+            self.model = Transformer(spec, weights, pool)
 
     def _check(self, step: StepInput) -> None:
         for s in step.seqs:
@@ -95,12 +100,17 @@ class ModelRunner:
 
     def _forward(self, step: StepInput, tokens: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        ctx = build_context(
-            [(q.start_pos, len(q.token_ids), q.block_table) for q in step.seqs],
-            s.num_layers, s.num_kv_heads, self.block_size, self.pool.shape[0], s.sliding_window, self.device,
-            [q.seq_id for q in step.seqs], s.head_dim,
-        )
-        return self.model.forward(tokens, ctx)
+
+        def context(window: int | None):
+            return build_context(
+                [(q.start_pos, len(q.token_ids), q.block_table) for q in step.seqs],
+                s.num_layers, s.num_kv_heads, self.block_size, self.pool.shape[0], window, self.device,
+                [q.seq_id for q in step.seqs], s.head_dim,
+            )
+
+        if s.engine == "generic":  # each layer's sliding window asks for its own masks (generic.PagedStep)
+            return self.model.forward(tokens, context)
+        return self.model.forward(tokens, context(s.sliding_window))
 
 
 class ThreadJob:

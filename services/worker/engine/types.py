@@ -122,6 +122,11 @@ class CapacityError(EngineError):
     """Out of a resource that will not free up for this request (RESOURCE_EXHAUSTED)."""
 
 
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture (or one of its options) cannot run on this engine; the message names the
+    architecture and why (loader.py, support.py)."""
+
+
 class JobCrashedError(EngineError):
     """A job process died while running this request's step (UNAVAILABLE)."""
 
