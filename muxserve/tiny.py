@@ -118,12 +118,13 @@ def write_tiny_checkpoint(
     seed: int = 0,
     dtype: str = "float32",
     chat_template: str | None = CHAT_TEMPLATE,
-    max_params: int = MAX_TINY_PARAMS,
+    max_params: int | None = None,
     **config,
 ) -> Path:
     """Write a random-weight checkpoint of `arch` (a model_type of transformers' causal-LM registry, e.g. "llama",
     "qwen3", "gemma2") to `path`; `config` overrides tiny_config's keys. Returns the folder. Same arguments and
-    seed give the same weights. ValueError for an unknown arch or a config this cannot shrink below max_params.
+    seed give the same weights. ValueError for an unknown arch or a config this cannot shrink below max_params
+    (default: MAX_TINY_PARAMS, or 4x a Llama of the requested shape when that is larger).
 
     Like the real families, the tokenizer adds BOS to a plain prompt except for the Qwen families (NO_BOS);
     `chat_template` (None: none) is the tokenizer's chat template."""
@@ -143,7 +144,8 @@ def write_tiny_checkpoint(
     model_cls = getattr(transformers, types[arch])
     with torch.device("meta"):
         n = sum(p.numel() for p in model_cls(cfg).parameters())
-    if n > max_params:
+    shaped = num_layers * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size) + 2 * vocab_size * hidden_size
+    if n > (max_params or max(MAX_TINY_PARAMS, 4 * shaped)):
         raise ValueError(f"{arch}: the small config still has {n / 1e6:.0f}M parameters")
     torch.manual_seed(seed)
     model = model_cls(cfg).to(getattr(torch, dtype)).eval()
