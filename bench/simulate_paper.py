@@ -36,24 +36,13 @@ sys.path.insert(0, str(ROOT))
 from muxserve import workload  # noqa: E402
 from services.placer.costmodel import CostTable  # noqa: E402
 from services.placer.simulator import SimConfig, Simulation, metrics, scenarios, sim_llms  # noqa: E402
-from services.placer.simulator.choose import by_simulation  # noqa: E402
+from services.placer.simulator.choose import alone_base, by_simulation  # noqa: E402
 
 POLICIES = ("muxserve", "muxserve-sim", "temporal", "spatial-paper", "spatial")
 
 
 def scenario(key: tuple) -> scenarios.Scenario:
     return scenarios.chatlmsys(key[1]) if key[0] == "chatlmsys" else scenarios.synthetic(key[1], key[2])
-
-
-def slo_base(sc: scenarios.Scenario, cost: CostTable, paper) -> dict:
-    """Each model alone at batch 1 on its paper-spatial unit: TTFT of a mean prompt, TPOT at mid-output."""
-    base = {}
-    for u in paper.units:
-        name, n = u.llms[0].name, len(u.devices)
-        key = sc.sizes[name]
-        base[name] = {"ttft": cost.prefill_ms(key, n, 1.0, 1, sc.prompt_len) / 1000,
-                      "tpot": cost.decode_ms(key, n, 1.0, 1, sc.prompt_len + sc.output_len / 2) / 1000}
-    return base
 
 
 def run_one(task: tuple) -> dict:
@@ -72,7 +61,8 @@ def run_one(task: tuple) -> dict:
         placement = paper if policy == "spatial-paper" else planner.plan(policy)
     reqs = workload.generate_rates(sc.rates, duration, seed, sc.prompt_len, sc.output_len)
     sim = Simulation(placement, llms, cost, SimConfig())
-    summary = metrics.summarize(sim.run(reqs), slo_base(sc, cost, paper), list(sc.rates))
+    base = alone_base(paper, cost, llms, (sc.prompt_len, sc.output_len))  # alone on its paper-spatial GPUs
+    summary = metrics.summarize(sim.run(reqs), base, list(sc.rates))
     summary.pop("per_model_completed")
     return {"key": list(key), "policy": policy, "offered_rps": sum(sc.rates.values()),
             "estimate_rps": placement.objective, "units": len(placement.units),

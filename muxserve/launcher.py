@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -129,6 +130,15 @@ class Mesh:
              "--dir", self._redis_dir], stdout=out, stderr=subprocess.STDOUT)
         await _wait_redis(self.mesh.redis_url, 20.0)
         log.info("started redis-server on port %d", url.port or 6379)
+
+    @contextmanager
+    def running(self, timeout: float = 180.0):
+        """Start (stopping whatever started if that fails), yield the mesh, stop it on exit."""
+        try:
+            asyncio.run(self.start(timeout=timeout))
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s."""

@@ -44,13 +44,8 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table):
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
     m = Mesh(str(path), log_dir=str(root / "logs"))
-    try:
-        asyncio.run(m.start(timeout=240))
-    except Exception:
-        m.stop()
-        raise
-    yield m
-    m.stop()
+    with m.running(timeout=240):
+        yield m
 
 
 @pytest.fixture(scope="module")

@@ -54,13 +54,8 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2):
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
     m = Mesh(str(path), log_dir=str(root / "logs"), http_port=0)  # HTTP on a free port (unused here)
-    try:
-        asyncio.run(m.start(timeout=240))
-    except Exception:
-        m.stop()
-        raise
-    yield m
-    m.stop()
+    with m.running(timeout=240):
+        yield m
 
 
 def _hand_cost_table() -> dict:

@@ -29,10 +29,10 @@ from services.placer.costmodel import CostModelError, CostTable
 from services.placer.search import PlacementError
 from services.placer.service import make_planner
 
-from . import metrics, scenarios
+from . import metrics, scenarios, sim_llms
 from .choose import alone_base
 from .run import Simulation
-from .unit import SimConfig, SimLLM
+from .unit import SimConfig
 
 ENGINE_KEYS = ("block_size", "max_num_seqs", "max_prefill_tokens", "overload_allowance", "num_blocks")
 
@@ -87,7 +87,7 @@ def simulate_main(argv: list[str]) -> int:
             placement = scenarios.paper_spatial(sc, planner)
         else:
             placement = planner.plan(policy)
-        llms = {s.name: SimLLM(s.name, s.cost_key, s.weight_bytes, s.kv_bytes_per_token, s.rate) for s in specs}
+        llms = sim_llms(specs)
         reqs = workload.generate_rates({s.name: s.rate for s in specs}, args.duration, args.seed, *lens, cv=args.cv)
         if not reqs:
             raise ConfigError("no request arrives: every model's rate is 0 or --duration too short")

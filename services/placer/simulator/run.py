@@ -26,7 +26,7 @@ ARRIVE, DONE, ADAPT = 0, 1, 2
 
 
 class _Clock:
-    """The event heap and the records of one simulation."""
+    """The event heap of one simulation; `live` counts the events that are not ADBS rounds."""
 
     def __init__(self):
         self.heap: list = []
