@@ -86,20 +86,27 @@ async def test_recorder_writes_in_background(redis_url):
     await r.aclose()
 
 
+async def _until(cond, timeout_s: float = 10.0) -> None:
+    """Poll cond every 50 ms until it holds or timeout_s passes (the caller asserts it)."""
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def test_recorder_survives_redis_outage_and_reconnects(own_redis):
     r = client(own_redis.url)
     store = PopularityStore(r, ttl_s=60)
     rec = PopularityRecorder(store, timeout_s=0.3, retry_s=0.1, max_retry_s=0.2)
     rec.start()
     rec.record("m", 1)
-    await asyncio.sleep(0.3)
+    await _until(lambda: rec.written == 1)
     assert rec.written == 1
 
     own_redis.stop()
     for _ in range(1000):
         rec.record("m", 1)  # plain (non-async) calls: they cannot wait on Redis, and must not raise
         rec.record_output("m", 2)
-    await asyncio.sleep(0.5)
+    await _until(lambda: not rec.healthy and rec.dropped == 2000)  # a loaded machine needs more than 0.5 s
     assert not rec.healthy and rec.dropped == 2000
 
     own_redis.start()  # same port: Redis returns
