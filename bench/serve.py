@@ -2,7 +2,7 @@
 OpenAI-compatible HTTP API and through its gRPC API, in one run, side by side.
 
     python bench/serve.py [--num-requests 64] [--rate inf] [--prompt-words 48] [--output-len 64]
-                          [--rounds 2] [--client openai|raw] [--out results.json]
+                          [--rounds 2] [--client aiohttp|httpx|openai] [--out results.json]
 
 It starts a mesh on free ports (muxserve.launcher: redis, placer, memmgr, worker(s), router) serving
 `--model` (default models/tiny-llama, written by scripts/install.sh), or uses a running one
@@ -10,11 +10,13 @@ It starts a mesh on free ports (muxserve.launcher: redis, placer, memmgr, worker
 at `--rate` req/s (Poisson, fixed seed: both fronts get the same schedule; `inf`: all at once), each with
 a text prompt and a fixed output length (ignore_eos, greedy). Each round runs both fronts, the order
 alternating between rounds. Per front: request throughput, output tokens/s, TTFT, TPOT and ITL p50 / p99
-(ms), measured by the client; then HTTP/gRPC ratios and the TTFT the HTTP front adds. The HTTP client
-is httpx reading the SSE lines itself (the default, `--client raw`, like `vllm bench serve`'s aiohttp
-client) or the official `openai` AsyncOpenAI (`--client openai`: streaming, stream_options.include_usage),
-whose per-chunk parsing costs client CPU that, on a small machine, the engine shares. Results:
-docs/benchmarks.md.
+(ms), measured by the client, and the CPU seconds that the router, the worker (with its job processes) and
+the client spent in the round (Linux /proc; only for a mesh the script starts); then HTTP/gRPC ratios, the
+TTFT the HTTP front adds and the median CPU per 1,000 output tokens. The HTTP client is aiohttp reading the
+SSE lines as `vllm bench serve` does (the default, `--client aiohttp`), httpx's aiter_lines (`--client
+httpx`: about twice the client CPU per token) or the official `openai` AsyncOpenAI (`--client openai`:
+streaming, stream_options.include_usage), whose per-chunk parsing costs client CPU that, on a small
+machine, the engine shares. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -89,6 +92,25 @@ async def http_raw(client, model: str, prompt: str, n: int) -> dict:
     return result(t0, times, tokens)
 
 
+async def http_aiohttp(session, url: str, model: str, prompt: str, n: int) -> dict:
+    """As `vllm bench serve` reads a stream: aiohttp, one SSE line at a time."""
+    body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": True}
+    t0, times, tokens = time.perf_counter(), [], 0
+    async with session.post(url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.content:
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices"):
+                times.append(time.perf_counter())
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return result(t0, times, tokens)
+
+
 async def grpc_one(stub, metadata, model: str, prompt: str, n: int) -> dict:
     from muxserve.v1 import router_pb2
 
@@ -103,7 +125,32 @@ async def grpc_one(stub, metadata, model: str, prompt: str, n: int) -> dict:
     return result(t0, times, tokens)
 
 
-async def run_front(send, texts: list[str], starts: list[float]) -> dict:
+def tree_cpu_s(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each named process and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)], cpu[int(d)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    out = {}
+    for name, root in roots.items():
+        total = 0.0
+        for pid, c in cpu.items():
+            p = pid
+            while p > 1 and p != root:
+                p = parent.get(p, 1)
+            total += c if p == root else 0.0
+        out[name] = total
+    return out
+
+
+async def run_front(send, texts: list[str], starts: list[float], pids: dict[str, int] | None = None) -> dict:
+    cpu0, client0 = tree_cpu_s(pids or {}), time.process_time()
     t0 = time.perf_counter()
 
     async def at(start: float, text: str) -> dict:
@@ -111,7 +158,11 @@ async def run_front(send, texts: list[str], starts: list[float]) -> dict:
         return await send(text)
 
     results = await asyncio.gather(*(at(s, p) for s, p in zip(starts, texts)))
-    return summarize(results, max(r["end"] for r in results) - t0)
+    out = summarize(results, max(r["end"] for r in results) - t0)
+    cpu1 = tree_cpu_s(pids or {})
+    out["client_cpu_s"] = time.process_time() - client0
+    out.update({f"{name}_cpu_s": cpu1[name] - cpu0[name] for name in cpu1})
+    return out
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -128,7 +179,8 @@ def summarize(results: list[dict], duration: float) -> dict:
     return out
 
 
-async def bench(a, http_url: str, grpc_address: str, model: str) -> dict:
+async def bench(a, http_url: str, grpc_address: str, model: str, pids: dict[str, int] | None = None) -> dict:
+    import aiohttp
     import grpc
     import httpx
     import openai
@@ -142,21 +194,28 @@ async def bench(a, http_url: str, grpc_address: str, model: str) -> dict:
                             http_client=openai.DefaultAsyncHttpxClient(limits=limits) if a.client == "openai" else None)
     raw = httpx.AsyncClient(base_url=http_url, timeout=600, limits=limits,
                             headers={"Authorization": f"Bearer {a.api_key}"} if a.api_key else {})
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                    connector=aiohttp.TCPConnector(limit=a.num_requests + 8),
+                                    headers={"Authorization": f"Bearer {a.api_key}"} if a.api_key else {})
     channel = grpc.aio.insecure_channel(grpc_address)
     stub = router_pb2_grpc.RouterStub(channel)
-    fronts = {"http": (lambda p: http_openai(oa, model, p, a.output_len)) if a.client == "openai"
-              else (lambda p: http_raw(raw, model, p, a.output_len)),
+    clients = {"openai": lambda p: http_openai(oa, model, p, a.output_len),
+               "httpx": lambda p: http_raw(raw, model, p, a.output_len),
+               "aiohttp": lambda p: http_aiohttp(session, http_url.rstrip("/") + "/completions", model, p,
+                                                 a.output_len)}
+    fronts = {"http": clients[a.client],
               "grpc": lambda p: grpc_one(stub, metadata, model, p, a.output_len)}
     for send in fronts.values():  # warm up both paths (connections, the model's first steps)
         await asyncio.gather(*(send(t) for t in texts[:4]))
     rounds = []
     for r in range(a.rounds):
         order = ["http", "grpc"] if r % 2 == 0 else ["grpc", "http"]
-        rounds.append({front: await run_front(fronts[front], texts, starts) for front in order})
+        rounds.append({front: await run_front(fronts[front], texts, starts, pids) for front in order})
         print(json.dumps({"round": r, **{f: {k: round(v, 2) for k, v in s.items()} for f, s in rounds[-1].items()}}),
               flush=True)
     await channel.close()
     await raw.aclose()
+    await session.close()
     await oa.close()
     return {"args": vars(a), "rounds": rounds, "ratios": ratios(rounds)}
 
@@ -164,7 +223,12 @@ async def bench(a, http_url: str, grpc_address: str, model: str) -> dict:
 def ratios(rounds: list[dict]) -> dict:
     tok = [r["http"]["output_tok_per_s"] / r["grpc"]["output_tok_per_s"] for r in rounds]
     ttft = [r["http"]["ttft_p50_ms"] - r["grpc"]["ttft_p50_ms"] for r in rounds]
-    return {"http_over_grpc_output_tok_per_s": tok, "http_added_ttft_p50_ms": ttft,
+    cpu = {}
+    for key in [k for k in rounds[0]["http"] if k.endswith("_cpu_s")]:  # CPU s per 1000 output tokens
+        per_k = {f: [1000 * r[f][key] / (r[f]["output_tok_per_s"] * r[f]["duration_s"]) for r in rounds]
+                 for f in ("http", "grpc")}
+        cpu[key.removesuffix("_s") + "_s_per_1k_tokens"] = {f: statistics.median(v) for f, v in per_k.items()}
+    return {"http_over_grpc_output_tok_per_s": tok, "http_added_ttft_p50_ms": ttft, "cpu_median": cpu,
             "median_tok_ratio": statistics.median(tok), "min_tok_ratio": min(tok), "max_tok_ratio": max(tok),
             "median_added_ttft_ms": statistics.median(ttft)}
 
@@ -189,7 +253,8 @@ async def with_mesh(a) -> dict:
     mesh = Mesh(str(work / "mesh.yaml"), log_dir=str(work / "logs"))
     try:
         await mesh.start(timeout=300)
-        return await bench(a, mesh.http_url, mesh.router_address, "m")
+        pids = {name: p.pid for name, p in mesh.procs.items() if name in ("router", "worker-0")}
+        return await bench(a, mesh.http_url, mesh.router_address, "m", pids)
     finally:
         mesh.stop()
 
@@ -204,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-words", type=int, default=48)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--client", choices=("raw", "openai"), default="raw",
-                    help="raw: httpx reading SSE lines (as vllm bench serve's aiohttp client); openai: AsyncOpenAI")
+    ap.add_argument("--client", choices=("aiohttp", "httpx", "openai"), default="aiohttp",
+                    help="aiohttp: SSE lines read as vllm bench serve reads them; httpx: httpx's aiter_lines; "
+                         "openai: AsyncOpenAI")
     ap.add_argument("--api-key", default="bench-key")
     ap.add_argument("--http-url", default=None, help="use a running deployment's HTTP API (…/v1)")
     ap.add_argument("--grpc-address", default=None, help="…and its router's gRPC address")
