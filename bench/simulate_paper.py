@@ -12,6 +12,8 @@ cost table) under four placements planned with the true rates:
   temporal       the same search with temporal units (FCFS, one job at a time)
   spatial-paper  each LLM alone on the paper's GPUs for its size
   spatial        this project's load-aware spatial baseline (idle GPUs go to the busiest LLMs)
+All but spatial-paper may run an LLM that no single unit serves at its rate in up to --max-replicas
+units (services/placer/replicas.py; 1 turns that off); the paper's spatial sizing has one unit per LLM.
 Metrics: throughput = completed / makespan (and, beside it, the requests completed by the last
 arrival steady: a finite list's drain weighs on the first), SLO attainment at scales 1-20 (base: the model alone at
 batch 1 on its paper-spatial GPUs, from the cost table), TTFT / TPOT p50 / p99; with --slo-alpha, the
@@ -47,11 +49,11 @@ def scenario(key: tuple) -> scenarios.Scenario:
 
 def run_one(task: tuple) -> dict:
     """One (scenario, policy): plan, simulate, summarize."""
-    key, policy, duration, seed = task
+    key, policy, duration, seed, replicas = task
     t0 = time.process_time()
     cost = CostTable.load(scenarios.A100_TABLE)
     sc = scenario(key)
-    planner = sc.planner(cost)
+    planner = sc.planner(cost, replicas)
     paper = scenarios.paper_spatial(sc, planner)
     llms = sim_llms(sc.specs)
     if policy == "muxserve-sim":
@@ -73,9 +75,9 @@ def run_one(task: tuple) -> dict:
 def tasks(args) -> list[tuple]:
     keys = [("synthetic", a, r) for a in args.alphas for r in args.max_rates]
     keys += [("chatlmsys", c) for c in args.condense]
-    out = [(k, p, args.duration, args.seed) for k in keys for p in POLICIES]
+    out = [(k, p, args.duration, args.seed, args.max_replicas) for k in keys for p in POLICIES]
     if args.slo_alpha:
-        out += [(("synthetic", args.slo_alpha, r), p, args.duration, args.seed)
+        out += [(("synthetic", args.slo_alpha, r), p, args.duration, args.seed, args.max_replicas)
                 for r in args.slo_ladder if r not in args.max_rates or args.slo_alpha not in args.alphas
                 for p in args.slo_policies]
     return out
@@ -177,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slo-ladder", type=floats, default=floats("5,10,15,20,30,40,50"))
     ap.add_argument("--slo-policies", type=lambda s: s.split(","),
                     default=["muxserve", "temporal", "spatial-paper", "spatial"])
+    ap.add_argument("--max-replicas", type=int, default=4,
+                    help="placer.max_replicas for every policy but spatial-paper (1: each LLM in one unit)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="bench/results/simulate_paper")
     ap.add_argument("--from-json", default="", help="redraw the table and plot from a results.json instead of running")

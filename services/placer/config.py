@@ -18,6 +18,7 @@ Keys of the `placer:` section (all optional):
     horizon_s: 600              # ... and the gain over this horizon beats the cost of moving
     load_time_s: 30             # estimated seconds to load one LLM (requests it delays = rate x this)
     worker_ttl_s: 30            # a worker not re-registered for this long is gone
+    max_replicas: 1             # > 1: an LLM that no single unit serves at its rate runs in up to this many units
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class PlacerConfig:
     horizon_s: float = 600.0
     load_time_s: float = 30.0
     worker_ttl_s: float = 30.0
+    max_replicas: int = 1  # > 1: an LLM no single unit can serve at its rate runs in up to this many units
     host: str = "127.0.0.1"
     port: int = 50052
 
@@ -72,6 +74,8 @@ class PlacerConfig:
                 raise ConfigError(f"placer.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.memory_utilization <= 1:
             raise ConfigError(f"placer.memory_utilization must be in (0, 1], got {self.memory_utilization}")
+        if self.max_replicas < 1:
+            raise ConfigError(f"placer.max_replicas must be >= 1, got {self.max_replicas}")
         if not 0 <= self.observed_weight <= 1:
             raise ConfigError(f"placer.observed_weight must be in [0, 1], got {self.observed_weight}")
 

@@ -27,6 +27,7 @@ from typing import Iterable
 from .estimator import UnitEstimate, UnitEstimator
 from .llmspec import LLMSpec
 from .placement import LLMPlacement, Placement, Unit, unit_id
+from .replicas import replicate
 from .spatial import spatial_layout
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ class Planner:
     """plan(policy) -> Placement for `llms` at `rates` (name -> req/s) on nodes x devices_per_node."""
 
     def __init__(self, llms: list[LLMSpec], rates: dict[str, float], nodes: int, devices_per_node: int,
-                 estimator: UnitEstimator, units: list[tuple[int, int]] | None = None):
+                 estimator: UnitEstimator, units: list[tuple[int, int]] | None = None, max_replicas: int = 1):
         """`units`, when given, fixes the units as (node, size) pairs: only the assignment of LLMs to
-        them is searched (re-placement inside the units the running workers hold)."""
+        them is searched (re-placement inside the units the running workers hold). `max_replicas` > 1
+        lets an LLM that no single unit can serve at its rate run in up to that many units (replicas),
+        its rate split evenly among them (replicas.py)."""
         if nodes < 1 or devices_per_node < 1:
             raise PlacementError(f"empty cluster: {nodes} nodes x {devices_per_node} devices")
         if not llms:
@@ -75,6 +78,9 @@ class Planner:
         self.units = sorted(units, key=lambda u: (u[0], -u[1])) if units else None
         self._memo: dict[tuple, UnitEstimate | None] = {}
         self.min_devices = {m.name: self._min_devices(m) for m in llms}
+        self.base = {m.name: m.name for m in llms}  # planner key -> served LLM name (replicas share it)
+        if max_replicas > 1 and self.units is None:
+            replicate(self, max_replicas)
 
     def _min_devices(self, m: LLMSpec) -> int:
         self.est.cost.require(m.cost_key, m.name)
@@ -144,8 +150,9 @@ class Planner:
 
     def _best_unit(self, units, members, name, mode) -> int | None:
         best_key, best_idx, seen = None, None, set()
+        base = self.base[name]
         for idx, ((_, n), mem) in enumerate(zip(units, members)):
-            if (n, mem) in seen:
+            if (n, mem) in seen or any(self.base[x] == base for x in mem):
                 continue
             seen.add((n, mem))
             after = self.unit_estimate(n, tuple(sorted((*mem, name))), mode)
@@ -193,7 +200,7 @@ class Planner:
         units = []
         for node, n, names, devices in layout:
             est = self.unit_estimate(n, names, mode)
-            llms = [LLMPlacement(e.name, round(e.prefill_share, 4), round(e.decode_share, 4),
+            llms = [LLMPlacement(self.base.get(e.name, e.name), round(e.prefill_share, 4), round(e.decode_share, 4),
                                  e.rate, round(e.throughput, 6), e.batch) for e in est.llms]
             units.append(Unit(unit_id(devices), devices, llms, "", round(est.served, 6), est.mode))
         objective = round(sum(self.unit_estimate(n, names, mode).served for _, n, names, _ in layout), 6)

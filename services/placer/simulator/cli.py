@@ -17,6 +17,7 @@ of the plan) and latency percentiles; errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -50,6 +51,8 @@ def _from_config(args):
     from services.placer.cli import load_plan_inputs
 
     specs, nodes, dpn, pcfg, cost = load_plan_inputs(args.config, None, args.cost_table)
+    if args.max_replicas:
+        pcfg = dataclasses.replace(pcfg, max_replicas=args.max_replicas)
     sim = sim_config(yaml.safe_load(open(args.config)) or {}, pcfg)
     planner = make_planner(specs, {}, nodes, dpn, pcfg, cost)
     lens = (pcfg.avg_prompt_len, pcfg.avg_output_len)
@@ -60,7 +63,7 @@ def _from_preset(args):
     cost = CostTable.load(args.cost_table or scenarios.A100_TABLE)
     sc = scenarios.chatlmsys(args.condense) if args.preset == "chatlmsys" else \
         scenarios.synthetic(args.alpha, args.max_rate)
-    planner = sc.planner(cost)
+    planner = sc.planner(cost, args.max_replicas or 1)
     return sc.specs, planner, cost, SimConfig(), (sc.prompt_len, sc.output_len), args.policy or "muxserve", sc
 
 
@@ -74,6 +77,8 @@ def simulate_main(argv: list[str]) -> int:
     ap.add_argument("--condense", type=int, default=1600)
     ap.add_argument("--policy", default=None, help="muxserve | temporal | spatial (| spatial-paper for presets)")
     ap.add_argument("--cost-table", default=None)
+    ap.add_argument("--max-replicas", type=int, default=None,
+                    help="placer.max_replicas (default: the config's; 1 for presets)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cv", type=float, default=1.0, help="arrival coefficient of variation (1: Poisson)")

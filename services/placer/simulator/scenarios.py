@@ -44,9 +44,9 @@ class Scenario:
     def rates(self) -> dict[str, float]:
         return {s.name: s.rate for s in self.specs}
 
-    def planner(self, cost: CostTable) -> Planner:
+    def planner(self, cost: CostTable, max_replicas: int = 1) -> Planner:
         cfg = PlacerConfig(cost_table=str(A100_TABLE), avg_prompt_len=round(self.prompt_len),
-                           avg_output_len=round(self.output_len))
+                           avg_output_len=round(self.output_len), max_replicas=max_replicas)
         return make_planner(self.specs, {}, self.nodes, self.devices_per_node, cfg, cost)
 
 

@@ -76,6 +76,7 @@ class SimUnit:
         self.blocks.set_quotas(quotas.initial_quotas(
             capacity, {n: m.rate for n, m in self.llms.items()}, self.per_token))
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode)
+        self.num_finished = 0  # sequences this unit completed
         for name in self.llms:
             self.scheduler.add_llm(name)
         shares = {f"{m.name}/{k}": s for m in unit.llms
@@ -113,6 +114,7 @@ class SimUnit:
                 self.scheduler.finish(seq, "length")
         finished = list(self.scheduler.finished)
         self.scheduler.finished.clear()
+        self.num_finished += len(finished)
         return finished
 
     # ---- durations ----------------------------------------------------------------------------
