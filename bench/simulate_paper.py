@@ -54,7 +54,7 @@ def run_one(task: tuple) -> dict:
     cost = CostTable.load(scenarios.A100_TABLE)
     sc = scenario(key)
     planner = sc.planner(cost, replicas)
-    paper = scenarios.paper_spatial(sc, planner)
+    paper = scenarios.paper_spatial(sc, cost)
     llms = sim_llms(sc.specs)
     if policy == "muxserve-sim":
         placement, _ = by_simulation(planner.candidates("muxserve"), llms, cost, SimConfig(),

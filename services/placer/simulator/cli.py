@@ -89,7 +89,7 @@ def simulate_main(argv: list[str]) -> int:
         if policy == "spatial-paper":
             if sc is None:
                 raise PlacementError("spatial-paper needs --preset (the paper's GPUs per LLaMA size)")
-            placement = scenarios.paper_spatial(sc, planner)
+            placement = scenarios.paper_spatial(sc, cost)
         else:
             placement = planner.plan(policy)
         llms = sim_llms(specs)
@@ -97,7 +97,7 @@ def simulate_main(argv: list[str]) -> int:
         if not reqs:
             raise ConfigError("no request arrives: every model's rate is 0 or --duration too short")
         sim = Simulation(placement, llms, cost, sim_cfg)
-        base = alone_base(scenarios.paper_spatial(sc, planner) if sc else placement, cost, llms, lens)
+        base = alone_base(scenarios.paper_spatial(sc, cost) if sc else placement, cost, llms, lens)
         summary = metrics.summarize(sim.run(reqs), base, list(llms))
     except (ConfigError, CostModelError, PlacementError, ValueError, KeyError, OSError) as e:
         print(f"muxserve simulate: error: {e}", file=sys.stderr)

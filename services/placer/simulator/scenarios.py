@@ -3,7 +3,7 @@
 - `synthetic(alpha, max_rate)`: 19 LLaMA LLMs (12 x 7B, 4 x 13B, 2 x 30B, 1 x 65B) on 4 x 8 A100-80GB,
   rate_i = max_rate x (i+1)^-alpha in that order (the 7B models the popular ones).
 - `chatlmsys(condense)`: the 16 LLMs and rates of services/placer/data/chatlmsys-rates.json.
-- `paper_spatial(planner, sizes)`: each LLM alone on the number of GPUs the paper gives its size.
+- `paper_spatial(scenario, cost)`: each LLM alone on the number of GPUs the paper gives its size.
   When those units do not pack onto the cluster (ChatLMSYS: 34 GPUs for 32), the least popular LLM
   whose unit is larger than the fewest devices that hold it is halved, until they pack.
 """
@@ -71,8 +71,10 @@ def chatlmsys(condense: int) -> Scenario:
                     data["cluster"]["nnodes"], data["cluster"]["ngpus_per_node"])
 
 
-def paper_spatial(sc: Scenario, planner: Planner) -> Placement:
-    """The paper's spatial baseline: each LLM alone on its size's GPUs (shrunk as the docstring says)."""
+def paper_spatial(sc: Scenario, cost: CostTable) -> Placement:
+    """The paper's spatial baseline: each LLM alone on its size's GPUs (shrunk as the docstring says),
+    one unit per LLM (its own planner, without replicas, so each unit is estimated at the LLM's rate)."""
+    planner = sc.planner(cost)
     units = {s.name: sc.paper_gpus[sc.sizes[s.name]] for s in sc.specs}
     by_popularity = sorted(units, key=lambda n: (sc.rates[n], n))
     while pack(units, sc.nodes, sc.devices_per_node) is None:
