@@ -47,15 +47,15 @@ class Mesh:
 
     @property
     def router_address(self) -> str:
-        port = self.grpc_port or self.mesh.section("router")["port"]
+        port = self.grpc_port or self.mesh.section("router").port
         return f"127.0.0.1:{port}"
 
     @property
     def http_url(self) -> str:
         """Base URL of the router's OpenAI-compatible API ("" when router.http_port is -1)."""
         sec = self.mesh.section("router")
-        port = self.http_port if self.http_port is not None else int(sec.get("http_port", 8000))
-        host = sec.get("http_host") or sec["host"]
+        port = self.http_port if self.http_port is not None else sec.http_port
+        host = sec.http_host or sec.host
         host = host if host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
         return "" if port == -1 else f"http://{host}:{port}/v1"
 
@@ -77,7 +77,7 @@ class Mesh:
         await self._wait("placer", self.mesh.address("placer"), timeout)
         await self._wait("memmgr", self.mesh.address("memmgr"), timeout)
         sizes = await self.unit_sizes()
-        base = int(self.mesh.section("worker")["port"])
+        base = self.mesh.section("worker").port
         for i, size in enumerate(sizes):
             self._spawn(f"worker-{i}", ["--port", str(base + i), "--worker-id", f"worker-{i}",
                                         "--num-devices", str(size)], service="worker")
