@@ -140,8 +140,11 @@ class Mesh:
         finally:
             self.stop()
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s (default: the
+        longest drain of the config, pre_stop_s + grace_s, plus 5 s)."""
+        if grace is None:
+            grace = 5.0 + max(d.pre_stop_s + d.grace_s for d in map(self.mesh.drain, cfg.SERVICES))
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -118,7 +118,8 @@ async def serve(mesh: mesh_config.MeshConfig, port: int | None = None, host: str
         for h in svc.pools:
             segment.destroy_segment(h)
 
-    await serve_until_signal(svc.running, on_stop=cleanup)
+    drain = mesh.drain("memmgr")
+    await serve_until_signal(svc.running, cleanup, drain.grace_s, drain.pre_stop_s)
 
 
 def main(config_path: str, port: int | None = None, host: str | None = None) -> int:

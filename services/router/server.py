@@ -136,8 +136,10 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
 
 
 async def _run(config_path: str, port: int | None, host: str | None, http_port: int | None) -> None:
-    router = await serve(mesh_config.load(config_path), port, host, http_port)
-    await serve_until_signal(router.running, on_stop=router.close_background)
+    mesh = mesh_config.load(config_path)
+    router = await serve(mesh, port, host, http_port)
+    drain = mesh.drain("router")
+    await serve_until_signal(router.running, router.close_background, drain.grace_s, drain.pre_stop_s)
 
 
 def main(config_path: str, port: int | None = None, host: str | None = None, http_port: int | None = None) -> int:
