@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,13 @@ class Mesh:
         self.mesh = cfg.load(self.config_path)
         self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="muxserve-logs-")
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        # internal RPCs (memmgr leases, quotas) need this token; without one configured, one per launch,
+        # handed to the services in their environment and to the operator in <log_dir>/internal_token (0600)
+        self.internal_token = self.mesh.internal_token or secrets.token_urlsafe(32)
+        if not self.mesh.internal_token:
+            path = Path(self.log_dir) / "internal_token"
+            path.touch(mode=0o600)
+            path.write_text(self.internal_token + "\n")
         self._redis_dir: str | None = None
 
     @property
@@ -91,7 +99,7 @@ class Mesh:
     def _spawn(self, name: str, extra: list[str], service: str | None = None) -> None:
         cmd = [sys.executable, "-m", "muxserve.cli", service or name, "--config", self.config_path, *extra]
         out = open(Path(self.log_dir) / f"{name}.log", "ab")
-        env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url}
+        env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url, "MUXSERVE_INTERNAL_TOKEN": self.internal_token}
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         log.info("started %s (pid %d), log %s/%s.log", name, self.procs[name].pid, self.log_dir, name)
 

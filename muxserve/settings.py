@@ -252,6 +252,11 @@ class MeshSettings(Section):
     memmgr: Memmgr = Field(default_factory=Memmgr)
     worker: Worker = Field(default_factory=Worker)
 
+    @field_validator("internal_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return v or None  # compose passes ${MUXSERVE_INTERNAL_TOKEN:-}: empty means unset
+
     @model_validator(mode="after")
     def _names(self):
         names = [m.name for m in self.models]
