@@ -12,8 +12,8 @@ FILE [--port P] [--host H] [--http-port P]`, or `python -m services.router ...`)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import sys
 import logging
 from dataclasses import dataclass
 
@@ -151,10 +151,7 @@ def main(config_path: str, port: int | None = None, host: str | None = None, htt
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m services.router", description="run the muxserve router")
-    ap.add_argument("--config", required=True, help="the deployment YAML")
-    ap.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
-    ap.add_argument("--host", default=None, help="listen host (overrides the config)")
-    ap.add_argument("--http-port", type=int, default=None, help="HTTP API port (overrides router.http_port; -1: off)")
-    a = ap.parse_args(argv)
-    main(a.config, a.port, a.host, a.http_port)
+    """`python -m services.router`: the same as `muxserve router` (flags, exit code 2 on a config error)."""
+    from muxserve.cli import main as muxserve_main
+
+    sys.exit(muxserve_main(["router", *(sys.argv[1:] if argv is None else argv)]))
