@@ -85,6 +85,11 @@ class Placer(Service):
     avg_prompt_len: int = Field(161, gt=0, description="tokens per request the estimate assumes")
     avg_output_len: int = Field(337, gt=0)
     prefill_token_budget: int = Field(2048, gt=0, description="tokens per prefill batch")
+
+    @field_validator("avg_prompt_len", "avg_output_len", mode="before")
+    @classmethod
+    def _whole_tokens(cls, v):
+        return round(v) if isinstance(v, float) else v  # a measured mean (161.3) counts in whole tokens
     window_s: float = Field(60.0, gt=0, description="observed-rate window in Redis")
     observed_weight: float = Field(0.7, ge=0, le=1, description="blended rate = w x observed + (1 - w) x prior")
     interval_s: float = Field(5.0, gt=0, description="how often re-placement checks drift")
