@@ -99,8 +99,8 @@ def test_print_defaults_loads_back(tmp_path):
     text = defaults_yaml()
     raw = yaml.safe_load(text)
     mesh = cfg.from_dict(raw, tmp_path, env={})
-    assert mesh.settings.model_dump(exclude={"models"}) == cfg.from_dict({"models": MODELS}, env={}).settings.model_dump(
-        exclude={"models"})
+    default = cfg.from_dict({"models": MODELS}, env={}).settings
+    assert mesh.settings.model_dump(exclude={"models"}) == default.model_dump(exclude={"models"})
     assert "block_size: 32  # tokens per head-wise block" in text and "grace_s: 5.0" in text
 
 

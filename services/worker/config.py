@@ -56,7 +56,8 @@ class WorkerConfig:
         return cls(host=sec.host, port=sec.port,
                    worker_id=worker_id or sec.worker_id or f"worker-{socket.gethostname()}",
                    advertise=sec.advertise, models=list(sec.models), kv=sec.kv,
-                   leases=LeaseConfig.from_dict(sec.leases), engine=sec.engine.model_dump(exclude_unset=True, exclude_none=True),
+                   leases=LeaseConfig.from_dict(sec.leases),
+                   engine=sec.engine.model_dump(exclude_unset=True, exclude_none=True),
                    drain_timeout_s=sec.drain_timeout_s, max_waiting=sec.max_waiting, metrics_port=sec.metrics_port)
 
     def engine_section(self, cluster_device: str) -> dict:
