@@ -56,15 +56,24 @@ def keys_at(root: type[BaseModel], loc: tuple) -> list[str]:
     return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
 
 
+def closest(word: str, valid: list[str]) -> str | None:
+    """The valid key `word` most likely meant: difflib's closest, else one it abbreviates (chunk ->
+    chunk_token_blocks)."""
+    close = difflib.get_close_matches(word, valid, n=1)
+    if close:
+        return close[0]
+    return next((k for k in valid if k.startswith(word) or word in k.split("_")), None) if word else None
+
+
 def _one(err: dict, root: type[BaseModel], prefix: tuple) -> str:
     loc = tuple(err["loc"])
     path = dotted(prefix + loc)
     if err["type"] == "extra_forbidden":
         valid = keys_at(root, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        close = closest(str(loc[-1]), valid)
         parent = dotted(prefix + loc[:-1])
         if close:
-            return f"unknown key `{path}` (did you mean `{parent + '.' if parent else ''}{close[0]}`?)"
+            return f"unknown key `{path}` (did you mean `{parent + '.' if parent else ''}{close}`?)"
         return f"unknown key `{path}` (valid keys: {', '.join(valid)})"
     if err["type"] == "missing":
         return f"`{path}` is required"
