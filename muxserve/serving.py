@@ -38,12 +38,16 @@ class RunningServer:
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
 
+    serving: bool = False  # what health says: other fronts (the router's HTTP /health) report the same
+
     async def ready(self) -> None:
         """Report SERVING for the server as a whole and each named service."""
+        self.serving = True
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def not_serving(self) -> None:
+        self.serving = False
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -124,7 +124,8 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
     http = None
     if cfg.http_port != -1:
         http = HttpServer()
-        await http.start(build_app(core, keys), cfg.http_host or cfg.host, cfg.http_port, cfg.max_message_bytes)
+        await http.start(build_app(core, keys, lambda: running.serving), cfg.http_host or cfg.host, cfg.http_port,
+                         cfg.max_message_bytes)
     recorder.start()
     if watcher is not None:
         watcher.start()
