@@ -61,26 +61,29 @@ def latency(address: str, head_dim: int, layers: int, kv_heads: int, sizes: dict
 
     from muxserve.v1 import memmgr_pb2 as pb
     from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
+    from services.memmgr.auth import call_metadata
 
     with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.MemmgrStub(ch)
-        sid = stub.OpenSession(pb.OpenSessionRequest(worker_id="bench-latency")).session_id
+        opened = stub.OpenSession(pb.OpenSessionRequest(worker_id="bench-latency"))
+        sid, md = opened.session_id, call_metadata(None, opened.session_key)  # memmgr auth: the session's key
         stub.RegisterLLM(pb.RegisterLLMRequest(session_id=sid, llm=pb.LLMSpec(
-            name="lat", num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim, dtype="float32", rate=1)))
+            name="lat", num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim, dtype="float32", rate=1)),
+            metadata=md)
         out = {}
         for label, n in sizes.items():
             lease, release = [], []
             for i in range(rounds + 20):  # the first 20 warm the channel up
                 t0 = time.perf_counter()
-                ids = stub.Lease(pb.LeaseRequest(session_id=sid, llm="lat", n=n)).block_ids
+                ids = stub.Lease(pb.LeaseRequest(session_id=sid, llm="lat", n=n), metadata=md).block_ids
                 t1 = time.perf_counter()
-                stub.Release(pb.ReleaseRequest(session_id=sid, llm="lat", block_ids=ids))
+                stub.Release(pb.ReleaseRequest(session_id=sid, llm="lat", block_ids=ids), metadata=md)
                 t2 = time.perf_counter()
                 if i >= 20:
                     lease.append(t1 - t0)
                     release.append(t2 - t1)
             out[label] = {"blocks": n, "lease": summary_us(lease), "release": summary_us(release)}
-        stub.CloseSession(pb.SessionRef(session_id=sid))
+        stub.CloseSession(pb.SessionRef(session_id=sid), metadata=md)
     return out
 
 

@@ -6,6 +6,9 @@
     muxserve profile ...                               measure a cost table on this machine's devices
     muxserve simulate --config FILE | --preset P ...   serve a placement in the simulator (virtual clock)
     muxserve write-tiny-model PATH [--arch llama]      a small random-weight HF checkpoint
+    muxserve config --print-defaults | --check FILE    every config key with its default; validate a file
+
+A bad config (missing file, unknown key, bad value) prints one line on stderr and exits with code 2.
 """
 
 from __future__ import annotations
@@ -54,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
+    from muxserve.config_errors import ConfigError
+
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except ConfigError as e:
+        print(f"muxserve {argv[0]}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(cmd: str, rest: list[str]) -> int:
     if cmd == "up":
         return _up(rest)
     if cmd in SERVICES:
@@ -65,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("services.placer.cli", "profile_main", rest)
     if cmd == "simulate":
         return _delegate("services.placer.simulator.cli", "simulate_main", rest)
+    if cmd == "config":
+        return _delegate("muxserve.config_yaml", "main", rest)
     if cmd == "write-tiny-model":
         from muxserve.tiny import main as tiny_main
 

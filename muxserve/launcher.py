@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,19 +44,26 @@ class Mesh:
         self.mesh = cfg.load(self.config_path)
         self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="muxserve-logs-")
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        # internal RPCs (memmgr leases, quotas) need this token; without one configured, one per launch,
+        # handed to the services in their environment and to the operator in <log_dir>/internal_token (0600)
+        self.internal_token = self.mesh.internal_token or secrets.token_urlsafe(32)
+        if not self.mesh.internal_token:
+            path = Path(self.log_dir) / "internal_token"
+            path.touch(mode=0o600)
+            path.write_text(self.internal_token + "\n")
         self._redis_dir: str | None = None
 
     @property
     def router_address(self) -> str:
-        port = self.grpc_port or self.mesh.section("router")["port"]
+        port = self.grpc_port or self.mesh.section("router").port
         return f"127.0.0.1:{port}"
 
     @property
     def http_url(self) -> str:
         """Base URL of the router's OpenAI-compatible API ("" when router.http_port is -1)."""
         sec = self.mesh.section("router")
-        port = self.http_port if self.http_port is not None else int(sec.get("http_port", 8000))
-        host = sec.get("http_host") or sec["host"]
+        port = self.http_port if self.http_port is not None else sec.http_port
+        host = sec.http_host or sec.host
         host = host if host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
         return "" if port == -1 else f"http://{host}:{port}/v1"
 
@@ -77,7 +85,7 @@ class Mesh:
         await self._wait("placer", self.mesh.address("placer"), timeout)
         await self._wait("memmgr", self.mesh.address("memmgr"), timeout)
         sizes = await self.unit_sizes()
-        base = int(self.mesh.section("worker")["port"])
+        base = self.mesh.section("worker").port
         for i, size in enumerate(sizes):
             self._spawn(f"worker-{i}", ["--port", str(base + i), "--worker-id", f"worker-{i}",
                                         "--num-devices", str(size)], service="worker")
@@ -91,7 +99,7 @@ class Mesh:
     def _spawn(self, name: str, extra: list[str], service: str | None = None) -> None:
         cmd = [sys.executable, "-m", "muxserve.cli", service or name, "--config", self.config_path, *extra]
         out = open(Path(self.log_dir) / f"{name}.log", "ab")
-        env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url}
+        env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url, "MUXSERVE_INTERNAL_TOKEN": self.internal_token}
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         log.info("started %s (pid %d), log %s/%s.log", name, self.procs[name].pid, self.log_dir, name)
 
@@ -140,8 +148,11 @@ class Mesh:
         finally:
             self.stop()
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every process in reverse start order, SIGKILL what is left after `grace` s (default: the
+        longest drain of the config, pre_stop_s + grace_s, plus 5 s)."""
+        if grace is None:
+            grace = 5.0 + max(d.pre_stop_s + d.grace_s for d in map(self.mesh.drain, cfg.SERVICES))
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

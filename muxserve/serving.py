@@ -3,7 +3,9 @@
 `start_server` builds the server, lets the caller register its servicers, adds the standard
 grpc.health.v1 service (NOT_SERVING until the caller calls `ready()`), binds host:port (port 0 picks a
 free port) and starts it. `serve_until_signal` runs a started server until SIGINT/SIGTERM, then drains
-in-flight RPCs for `grace` seconds and stops.
+(`RunningServer.drain`): health turns NOT_SERVING at once while the server keeps serving for `pre_stop`
+seconds (a load balancer's window to take it out of rotation), then it stops taking new RPCs and gives
+the running ones (streams) `grace` seconds to finish, then stops. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -36,17 +38,30 @@ class RunningServer:
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
 
+    serving: bool = False  # what health says: other fronts (the router's HTTP /health) report the same
+
     async def ready(self) -> None:
         """Report SERVING for the server as a whole and each named service."""
+        self.serving = True
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def not_serving(self) -> None:
+        self.serving = False
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.not_serving()
+        await self.server.stop(grace)
+
+    async def drain(self, pre_stop: float = 0.0, grace: float = 5.0) -> None:
+        """NOT_SERVING now, still serving for `pre_stop` s, then `grace` s for running RPCs, then stopped."""
+        await self.not_serving()
+        if pre_stop > 0:
+            log.info("NOT_SERVING; still serving for %.1fs (pre-stop delay)", pre_stop)
+            await asyncio.sleep(pre_stop)
+        log.info("no new RPCs; running ones have %.1fs to finish", grace)
         await self.server.stop(grace)
 
 
@@ -80,15 +95,23 @@ async def start_server(
 
 
 async def serve_until_signal(running: RunningServer, on_stop: Callable[[], Awaitable[None]] | None = None,
-                             grace: float = 5.0) -> None:
-    """Wait for SIGINT/SIGTERM, then report NOT_SERVING, drain for `grace` s, run on_stop, stop."""
+                             grace: float = 5.0, pre_stop: float = 0.0) -> None:
+    """Wait for SIGINT/SIGTERM, drain (`RunningServer.drain`; a second signal stops at once), run on_stop."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    signals = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining")
-    await running.stop(grace)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    sig = await signals.get()
+    log.info("%s received: draining (pre-stop %.1fs, grace %.1fs)", signal.Signals(sig).name, pre_stop, grace)
+    draining = asyncio.ensure_future(running.drain(pre_stop, grace))
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait([draining, second], return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        log.warning("second signal: stopping now")
+        draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
+        await running.server.stop(0)
+    second.cancel()
     if on_stop is not None:
         await on_stop()
 

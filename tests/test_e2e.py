@@ -109,6 +109,38 @@ def test_bad_input_gets_status_and_mesh_keeps_serving(mesh, kw, code):
     assert sum(len(c.token_ids) for c in ok) == 3
 
 
+def test_memmgr_takes_only_the_launchs_token(mesh):
+    """`muxserve up` with no internal_token makes one per launch: its workers lease with it, an outside
+    client without it cannot open a session, lease or set a quota; the operator finds it in the log dir."""
+    from pathlib import Path
+
+    from muxserve.v1 import memmgr_pb2 as pb
+    from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
+
+    token_file = Path(mesh.log_dir) / "internal_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    with grpc.insecure_channel(mesh.mesh.address("memmgr")) as ch:
+        stub = pb_grpc.MemmgrStub(ch)
+        for call, md, code in (
+                (lambda md: stub.OpenSession(pb.OpenSessionRequest(worker_id="outsider"), metadata=md), (),
+                 grpc.StatusCode.UNAUTHENTICATED),
+                (lambda md: stub.Lease(pb.LeaseRequest(session_id="x", llm="llama", n=10**6), metadata=md), (),
+                 grpc.StatusCode.UNAUTHENTICATED),
+                (lambda md: stub.SetQuota(pb.SetQuotaRequest(llm="llama", quota_blocks=0), metadata=md),
+                 (("muxserve-internal-token", "guess"),), grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as err:
+                call(md)
+            assert err.value.code() == code and err.value.details()
+        opened = stub.OpenSession(pb.OpenSessionRequest(worker_id="operator"),
+                                  metadata=(("muxserve-internal-token", token),))
+        stub.CloseSession(pb.SessionRef(session_id=opened.session_id),
+                          metadata=(("muxserve-internal-token", token), ("muxserve-session-key", opened.session_key)))
+    ok = _generate(mesh.router_address, model="llama", prompt="leases still work",
+                   sampling=router_pb2.SamplingParams(max_tokens=3, ignore_eos=True))
+    assert sum(len(c.token_ids) for c in ok) == 3
+
+
 def test_requests_succeed_with_redis_stopped(mesh):
     redis_proc = mesh.procs.get("redis")
     assert redis_proc is not None, "the launcher should have started redis-server itself"

@@ -321,6 +321,19 @@ def test_every_service_accepts_the_config(variant, tmp_path, monkeypatch):
             table.require(m.get("cost_key", m["name"]), m["name"])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_termination_grace_covers_the_drains(variant, tmp_path, monkeypatch):
+    """A pod's terminationGracePeriodSeconds (default 30) covers the drains (pre_stop_s + grace_s) of the
+    services it runs one after another (the worker pod: the worker, then its memmgr), plus 5 s."""
+    for key in [k for k in os.environ if k.startswith("MUXSERVE_")]:
+        monkeypatch.delenv(key)
+    mesh = mesh_of(variant, tmp_path)
+    for deploy, services in (("router", ["router"]), ("placer", ["placer"]), ("worker", ["worker", "memmgr"])):
+        need = sum(mesh.drain(s).pre_stop_s + mesh.drain(s).grace_s for s in services)
+        assert pod(variant, deploy).get("terminationGracePeriodSeconds", 30) >= need + 5, (deploy, need)
+    assert mesh.drain("router").pre_stop_s > 0  # a window for the Service to stop sending new streams
+
+
 # ------------------------------------------------------------------------------------------------ probes
 
 

@@ -262,7 +262,7 @@ def test_metrics_after_traffic(mesh, client):
         assert delta(f"muxserve:{hist}_count") == 3, hist
     assert delta("muxserve:inter_token_latency_seconds_count") == 12
     assert _series(after, "muxserve:placement_version") >= 1
-    base = int(mesh.mesh.section("worker")["port"]) + 1000  # worker i: its gRPC port (base + i) + 1000
+    base = mesh.mesh.section("worker").port + 1000  # worker i: its gRPC port (base + i) + 1000
     worker = "\n".join(httpx.get(f"http://127.0.0.1:{base + i}/metrics").text
                         for i, name in enumerate(n for n in mesh.procs if n.startswith("worker-")))
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "kv_quota_blocks",

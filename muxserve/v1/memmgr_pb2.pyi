@@ -31,14 +31,16 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "heartbeat_timeout_s", "unit_id")
+    __slots__ = ("session_id", "heartbeat_timeout_s", "unit_id", "session_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     UNIT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_timeout_s: float
     unit_id: str
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_timeout_s: _Optional[float] = ..., unit_id: _Optional[str] = ...) -> None: ...
+    session_key: str
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_timeout_s: _Optional[float] = ..., unit_id: _Optional[str] = ..., session_key: _Optional[str] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("session_id",)

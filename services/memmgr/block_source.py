@@ -32,12 +32,13 @@ log = logging.getLogger(__name__)
 
 class LeasedBlockSource:
     def __init__(self, address: str, session_id: str, llm: str, chunk: int, low: int, high: int,
-                 rpc_timeout_s: float = 10.0, deny_backoff_s: float = 0.02):
+                 rpc_timeout_s: float = 10.0, deny_backoff_s: float = 0.02, metadata: tuple = ()):
+        """`metadata`: what every Lease/Release carries (the internal token and the session's key, auth.py)."""
         if not 0 <= low < high or chunk < 1:
             raise ValueError(f"need chunk >= 1 and 0 <= low < high, got {chunk=} {low=} {high=}")
         self.llm, self.session_id = llm, session_id
         self.chunk, self.low, self.high = chunk, low, high
-        self.rpc_timeout_s, self.deny_backoff_s = rpc_timeout_s, deny_backoff_s
+        self.rpc_timeout_s, self.deny_backoff_s, self.metadata = rpc_timeout_s, deny_backoff_s, tuple(metadata)
         self.calls = self.waits = self.rpcs = 0
         self._free: list[int] = []
         self._held: set[int] = set()
@@ -151,7 +152,7 @@ class LeasedBlockSource:
         self.rpcs += 1
         try:
             resp = self._stub.Lease(pb.LeaseRequest(session_id=self.session_id, llm=self.llm, n=n),
-                                    timeout=self.rpc_timeout_s)
+                                    timeout=self.rpc_timeout_s, metadata=self.metadata)
         except grpc.RpcError as e:
             raise domain_error(e) from None
         return list(resp.block_ids)
@@ -160,7 +161,7 @@ class LeasedBlockSource:
         self.rpcs += 1
         try:
             self._stub.Release(pb.ReleaseRequest(session_id=self.session_id, llm=self.llm, block_ids=ids),
-                               timeout=self.rpc_timeout_s)
+                               timeout=self.rpc_timeout_s, metadata=self.metadata)
         except grpc.RpcError as e:
             raise domain_error(e) from None
 

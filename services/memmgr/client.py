@@ -9,7 +9,8 @@
     ...
     await client.close()                             # closes sources, CloseSession (blocks freed)
 
-Errors come back as memmgr domain errors (services/memmgr/types.py, UnavailableError when memmgr is
+Every call carries the internal token (when given) and, once the session is open, its session key
+(services/memmgr/auth.py). Errors come back as memmgr domain errors (services/memmgr/types.py, UnavailableError when memmgr is
 unreachable). Heartbeats run every heartbeat_timeout/3 on the client's event loop; if memmgr says
 the session expired, every block source is marked dead (its calls raise SessionExpiredError).
 """
@@ -24,6 +25,7 @@ import grpc
 from muxserve.v1 import memmgr_pb2 as pb
 from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
 from services.memmgr import convert
+from services.memmgr.auth import call_metadata
 from services.memmgr.block_source import LeasedBlockSource
 from services.memmgr.errors import UnavailableError, domain_error
 from services.memmgr.types import LLMSpec, MemmgrError, PoolHandle, SessionExpiredError, Stats
@@ -33,9 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class MemmgrClient:
-    def __init__(self, address: str, worker_id: str, rpc_timeout_s: float = 10.0):
-        self.address, self.worker_id, self.rpc_timeout_s = address, worker_id, rpc_timeout_s
+    def __init__(self, address: str, worker_id: str, rpc_timeout_s: float = 10.0, token: str | None = None):
+        self.address, self.worker_id, self.rpc_timeout_s, self.token = address, worker_id, rpc_timeout_s, token
         self.session_id = ""
+        self.session_key = ""
         self.heartbeat_timeout_s = 0.0
         self.expired: SessionExpiredError | None = None
         self.registered: dict[str, tuple[LLMSpec, PoolHandle, int]] = {}  # name -> (spec, handle, quota)
@@ -51,6 +54,7 @@ class MemmgrClient:
         self._stub = pb_grpc.MemmgrStub(self._channel)
         resp = await self._call(self._stub.OpenSession, pb.OpenSessionRequest(worker_id=self.worker_id))
         self.session_id, self.heartbeat_timeout_s = resp.session_id, resp.heartbeat_timeout_s
+        self.session_key = resp.session_key
         if heartbeats:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         return self.session_id
@@ -78,7 +82,8 @@ class MemmgrClient:
         spec = self.registered[llm][0]
         bpt = spec.blocks_per_token_block
         src = LeasedBlockSource(self.address, self.session_id, llm, chunk_token_blocks * bpt,
-                                low_token_blocks * bpt, high_token_blocks * bpt, self.rpc_timeout_s)
+                                low_token_blocks * bpt, high_token_blocks * bpt, self.rpc_timeout_s,
+                                metadata=self.metadata)
         self.sources.append(src)
         return src
 
@@ -124,11 +129,15 @@ class MemmgrClient:
         await self._channel.close()
         self._channel = None
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return call_metadata(self.token, self.session_key)
+
     async def _call(self, method, request):
         if self._stub is None:
             raise UnavailableError("MemmgrClient is not open (call open() first)")
         try:
-            return await method(request, timeout=self.rpc_timeout_s)
+            return await method(request, timeout=self.rpc_timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as e:
             raise domain_error(e) from None
 

@@ -7,12 +7,24 @@ import grpc
 from services.memmgr.types import (ConflictError, ExhaustedError, InvalidArgumentError, MemmgrError,
                                    NotFoundError, SessionExpiredError)
 
+
+
+class UnauthenticatedError(MemmgrError):
+    """An internal RPC without the internal token (auth.py)."""
+
+
+class PermissionDeniedError(MemmgrError):
+    """A wrong internal token, or a call naming a session without that session's key (auth.py)."""
+
+
 CODES: list[tuple[type[MemmgrError], grpc.StatusCode]] = [
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (SessionExpiredError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (ExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

@@ -18,6 +18,7 @@ import torch
 from muxserve import config as mesh_config
 from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, start_server
 from services.memmgr import segment, servicer
+from services.memmgr.auth import InternalAuth
 from services.memmgr.config import MemmgrConfig
 from services.memmgr.manager import MemoryManager
 from services.memmgr.sizing import resolve_pools
@@ -54,8 +55,9 @@ class MemmgrService:
 
 
 async def start(cfg: MemmgrConfig, mesh: mesh_config.MeshConfig | None = None, device: str = "cpu",
-                port: int | None = None, host: str | None = None) -> MemmgrService:
-    """Create the pools and the manager, start serving and the timers; health SERVING at return."""
+                port: int | None = None, host: str | None = None, token: str | None = None) -> MemmgrService:
+    """Create the pools and the manager, start serving and the timers; health SERVING at return.
+    `token`: the internal token its callers must send (auth.py); None: open."""
     pools: dict[PoolHandle, torch.Tensor] = {}
     for p in resolve_pools(cfg, mesh, device):
         handle, tensor = segment.create_segment(p.num_blocks, cfg.block_size, p.head_dim, p.dtype, device)
@@ -64,7 +66,8 @@ async def start(cfg: MemmgrConfig, mesh: mesh_config.MeshConfig | None = None, d
                  p.dtype, tuple(tensor.shape))
     manager = MemoryManager(list(pools), cfg.heartbeat_timeout_s, cfg.quota, unit_id=cfg.unit_id)
     try:
-        running = await start_server(lambda s: servicer.register(s, manager), host or cfg.host,
+        auth = InternalAuth(token)
+        running = await start_server(lambda s: servicer.register(s, manager, auth), host or cfg.host,
                                      cfg.port if port is None else port)
     except BaseException:
         for h in pools:
@@ -109,7 +112,7 @@ def _integrity(m: MemoryManager) -> None:
 async def serve(mesh: mesh_config.MeshConfig, port: int | None = None, host: str | None = None) -> None:
     """Run memmgr for the mesh's config until SIGINT/SIGTERM."""
     cfg = MemmgrConfig.from_section(mesh.section("memmgr"))
-    svc = await start(cfg, mesh, mesh.cluster.device, port, host)
+    svc = await start(cfg, mesh, mesh.cluster.device, port, host, mesh.internal_token)
     log.info("memmgr %s serving on %s:%d", cfg.unit_id, host or cfg.host, svc.port)
 
     async def cleanup() -> None:
@@ -118,7 +121,8 @@ async def serve(mesh: mesh_config.MeshConfig, port: int | None = None, host: str
         for h in svc.pools:
             segment.destroy_segment(h)
 
-    await serve_until_signal(svc.running, on_stop=cleanup)
+    drain = mesh.drain("memmgr")
+    await serve_until_signal(svc.running, cleanup, drain.grace_s, drain.pre_stop_s)
 
 
 def main(config_path: str, port: int | None = None, host: str | None = None) -> int:

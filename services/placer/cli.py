@@ -1,6 +1,6 @@
 """`muxserve plan` and `muxserve profile` (wired by muxserve/cli.py).
 
-plan reads the YAML directly (model entries may name `size: llama-7b` instead of a `path`),
+plan validates the config as every service does (model entries may name `size: llama-7b` instead of a `path`),
 plans with the config's prior rates, and prints the placement as text or JSON (with --capacity,
 also "capacity_scale": the largest common scale of the rates its layout still serves, capacity.py;
 with --simulate S, the search's final candidates are served S seconds each in the simulator and the
@@ -17,10 +17,10 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
+from muxserve import config as mconfig
 from muxserve.config import ConfigError
 
 from .config import POLICIES, PlacerConfig
@@ -33,31 +33,17 @@ from .service import make_planner
 
 
 def load_plan_inputs(config_path: str, policy: str | None, cost_table: str | None):
-    """(specs, nodes, devices_per_node, PlacerConfig, CostTable) from a config file."""
+    """(specs, nodes, devices_per_node, PlacerConfig, CostTable) from a config file (models may be given by
+    `size` alone here)."""
     path = Path(config_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a mapping")
-    section = dict(raw.get("placer") or {})
-    section.pop("host", None), section.pop("port", None)
-    if policy:
-        section["policy"] = policy
-    cl = raw.get("cluster") or {}
-    nodes, dpn = int(cl.get("nodes", 1)), int(cl.get("devices_per_node", 1))
-    cfg = PlacerConfig.from_section(section, _Mesh(cl.get("device", "cpu"), dpn), path.parent)
-    specs = load_specs(raw, path.parent)
+    mesh = mconfig.load(path, serve=False)
+    dpn = mesh.settings.cluster.devices_per_node or 1  # plan: 1 device per node unless the config says
+    mesh.cluster = replace(mesh.cluster, devices_per_node=dpn)
+    section = mesh.section("placer").model_copy(update={"policy": policy} if policy else {})
+    cfg = PlacerConfig.from_section(section, mesh, path.parent)
+    specs = load_specs(mesh.raw, path.parent)
     cost = CostTable.load(cost_table or cfg.cost_table_path)
-    return specs, nodes, dpn, cfg, cost
-
-
-class _Mesh:
-    """Just what PlacerConfig's defaults read from a MeshConfig."""
-
-    def __init__(self, device: str, dpn: int):
-        self.cluster = type("C", (), {"device": device, "devices_per_node": dpn})()
+    return specs, mesh.cluster.nodes, dpn, cfg, cost
 
 
 def format_text(p: Placement, seconds: float) -> str:
@@ -107,8 +93,8 @@ def _by_simulation(planner, specs, cfg: PlacerConfig, cost: CostTable, args) -> 
     from .simulator.choose import by_simulation
     from .simulator.cli import sim_config
 
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
-    chosen, _ = by_simulation(planner.candidates(cfg.policy), sim_llms(specs), cost, sim_config(raw, cfg),
+    mesh = mconfig.load(args.config, serve=False)
+    chosen, _ = by_simulation(planner.candidates(cfg.policy), sim_llms(specs), cost, sim_config(mesh, cfg),
                               (cfg.avg_prompt_len, cfg.avg_output_len), args.simulate)
     return chosen
 

@@ -90,7 +90,8 @@ def main(config_path: str, port: int | None = None, host: str | None = None) -> 
 
     async def run() -> None:
         placer = await serve(mesh, port, host, Path(config_path).resolve().parent)
-        await serve_until_signal(placer.running, on_stop=placer.service.close)
+        drain = mesh.drain("placer")
+        await serve_until_signal(placer.running, placer.service.close, drain.grace_s, drain.pre_stop_s)
         placer.loop_task.cancel()
 
     asyncio.run(run())

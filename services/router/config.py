@@ -1,22 +1,5 @@
-"""The router's config, built from the mesh YAML's `router` section (validated when built).
-
-    router:
-      host: 127.0.0.1
-      port: 50051
-      placer_address: host:port     # optional; also MUXSERVE_PLACER_ADDRESS
-      workers: {model: [host:port, ...]}   # optional static routing table (tests, no placer)
-      popularity: {bucket_s: 1.0, ttl_s: 3600, timeout_s: 0.5}
-      status_interval_s: 5.0        # how often workers' GetStatus refines each model's context length
-      unavailable_wait_s: 30.0      # how long a request waits for a host of its model (re-placement,
-                                    # a worker loading or draining it, a restart) before UNAVAILABLE
-      http_host: 127.0.0.1          # the OpenAI-compatible HTTP API and /metrics (default: `host`)
-      http_port: 8000               # 0 picks a free port; -1 turns HTTP off
-      api_keys: [KEY, ...]          # also MUXSERVE_API_KEY (one key, added); none configured = open
-      max_message_bytes: 4194304    # largest gRPC message / HTTP body accepted (4 MiB)
-      max_concurrent_streams: 1024  # Generate calls and HTTP completions in flight, all fronts together
-      max_stop_strings: 16          # stop strings per request...
-      max_stop_chars: 256           # ...each at most this long
-      max_request_id_chars: 128
+"""The router's config, built from the mesh config's validated `router` section (muxserve/settings.py
+has every key, its type and default; validated there, once).
 
 Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
 static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
@@ -27,12 +10,11 @@ to what the workers hosting it report in GetStatus (limits.py).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from muxserve import checkpoint
-from muxserve.config import ConfigError, MeshConfig
+from muxserve.config import MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +57,6 @@ class RouterConfig:
     max_concurrent_streams: int = 1024
     bounds: RequestBounds = field(default_factory=RequestBounds)
 
-    def __post_init__(self) -> None:
-        for model, addresses in self.static_workers.items():
-            if model not in self.models:
-                raise ConfigError(f"router.workers: {model!r} is not in `models`")
-            if not isinstance(addresses, list) or not all(isinstance(a, str) and a for a in addresses):
-                raise ConfigError(f"router.workers[{model!r}] must be a list of host:port strings")
-        if self.bucket_s <= 0 or self.ttl_s <= 0 or self.redis_timeout_s <= 0:
-            raise ConfigError("router.popularity: bucket_s, ttl_s and timeout_s must be > 0")
-        if self.status_interval_s <= 0:
-            raise ConfigError(f"router.status_interval_s must be > 0, got {self.status_interval_s}")
-        if self.unavailable_wait_s < 0:
-            raise ConfigError(f"router.unavailable_wait_s must be >= 0, got {self.unavailable_wait_s}")
-        if self.http_port < -1:
-            raise ConfigError(f"router.http_port must be a port, 0 (any) or -1 (off), got {self.http_port}")
-        if min(self.max_message_bytes, self.max_concurrent_streams) < 1:
-            raise ConfigError("router.max_message_bytes and max_concurrent_streams must be >= 1")
-        b = self.bounds
-        if min(b.max_stop_strings, b.max_stop_chars, b.max_request_id_chars) < 1:
-            raise ConfigError(f"router: max_stop_strings, max_stop_chars, max_request_id_chars must be >= 1, got {b}")
-        if not all(isinstance(k, str) and k for k in self.api_keys):
-            raise ConfigError("router.api_keys must be a list of non-empty strings")
-
     @property
     def static(self) -> bool:
         return self.placer_address is None
@@ -113,33 +73,19 @@ def model_limits(name: str, path: str | Path) -> ModelLimits:
 
 
 def from_mesh(mesh: MeshConfig) -> RouterConfig:
+    """The RouterConfig of a validated mesh config (placer address: the key, MUXSERVE_PLACER_ADDRESS, else
+    none when a static `workers` table is given, else the mesh's placer)."""
     sec = mesh.section("router")
-    pop = sec.get("popularity") or {}
-    placer = sec.get("placer_address") or os.environ.get("MUXSERVE_PLACER_ADDRESS")
-    workers = sec.get("workers") or {}
-    if not isinstance(workers, dict):
-        raise ConfigError("router.workers must map model names to lists of host:port")
-    if not placer and not workers:
+    placer = sec.placer_address or mesh.addresses.get("placer")
+    if not placer and not sec.workers:
         placer = mesh.address("placer")
+    pop = sec.popularity
     return RouterConfig(
         models={m.name: model_limits(m.name, m.path) for m in mesh.models},
-        host=str(sec["host"]), port=int(sec["port"]), placer_address=placer or None,
-        static_workers={k: list(v) if isinstance(v, (list, tuple)) else v for k, v in workers.items()},
-        redis_url=mesh.redis_url, bucket_s=float(pop.get("bucket_s", 1.0)),
-        ttl_s=float(pop.get("ttl_s", 3600)), redis_timeout_s=float(pop.get("timeout_s", 0.5)),
-        status_interval_s=float(sec.get("status_interval_s", 5.0)),
-        unavailable_wait_s=float(sec.get("unavailable_wait_s", 30.0)),
-        http_host=sec.get("http_host"), http_port=int(sec.get("http_port", 8000)), api_keys=api_keys(sec),
-        max_message_bytes=int(sec.get("max_message_bytes", 4 << 20)),
-        max_concurrent_streams=int(sec.get("max_concurrent_streams", 1024)),
-        bounds=RequestBounds(int(sec.get("max_stop_strings", 16)), int(sec.get("max_stop_chars", 256)),
-                             int(sec.get("max_request_id_chars", 128))))
-
-
-def api_keys(sec: dict) -> tuple[str, ...]:
-    """router.api_keys plus MUXSERVE_API_KEY, when set."""
-    keys = sec.get("api_keys") or []
-    if isinstance(keys, str) or not isinstance(keys, list):
-        raise ConfigError("router.api_keys must be a list of strings")
-    env = os.environ.get("MUXSERVE_API_KEY")
-    return tuple(dict.fromkeys([*keys, *([env] if env else [])]))
+        host=sec.host, port=sec.port, placer_address=placer or None,
+        static_workers={k: list(v) for k, v in sec.workers.items()},
+        redis_url=mesh.redis_url, bucket_s=pop.bucket_s, ttl_s=pop.ttl_s, redis_timeout_s=pop.timeout_s,
+        status_interval_s=sec.status_interval_s, unavailable_wait_s=sec.unavailable_wait_s,
+        http_host=sec.http_host, http_port=sec.http_port, api_keys=tuple(dict.fromkeys(sec.api_keys)),
+        max_message_bytes=sec.max_message_bytes, max_concurrent_streams=sec.max_concurrent_streams,
+        bounds=RequestBounds(sec.max_stop_strings, sec.max_stop_chars, sec.max_request_id_chars))

@@ -12,8 +12,8 @@ FILE [--port P] [--host H] [--http-port P]`, or `python -m services.router ...`)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import sys
 import logging
 from dataclasses import dataclass
 
@@ -124,7 +124,8 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
     http = None
     if cfg.http_port != -1:
         http = HttpServer()
-        await http.start(build_app(core, keys), cfg.http_host or cfg.host, cfg.http_port, cfg.max_message_bytes)
+        await http.start(build_app(core, keys, lambda: running.serving), cfg.http_host or cfg.host, cfg.http_port,
+                         cfg.max_message_bytes)
     recorder.start()
     if watcher is not None:
         watcher.start()
@@ -136,8 +137,10 @@ async def serve(mesh: MeshConfig, port: int | None = None, host: str | None = No
 
 
 async def _run(config_path: str, port: int | None, host: str | None, http_port: int | None) -> None:
-    router = await serve(mesh_config.load(config_path), port, host, http_port)
-    await serve_until_signal(router.running, on_stop=router.close_background)
+    mesh = mesh_config.load(config_path)
+    router = await serve(mesh, port, host, http_port)
+    drain = mesh.drain("router")
+    await serve_until_signal(router.running, router.close_background, drain.grace_s, drain.pre_stop_s)
 
 
 def main(config_path: str, port: int | None = None, host: str | None = None, http_port: int | None = None) -> int:
@@ -149,10 +152,7 @@ def main(config_path: str, port: int | None = None, host: str | None = None, htt
 
 
 def cli(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m services.router", description="run the muxserve router")
-    ap.add_argument("--config", required=True, help="the deployment YAML")
-    ap.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
-    ap.add_argument("--host", default=None, help="listen host (overrides the config)")
-    ap.add_argument("--http-port", type=int, default=None, help="HTTP API port (overrides router.http_port; -1: off)")
-    a = ap.parse_args(argv)
-    main(a.config, a.port, a.host, a.http_port)
+    """`python -m services.router`: the same as `muxserve router` (flags, exit code 2 on a config error)."""
+    from muxserve.cli import main as muxserve_main
+
+    sys.exit(muxserve_main(["router", *(sys.argv[1:] if argv is None else argv)]))

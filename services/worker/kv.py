@@ -61,7 +61,7 @@ def kv_mode(mesh: mesh_config.MeshConfig, wcfg: WorkerConfig) -> str:
 
 def make_backend(mesh: mesh_config.MeshConfig, wcfg: WorkerConfig) -> "LocalKV | MemmgrKV":
     if kv_mode(mesh, wcfg) == "memmgr":
-        return MemmgrKV(mesh.address("memmgr"), wcfg.worker_id, wcfg.leases)
+        return MemmgrKV(mesh.address("memmgr"), wcfg.worker_id, wcfg.leases, mesh.internal_token)
     return LocalKV()
 
 
@@ -85,9 +85,9 @@ class MemmgrKV:
 
     mode = "memmgr"
 
-    def __init__(self, address: str, worker_id: str, leases: LeaseConfig | None = None):
+    def __init__(self, address: str, worker_id: str, leases: LeaseConfig | None = None, token: str | None = None):
         self.address, self.leases = address, leases or LeaseConfig()
-        self.client = MemmgrClient(address, worker_id)
+        self.client = MemmgrClient(address, worker_id, token=token)  # token: memmgr's internal token
         self.sources = MemmgrSources(self.client, self.leases)
         self.quota_moves: dict[str, int] = {}  # LLM -> quota changes applied from memmgr
         self.handle: PoolHandle | None = None
@@ -210,7 +210,7 @@ class MemmgrKV:
         log.error("memmgr session %s expired: failing in-flight requests, opening a new session", old.session_id)
         await asyncio.to_thread(eng.fail_all, "this worker's KV lease expired (memmgr session timed out); retry")
         try:
-            self.client = MemmgrClient(self.address, old.worker_id, old.rpc_timeout_s)
+            self.client = MemmgrClient(self.address, old.worker_id, old.rpc_timeout_s, old.token)
             self.sources.client = self.client
             await self._open()
             for name in list(eng.llms):

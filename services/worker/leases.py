@@ -99,7 +99,7 @@ class MemmgrSources:
         c = self.leases
         src = KVBlockSource(self.client.address, self.client.session_id, llm, c.chunk_token_blocks * bpt,
                             c.low_token_blocks * bpt, c.high_token_blocks * bpt, self.client.rpc_timeout_s,
-                            token_block=bpt)
+                            token_block=bpt, metadata=self.client.metadata)  # the token and the session's key
         with self._lock:
             old = self.by_llm.pop(llm, None)
             self.by_llm[llm] = src

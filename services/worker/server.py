@@ -215,7 +215,8 @@ def main(config_path: str, port: int | None = None, host: str | None = None,
                 task.cancel()
             await worker.close()
 
-        await serve_until_signal(running, on_stop)
+        drain = mesh.drain("worker")
+        await serve_until_signal(running, on_stop, drain.grace_s, drain.pre_stop_s)
 
     asyncio.run(run())
     return 0

@@ -55,7 +55,9 @@ def test_engine_config_is_validated():
         EngineConfig(block_size=0)
     with pytest.raises(EngineConfigError, match="job_mode"):
         EngineConfig.from_section({"job_mode": "fork"})
-    assert EngineConfig.from_section({"num_blocks": 7, "unrelated": 1}).num_blocks == 7
+    assert EngineConfig.from_section({"num_blocks": 7}).num_blocks == 7
+    with pytest.raises(EngineConfigError, match=r"unknown key `engine.unrelated`"):
+        EngineConfig.from_section({"num_blocks": 7, "unrelated": 1})
     assert EngineConfig(pool_bytes=2 * 16 * 64 * 4 * 10, block_size=16).pool_blocks(head_dim=64) == 10
 
 

@@ -145,7 +145,7 @@ def test_kv_mode_resolution(monkeypatch):
         WorkerConfig.from_section({"kv": "remote"})
     with pytest.raises(ValueError, match="low_token_blocks"):
         WorkerConfig.from_section({"leases": {"low_token_blocks": 30}})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key `worker.leases.chunk` \(did you mean `worker.leases.chunk_token_blocks`"):
         WorkerConfig.from_section({"leases": {"chunk": 3}})
 
 

@@ -57,7 +57,7 @@ def test_plan_errors(capsys, tmp_path, hand_table_file):
     rc, _, err = run(capsys, cfg, tmp_path)  # 121 GiB of weights, 80 GB devices, units of 1
     assert rc == 2 and "'big'" in err and "fits no unit" in err
     rc, _, err = run(capsys, small(tmp_path, hand_table_file, cluster={"nodes": 0, "devices_per_node": 8}), tmp_path)
-    assert rc == 2 and "empty cluster" in err
+    assert rc == 2 and "`cluster.nodes`: Input should be greater than or equal to 1" in err  # the config model
     cfg = small(tmp_path, hand_table_file)
     cfg["models"][0]["cost_key"] = "llama-3b"
     rc, _, err = run(capsys, cfg, tmp_path)

@@ -63,5 +63,6 @@ def test_the_simulator_spreads_a_replicated_llms_requests_over_its_units():
 
 
 def test_max_replicas_below_one_is_a_config_error():
+    assert PlacerConfig.from_section({"max_replicas": 3}).max_replicas == 3
     with pytest.raises(ConfigError, match="max_replicas"):
-        PlacerConfig(max_replicas=0)
+        PlacerConfig.from_section({"max_replicas": 0})

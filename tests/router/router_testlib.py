@@ -113,13 +113,13 @@ def placement(version: int, units: dict[str, tuple[str, list[str]]]) -> placer_p
         for u, (addr, models) in units.items()])
 
 
-def mesh(model_dir, redis_url: str, router: dict, names=("tiny", "slow", "idle")):
+def mesh(model_dir, redis_url: str, router: dict, names=("tiny", "slow", "idle"), worker: dict | None = None):
     """A mesh config serving `names`, all backed by the tiny checkpoint at `model_dir`.
 
     UNAVAILABLE is immediate unless the test sets `unavailable_wait_s` (default 30 s in service).
     """
     router = {"unavailable_wait_s": 0, **router}
-    return mesh_config.from_dict({"redis_url": redis_url, "router": router,
+    return mesh_config.from_dict({"redis_url": redis_url, "router": router, "worker": worker or {},
                                   "models": [{"name": n, "path": str(model_dir)} for n in names]})
 
 

@@ -27,9 +27,8 @@ def no_template(tmp_path_factory):
 @contextlib.asynccontextmanager
 async def stack(model_dir, redis_url):
     """A real worker hosting `model_dir` as "tiny" and a router in front (HTTP on a free port)."""
-    cfg = mesh(model_dir, redis_url, {}, names=("tiny",))
-    cfg.raw["worker"] = {"models": ["tiny"], "metrics_port": -1,
-                         "engine": {"block_size": 8, "num_blocks": 1024}}
+    cfg = mesh(model_dir, redis_url, {}, names=("tiny",), worker={"models": ["tiny"], "metrics_port": -1,
+                                                                  "engine": {"block_size": 8, "num_blocks": 1024}})
     running, worker, _ = await worker_server.serve(cfg, port=0, host="127.0.0.1", worker_id="w0")
     try:
         rcfg = mesh(model_dir, redis_url, {"workers": {"tiny": [f"127.0.0.1:{running.port}"]}}, names=("tiny",))

@@ -20,8 +20,8 @@ from services.worker import server as worker_server
 
 @contextlib.asynccontextmanager
 async def real_worker(tiny_model, redis_url):
-    cfg = mesh(tiny_model, redis_url, {}, names=("tiny",))
-    cfg.raw["worker"] = {"models": ["tiny"], "engine": {"block_size": 8, "num_blocks": 1024}}
+    cfg = mesh(tiny_model, redis_url, {}, names=("tiny",),
+               worker={"models": ["tiny"], "engine": {"block_size": 8, "num_blocks": 1024}})
     running, worker, _ = await worker_server.serve(cfg, port=0, host="127.0.0.1", worker_id="w0")
     try:
         yield f"127.0.0.1:{running.port}", worker

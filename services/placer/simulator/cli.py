@@ -21,9 +21,8 @@ import dataclasses
 import json
 import sys
 
-import yaml
-
 from muxserve import workload
+from muxserve import config as mconfig
 from muxserve.config import ConfigError
 from services.memmgr.config import MemmgrConfig
 from services.placer.costmodel import CostModelError, CostTable
@@ -38,12 +37,12 @@ from .unit import SimConfig
 ENGINE_KEYS = ("block_size", "max_num_seqs", "max_prefill_tokens", "overload_allowance", "num_blocks")
 
 
-def sim_config(raw: dict, pcfg) -> SimConfig:
+def sim_config(mesh, pcfg) -> SimConfig:
     """The simulator's settings from a mesh config: device, memory, engine keys, memmgr's ADBS policy."""
-    engine = ((raw.get("worker") or {}).get("engine") or {})
-    return SimConfig(device=(raw.get("cluster") or {}).get("device", "cpu"),
+    engine = mesh.section("worker").engine.model_dump(exclude_unset=True, exclude_none=True)
+    return SimConfig(device=mesh.cluster.device,
                      device_bytes=pcfg.device_memory_gb * 2**30, memory_utilization=pcfg.memory_utilization,
-                     quota=MemmgrConfig.from_section(raw.get("memmgr") or {}).quota,
+                     quota=MemmgrConfig.from_section(mesh.section("memmgr")).quota,
                      **{k: type(getattr(SimConfig, k))(engine[k]) for k in ENGINE_KEYS if k in engine})
 
 
@@ -53,7 +52,7 @@ def _from_config(args):
     specs, nodes, dpn, pcfg, cost = load_plan_inputs(args.config, None, args.cost_table)
     if args.max_replicas:
         pcfg = dataclasses.replace(pcfg, max_replicas=args.max_replicas)
-    sim = sim_config(yaml.safe_load(open(args.config)) or {}, pcfg)
+    sim = sim_config(mconfig.load(args.config, serve=False), pcfg)
     planner = make_planner(specs, {}, nodes, dpn, pcfg, cost)
     lens = (pcfg.avg_prompt_len, pcfg.avg_output_len)
     return specs, planner, cost, sim, lens, args.policy or pcfg.policy, None

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API of the router (FastAPI), over the same RouterCore as the gRPC API.
 
 Routes: POST /v1/completions, POST /v1/chat/completions (whole, or SSE chunks ending in `data: [DONE]`),
-GET /v1/models, GET /health (200 once the router serves), GET /metrics (Prometheus text). /v1/* needs
+GET /v1/models, GET /health (200 while the router serves, 503 while it drains), GET /metrics (Prometheus text). /v1/* needs
 `Authorization: Bearer <key>` when API keys are configured (auth.py). Errors are OpenAI error bodies
 with the status mapped from the gRPC code (errors.py); a request that fails before its first token gets
 that status, one that fails after the stream started gets an error event and then `[DONE]`.
@@ -26,7 +26,8 @@ from services.router.openai_api.runs import Choice, start
 from services.router.request import RouterError, Unauthenticated
 
 
-def build_app(core: RouterCore, keys: ApiKeys) -> FastAPI:
+def build_app(core: RouterCore, keys: ApiKeys, serving: Callable[[], bool] = lambda: True) -> FastAPI:
+    """The HTTP front over `core`; /health answers 503 while `serving()` is false (starting or draining)."""
     app = FastAPI(title="muxserve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(RouterError, errors.router_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
@@ -37,7 +38,7 @@ def build_app(core: RouterCore, keys: ApiKeys) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200)
+        return Response(status_code=200 if serving() else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

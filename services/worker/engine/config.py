@@ -11,16 +11,20 @@ overlap (MuxServe); "temporal" runs one dispatch at a time, FCFS across LLMs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from muxserve.config_errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 JOB_MODES = ("thread", "process")
 UNIT_MODES = ("spatial-temporal", "temporal")
 
 
-class EngineConfigError(ValueError):
+class EngineConfigError(ConfigError):
     """A bad engine setting; the message names the key."""
 
 
@@ -76,6 +80,8 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         """The dtype of weights and pool; "auto" not yet resolved (resolve_dtype) is float32 on CPU, else bf16."""
+        import torch  # imported here: the mesh's config model reads this module without torch
+
         if self.dtype == "auto":
             return torch.float32 if self.device == "cpu" else torch.bfloat16
         return getattr(torch, self.dtype)
@@ -87,6 +93,8 @@ class EngineConfig:
         if self.dtype != "auto":
             return self
         from dataclasses import replace
+
+        import torch
 
         from muxserve.checkpoint import describe
 
@@ -111,12 +119,14 @@ class EngineConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "EngineConfig":
-        """Build from a dict (the worker's YAML section); unknown keys are ignored, bad ones named."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in (section or {}).items() if k in known}
+        """Build from the keys of a `worker.engine` section, validated as that section (muxserve.settings:
+        an unknown key or a bad type is an error naming it)."""
+        from pydantic import ValidationError
+
+        from muxserve.config_errors import describe
+        from muxserve.settings import Engine
+
         try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, EngineConfigError):
-                raise
-            raise EngineConfigError(f"engine config: {e}") from None
+            return cls(**Engine.model_validate(section or {}).model_dump(exclude_none=True))
+        except ValidationError as e:
+            raise EngineConfigError(describe(e, Engine, ("engine",))) from None
