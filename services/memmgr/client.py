@@ -11,7 +11,9 @@
 
 Errors come back as memmgr domain errors (services/memmgr/types.py, UnavailableError when memmgr is
 unreachable). Heartbeats run every heartbeat_timeout/3 on the client's event loop; if memmgr says
-the session expired, every block source is marked dead (its calls raise SessionExpiredError).
+the session expired, or does not know it (memmgr restarted), `expired` is set, every block source is
+marked dead (its calls raise SessionExpiredError) and `on_lost` is called; while memmgr is
+unreachable, heartbeats keep trying.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
 from services.memmgr import convert
 from services.memmgr.block_source import LeasedBlockSource
 from services.memmgr.errors import UnavailableError, domain_error
-from services.memmgr.types import LLMSpec, MemmgrError, PoolHandle, SessionExpiredError, Stats
+from services.memmgr.types import LLMSpec, MemmgrError, NotFoundError, PoolHandle, SessionExpiredError, Stats
 
 __all__ = ["MemmgrClient", "LeasedBlockSource"]
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class MemmgrClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.MemmgrStub | None = None
         self._heartbeat: asyncio.Task | None = None
+        self.on_lost = None  # called (on the event loop) once the heartbeat finds the session gone
 
     async def open(self, heartbeats: bool = True) -> str:
         """Open the session (and start heartbeats); returns the session id."""
@@ -138,11 +141,16 @@ class MemmgrClient:
             await asyncio.sleep(interval)
             try:
                 await self.heartbeat()
-            except SessionExpiredError as e:
-                log.error("memmgr session %s expired: %s", self.session_id, e)
+            except (SessionExpiredError, NotFoundError) as e:
+                if isinstance(e, NotFoundError):  # memmgr restarted: the session and its blocks are gone
+                    e = SessionExpiredError(f"memmgr at {self.address} no longer knows session "
+                                            f"{self.session_id} (it restarted): {e}")
+                log.error("memmgr session %s lost: %s", self.session_id, e)
                 self.expired = e
                 for src in self.sources:
                     src.mark_dead(e)
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
             except MemmgrError as e:
                 log.warning("memmgr heartbeat failed: %s", e)

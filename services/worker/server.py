@@ -18,7 +18,7 @@ from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
 from services.worker.metrics import serve_metrics
-from services.worker.engine.types import CapacityError, ModelNotReadyError, UnknownModelError
+from services.worker.engine.types import CapacityError, ModelNotReadyError, PoolLostError, UnknownModelError
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -116,6 +116,8 @@ class Worker:
             return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
             return _not_hosted(llm)
+        if getattr(self.kv, "recovering", False):  # memmgr session lost: services/worker/kv.py
+            return _fail(PoolLostError("this worker is re-attaching to memmgr's KV pool; retry"))
         waiting = self.engine.stats()["llms"].get(llm, {}).get("waiting", 0)
         if waiting >= self.wcfg.max_waiting:
             return _fail(CapacityError(f"model {llm!r} has {waiting} requests waiting on this worker "
