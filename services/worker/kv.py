@@ -264,6 +264,10 @@ class MemmgrKV:
         segment.detach(old)
         self.remaps += 1
 
+    def _swap(self, eng, name: str, quota: int) -> None:
+        eng.blocks.replace_source(name, self.sources.open(name))  # it holds no block: no lock needed
+        eng.set_quotas({name: quota})
+
     async def _park_idle(self, llms: dict[str, dict]) -> None:
         now = asyncio.get_running_loop().time()
         for name, s in llms.items():
