@@ -17,6 +17,7 @@
       max_stop_strings: 16          # stop strings per request...
       max_stop_chars: 256           # ...each at most this long
       max_request_id_chars: 128
+      max_prompt_chars: 1000000     # a text prompt or the chat messages' content (the worker checks the same)
 
 Where workers come from: a placer address given explicitly (key or environment) wins; otherwise a
 static `workers` table, when present, is used; otherwise the placer at the mesh's `placer` address.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from muxserve import checkpoint
 from muxserve.config import ConfigError, MeshConfig
+from muxserve.validation import RequestBounds, bounds_from_section  # noqa: F401 (RequestBounds: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,6 @@ class ModelLimits:
     name: str
     max_model_len: int = 0
     vocab_size: int = 0
-
-
-@dataclass(frozen=True)
-class RequestBounds:
-    """Bounds on a request's fields (validation.py), from the router config."""
-
-    max_stop_strings: int = 16
-    max_stop_chars: int = 256
-    max_request_id_chars: int = 128
 
 
 @dataclass
@@ -91,9 +84,6 @@ class RouterConfig:
             raise ConfigError(f"router.http_port must be a port, 0 (any) or -1 (off), got {self.http_port}")
         if min(self.max_message_bytes, self.max_concurrent_streams) < 1:
             raise ConfigError("router.max_message_bytes and max_concurrent_streams must be >= 1")
-        b = self.bounds
-        if min(b.max_stop_strings, b.max_stop_chars, b.max_request_id_chars) < 1:
-            raise ConfigError(f"router: max_stop_strings, max_stop_chars, max_request_id_chars must be >= 1, got {b}")
         if not all(isinstance(k, str) and k for k in self.api_keys):
             raise ConfigError("router.api_keys must be a list of non-empty strings")
 
@@ -132,8 +122,16 @@ def from_mesh(mesh: MeshConfig) -> RouterConfig:
         http_host=sec.get("http_host"), http_port=int(sec.get("http_port", 8000)), api_keys=api_keys(sec),
         max_message_bytes=int(sec.get("max_message_bytes", 4 << 20)),
         max_concurrent_streams=int(sec.get("max_concurrent_streams", 1024)),
-        bounds=RequestBounds(int(sec.get("max_stop_strings", 16)), int(sec.get("max_stop_chars", 256)),
-                             int(sec.get("max_request_id_chars", 128))))
+        bounds=request_bounds(sec))
+
+
+def request_bounds(sec: dict) -> RequestBounds:
+    """router.max_stop_strings / max_stop_chars / max_request_id_chars / max_prompt_chars (shared with
+    the worker: muxserve/validation.py)."""
+    try:
+        return bounds_from_section(sec)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def api_keys(sec: dict) -> tuple[str, ...]:
