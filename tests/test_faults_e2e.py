@@ -23,7 +23,7 @@ from muxserve.launcher import Mesh
 from muxserve.netutil import free_port
 from muxserve.v1 import memmgr_pb2, memmgr_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-STREAMS, TOKENS = 20, 40
+STREAMS, TOKENS = 20, 160
 MODELS = ("llama", "qwen")
 
 
@@ -39,7 +39,8 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table):
         **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr", "worker")},
     }
     conf["placer"].update(cost_table=str(cpu_cost_table), policy="spatial", worker_ttl_s=5)
-    conf["memmgr"].update(heartbeat_timeout_s=3, block_size=8)
+    conf["memmgr"].update(heartbeat_timeout_s=5, block_size=8,  # a small pool: two may be mapped at once
+                          pools=[{"head_dim": 16, "dtype": "float32", "num_blocks": 8192}])
     conf["worker"].update(metrics_port=-1, leases={"idle_release_s": 0.5, "sync_interval_s": 0.2})
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
@@ -48,14 +49,19 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table):
         yield m
 
 
-async def _stream(stub, model: str, i: int):
-    """('ok', n_tokens) or (status code name, details) for one Generate stream."""
+async def _stream(stub, model: str, i: int, started: list | None = None, tokens: int = TOKENS):
+    """('ok', n_tokens) or (status code name, details) for one Generate stream; appends i to `started`
+    at its first chunk."""
     req = router_pb2.GenerateRequest(model=model, prompt_token_ids=router_pb2.TokenIds(ids=[3 + i % 50, 7, 9]),
-                                     sampling=router_pb2.SamplingParams(max_tokens=TOKENS, ignore_eos=True))
+                                     sampling=router_pb2.SamplingParams(max_tokens=tokens, ignore_eos=True))
     try:
-        chunks = [c async for c in stub.Generate(req, timeout=120)]
+        chunks = []
+        async for c in stub.Generate(req, timeout=120):
+            if not chunks and started is not None:
+                started.append(i)
+            chunks.append(c)
         n = sum(len(c.token_ids) for c in chunks)
-        return ("ok" if chunks[-1].finish_reason == "length" else chunks[-1].finish_reason, n)
+        return ("ok" if chunks[-1].finish_reason == "length" and n == tokens else chunks[-1].finish_reason, n)
     except grpc.aio.AioRpcError as e:
         return (e.code().name, e.details())
 
@@ -64,8 +70,10 @@ async def _under_load(mesh: Mesh, fault):
     """Start STREAMS streams (alternating LLMs), run `fault()` once tokens flow, return {model: [results]}."""
     async with grpc.aio.insecure_channel(mesh.router_address) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
-        load = [asyncio.ensure_future(_stream(stub, MODELS[i % 2], i)) for i in range(STREAMS)]
-        await asyncio.sleep(1.0)
+        started: list[int] = []
+        load = [asyncio.ensure_future(_stream(stub, MODELS[i % 2], i, started)) for i in range(STREAMS)]
+        while len(started) < STREAMS and not all(f.done() for f in load):
+            await asyncio.sleep(0.01)
         await fault()
         results = await asyncio.gather(*load)
     by_model: dict[str, list] = {m: [] for m in MODELS}
@@ -75,7 +83,7 @@ async def _under_load(mesh: Mesh, fault):
 
 
 def _complete(r) -> bool:
-    return r == ("ok", TOKENS)
+    return r[0] == "ok"
 
 
 def _failed_with_status(r) -> bool:
@@ -88,7 +96,7 @@ async def _served_again(mesh: Mesh, models=MODELS, within: float = 30.0) -> floa
     async with grpc.aio.insecure_channel(mesh.router_address) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
         for m in models:
-            while not _complete(await _stream(stub, m, 0)):
+            while not _complete(await _stream(stub, m, 0, tokens=8)):
                 assert time.monotonic() - t0 < within, f"{m} not served again within {within}s"
                 await asyncio.sleep(0.5)
     return time.monotonic() - t0
@@ -123,18 +131,34 @@ def _kill(mesh: Mesh, name: str) -> None:
     proc.wait(10)
 
 
+async def _memmgr_sessions(mesh: Mesh, n: int, within: float = 30.0) -> None:
+    """Wait until memmgr has n sessions (every worker re-registered after a memmgr restart)."""
+    async with grpc.aio.insecure_channel(mesh.mesh.address("memmgr")) as ch:
+        stub, end = memmgr_pb2_grpc.MemmgrStub(ch), time.monotonic() + within
+        while (await stub.Stats(memmgr_pb2.StatsRequest(), timeout=5)).sessions != n:
+            assert time.monotonic() < end, f"the workers did not all open a session with the new memmgr"
+            await asyncio.sleep(0.2)
+
+
 def test_memmgr_killed_and_restarted(mesh):
+    killed = []
+
     async def fault():
         _kill(mesh, "memmgr")
+        killed.append(time.monotonic())
         await mesh.respawn("memmgr", mesh.mesh.address("memmgr"))
 
     async def go():
         res = await _under_load(mesh, fault)
         flat = [r for rs in res.values() for r in rs]
         assert all(_complete(r) or _failed_with_status(r) for r in flat), flat
+        await _memmgr_sessions(mesh, 2)
+        await _served_again(mesh)
+        after = time.monotonic() - killed[0]
+        assert after < 30, f"served again only {after:.1f}s after memmgr was killed"
         print(f"memmgr restart: {sum(map(_complete, flat))} complete, "
-              f"{sum(1 for r in flat if not _complete(r))} failed with a status; "
-              f"served again after {await _served_again(mesh):.1f}s")
+              f"{sum(1 for r in flat if not _complete(r))} failed with a status "
+              f"({sorted({r[0] for r in flat})}); both LLMs served again {after:.1f}s after the SIGKILL")
         await _all_blocks_free(mesh)
     asyncio.run(go())
 
