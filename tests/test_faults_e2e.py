@@ -82,6 +82,18 @@ async def _under_load(mesh: Mesh, fault):
     return by_model
 
 
+async def _greedy(mesh: Mesh) -> dict[str, list[int]]:
+    """Each model's greedy tokens for one fixed prompt (equal before and after a fault: the KV the
+    restarted jobs write and read is right)."""
+    async with grpc.aio.insecure_channel(mesh.router_address) as ch:
+        stub, out = router_pb2_grpc.RouterStub(ch), {}
+        for m in MODELS:
+            req = router_pb2.GenerateRequest(model=m, prompt_token_ids=router_pb2.TokenIds(ids=[11, 12, 13, 14]),
+                                             sampling=router_pb2.SamplingParams(max_tokens=24, ignore_eos=True))
+            out[m] = [t async for c in stub.Generate(req, timeout=60) for t in c.token_ids]
+        return out
+
+
 def _complete(r) -> bool:
     return r[0] == "ok"
 
@@ -96,8 +108,9 @@ async def _served_again(mesh: Mesh, models=MODELS, within: float = 30.0) -> floa
     async with grpc.aio.insecure_channel(mesh.router_address) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
         for m in models:
-            while not _complete(await _stream(stub, m, 0, tokens=8)):
-                assert time.monotonic() - t0 < within, f"{m} not served again within {within}s"
+            while not _complete(r := await _stream(stub, m, 0, tokens=8)):
+                assert time.monotonic() - t0 < within, f"{m} not served again within {within}s: {r}"
+                print(f"not yet: {m}: {r}")
                 await asyncio.sleep(0.5)
     return time.monotonic() - t0
 
@@ -149,6 +162,7 @@ def test_memmgr_killed_and_restarted(mesh):
         await mesh.respawn("memmgr", mesh.mesh.address("memmgr"))
 
     async def go():
+        before = await _greedy(mesh)
         res = await _under_load(mesh, fault)
         flat = [r for rs in res.values() for r in rs]
         assert all(_complete(r) or _failed_with_status(r) for r in flat), flat
@@ -156,6 +170,7 @@ def test_memmgr_killed_and_restarted(mesh):
         await _served_again(mesh)
         after = time.monotonic() - killed[0]
         assert after < 30, f"served again only {after:.1f}s after memmgr was killed"
+        assert await _greedy(mesh) == before  # the jobs restarted over the new pool compute the same tokens
         print(f"memmgr restart: {sum(map(_complete, flat))} complete, "
               f"{sum(1 for r in flat if not _complete(r))} failed with a status "
               f"({sorted({r[0] for r in flat})}); both LLMs served again {after:.1f}s after the SIGKILL")

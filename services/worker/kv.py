@@ -260,7 +260,8 @@ class MemmgrKV:
         old, new = self.handle, self.new_handle
         log.warning("memmgr serves a new pool %s (%d blocks; was %s): re-mapping", new.name, new.num_blocks, old.name)
         self.handle, self.pool, self.new_handle = new, segment.attach(new), None
-        await asyncio.to_thread(rebind_pool, eng, self.pool, functools.partial(segment.attach, new))
+        await asyncio.to_thread(rebind_pool, eng, self.pool, functools.partial(segment.attach, new),
+                                functools.partial(segment.detach, old))
         segment.detach(old)
         self.remaps += 1
 
