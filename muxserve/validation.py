@@ -44,6 +44,13 @@ def bounds_from_section(sec: dict) -> RequestBounds:
                            ("max_stop_strings", "max_stop_chars", "max_request_id_chars", "max_prompt_chars")))
 
 
+def short(value: str, limit: int = 80) -> str:
+    """repr(value), cut to about `limit` characters: client input echoed in an error message (a status
+    message travels in HTTP/2 trailers, which clients cap at 8-16 KiB)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
 def check_sampling(s: SamplingParams, bounds: RequestBounds = RequestBounds()) -> None:
     """Finite, in-range sampling values and bounded stop strings."""
     for name in ("temperature", "top_p"):

@@ -29,7 +29,8 @@ def check_model(name: str, models: dict[str, ModelLimits]) -> ModelLimits:
     if not name:
         raise InvalidArgument("model is required")
     if name not in models:
-        raise ModelNotFound(f"model {name!r} is not served here; served models: {', '.join(sorted(models))}")
+        raise ModelNotFound(f"model {shared.short(name)} is not served here; served models: "
+                            f"{', '.join(sorted(models))}")
     return models[name]
 
 

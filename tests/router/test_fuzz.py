@@ -148,6 +148,7 @@ async def test_a_thousand_malformed_requests(tiny_model, redis_url):
         for (k, _), o in zip(cases, outs):
             kinds.setdefault(k, set()).add(o[0] if o[0] == "ok" else o[0].name)
         print({k: sorted(v) for k, v in sorted(kinds.items())})
+        assert kinds["huge"] == {"INVALID_ARGUMENT", "NOT_FOUND"}  # each bounded with its own status
         assert await _outcome(stub, raw, gen(ids=[1, 2, 3], max_tokens=6, ignore_eos=True)) == ref
         assert all(s["running"] == s["waiting"] == 0 for s in worker.engine.stats()["llms"].values())
         worker.engine.engine.check_integrity()
