@@ -5,15 +5,17 @@ For each fault: no request of an unaffected LLM is lost (it completes with all i
 affected stream ends with an error status (never OK with missing tokens), new requests are served
 again within 30 s, and memmgr's Stats shows every block free once the load ends.
 Faults: memmgr SIGKILLed and restarted (every worker re-maps its new pool), a worker SIGKILLed (and
-restarted, as a restart policy would), the placer SIGKILLed (and restarted), Redis stopped and
-restarted. The spatial policy puts each LLM on its own unit (its own worker), so a worker fault has an
+restarted, as a restart policy would), an LLM's job processes SIGKILLed (the worker restarts them), the
+placer SIGKILLed (and restarted), Redis killed and started again empty. The spatial policy puts each LLM on its own unit (its own worker), so a worker fault has an
 unaffected LLM."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -193,6 +195,32 @@ def test_worker_killed_loses_only_its_own_streams(mesh):
         await mesh.respawn(f"worker-{victim}", f"127.0.0.1:{base + victim}")
         print(f"worker restart: served again after {await _served_again(mesh):.1f}s")
         await _all_blocks_free(mesh)  # the dead worker's session expired; its blocks are back
+    asyncio.run(go())
+
+
+def _job_pids(pid: int) -> list[int]:
+    """The job processes (multiprocessing spawn children) of process `pid`."""
+    kids = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+def test_job_process_killed_fails_only_its_llm(mesh):
+    async def go():
+        victim = mesh.procs[f"worker-{await _worker_of(mesh, 'llama')}"]
+        jobs = _job_pids(victim.pid)
+        assert len(jobs) == 2, jobs  # llama's prefill and decode jobs
+
+        async def fault():
+            for pid in jobs:
+                os.kill(pid, signal.SIGKILL)
+
+        res = await _under_load(mesh, fault)
+        assert all(_complete(r) for r in res["qwen"]), res["qwen"]
+        assert all(_complete(r) or _failed_with_status(r) for r in res["llama"]), res["llama"]
+        assert any(not _complete(r) for r in res["llama"]), "nothing of the killed jobs was in flight"
+        print(f"job kill: {sum(not _complete(r) for r in res['llama'])} llama streams failed with a status; "
+              f"served again after {await _served_again(mesh):.1f}s")
+        await _all_blocks_free(mesh)
     asyncio.run(go())
 
 

@@ -27,8 +27,8 @@ MemmgrKV contract:
   at the servicer), a new session is opened (retrying up to connect_timeout_s), the LLMs are
   re-registered, and when memmgr now serves a new segment of the same layout (a restarted memmgr)
   the engine and its job processes move onto it (engine/remap.py); then each LLM gets a new source.
-  If that fails (memmgr came back with another pool layout, or never), every request fails fast
-  until the worker is restarted;
+  While memmgr is unreachable, this is retried every sync round (requests keep getting UNAVAILABLE);
+  if memmgr came back with another pool layout, every request fails fast until the worker is restarted;
 - close() ends the session: memmgr frees whatever the session still holds.
 """
 
@@ -247,16 +247,20 @@ class MemmgrKV:
             for name, quota in quotas.items():
                 await asyncio.to_thread(self._swap, eng, name, quota)
             log.info("memmgr session %s replaces the lost one", self.client.session_id)
+        except UnavailableError as e:  # memmgr is not back yet: the next sync round tries again
+            log.warning("memmgr: not reachable yet (%s); still refusing requests, retrying", e)
+            self.client.expired = old.expired
+            return
         except Exception as e:  # e.g. memmgr restarted with another pool layout: this engine cannot follow
             log.critical("memmgr: could not recover the session (%s); restart this worker", e)
             self.broken = f"this worker lost its KV pool ({e}); it must be restarted"
         finally:
-            self.recovering = False
             old.sources.clear()  # dead, closed by sources.open
             await old.close()
+        self.recovering = False
 
     async def _remap(self, eng) -> None:
-        """Map memmgr's new segment and restart the engine's jobs over it; drop the old mapping."""
+        """Map memmgr's new segment, move the engine's jobs onto it, drop the old mapping."""
         old, new = self.handle, self.new_handle
         log.warning("memmgr serves a new pool %s (%d blocks; was %s): re-mapping", new.name, new.num_blocks, old.name)
         self.handle, self.pool, self.new_handle = new, segment.attach(new), None

@@ -1,8 +1,9 @@
 """AsyncUnitEngine: the UnitEngine for an asyncio servicer.
 
 The step loop runs in one background thread, so model compute never blocks the event loop; chunks
-cross back with `loop.call_soon_threadsafe`; admission (tokenization, chat templates) runs in a thread too. `generate` raises add_request's errors
-(UnknownModelError, InvalidRequestError, CapacityError) on the first iteration, before any chunk.
+cross back with `loop.call_soon_threadsafe`; admission (tokenization, chat templates) runs in a
+thread too. `generate` raises add_request's errors (UnknownModelError, InvalidRequestError,
+CapacityError) on the first iteration, before any chunk.
 If the consumer stops iterating or is cancelled, the request is aborted and its blocks return.
 A request that fails inside the engine ends with a chunk whose finish_reason is "error" (its
 `error`, an EngineError, says why; the worker's servicer ends the stream with its status code).
