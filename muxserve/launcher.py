@@ -52,6 +52,7 @@ class Mesh:
             path.touch(mode=0o600)
             path.write_text(self.internal_token + "\n")
         self._redis_dir: str | None = None
+        self._spawned: dict[str, tuple[list[str], str | None]] = {}  # name -> _spawn's arguments (respawn)
 
     @property
     def router_address(self) -> str:
@@ -96,7 +97,17 @@ class Mesh:
         self._spawn("router", router_args)
         await self._wait("router", self.router_address, timeout)
 
+    async def respawn(self, name: str, address: str, timeout: float = 120.0) -> None:
+        """Start `name` again as it was first started (after it died or was killed: what a restart
+        policy does); returns once it is SERVING at `address`."""
+        old = self.procs.get(name)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.pid})")
+        self._spawn(name, *self._spawned[name])
+        await self._wait(name, address, timeout)
+
     def _spawn(self, name: str, extra: list[str], service: str | None = None) -> None:
+        self._spawned[name] = (extra, service)
         cmd = [sys.executable, "-m", "muxserve.cli", service or name, "--config", self.config_path, *extra]
         out = open(Path(self.log_dir) / f"{name}.log", "ab")
         env = {**os.environ, "MUXSERVE_REDIS_URL": self.mesh.redis_url, "MUXSERVE_INTERNAL_TOKEN": self.internal_token}

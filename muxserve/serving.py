@@ -74,7 +74,9 @@ async def start_server(
     interceptors: list | None = None,
 ) -> RunningServer:
     """Build, register (register returns the full service names it added), bind and start."""
-    server = grpc.aio.server(interceptors=interceptors, options=options or [
+    from muxserve.decode_guard import DecodeGuard  # undecodable requests: INVALID_ARGUMENT, not UNKNOWN
+
+    server = grpc.aio.server(interceptors=[DecodeGuard(), *(interceptors or [])], options=options or [
         ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
     names = tuple(register(server))
     health_servicer = health.aio.HealthServicer()

@@ -65,6 +65,8 @@ class Router(Service):
     max_stop_strings: int = Field(16, ge=1, description="stop strings per request")
     max_stop_chars: int = Field(256, ge=1, description="characters per stop string")
     max_request_id_chars: int = Field(128, ge=1, description="characters of a request id")
+    max_prompt_chars: int = Field(1_000_000, ge=1, description="characters of a text prompt or of the chat "
+                                                             "messages' content (the worker checks the same)")
 
     @field_validator("api_keys", mode="before")
     @classmethod

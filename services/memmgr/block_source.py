@@ -46,6 +46,7 @@ class LeasedBlockSource:
         self.on_refill = None  # callable, called (no lock held) when a refill has arrived
         self._denied_at = -1e9
         self._dead: MemmgrError | None = None
+        self.unreachable = ""  # why the last lease failed other than by a refusal ("" once one succeeds)
         self._closed = False
         self._cond = threading.Condition()
         self._channel = grpc.insecure_channel(address)
@@ -136,14 +137,18 @@ class LeasedBlockSource:
         """Lease the first size memmgr grants; [] if none (and start the denial backoff)."""
         for n in dict.fromkeys(s for s in sizes if s > 0):
             try:
-                return self._lease_rpc(n)
+                ids = self._lease_rpc(n)
+                self.unreachable = ""
+                return ids
             except ExhaustedError:
                 continue
             except SessionExpiredError as e:
                 self.mark_dead(e)
                 raise
             except MemmgrError as e:
-                log.warning("memmgr lease for %s failed: %s", self.llm, e)
+                if not self.unreachable:  # logged once per outage
+                    log.warning("memmgr lease for %s failed: %s", self.llm, e)
+                self.unreachable = str(e)
                 break
         self._denied_at = time.monotonic()
         return []

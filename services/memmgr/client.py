@@ -12,7 +12,9 @@
 Every call carries the internal token (when given) and, once the session is open, its session key
 (services/memmgr/auth.py). Errors come back as memmgr domain errors (services/memmgr/types.py, UnavailableError when memmgr is
 unreachable). Heartbeats run every heartbeat_timeout/3 on the client's event loop; if memmgr says
-the session expired, every block source is marked dead (its calls raise SessionExpiredError).
+the session expired, or does not know it (memmgr restarted), `expired` is set, every block source is
+marked dead (its calls raise SessionExpiredError) and `on_lost` is called; while memmgr is
+unreachable, heartbeats keep trying.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from services.memmgr import convert
 from services.memmgr.auth import call_metadata
 from services.memmgr.block_source import LeasedBlockSource
 from services.memmgr.errors import UnavailableError, domain_error
-from services.memmgr.types import LLMSpec, MemmgrError, PoolHandle, SessionExpiredError, Stats
+from services.memmgr.types import LLMSpec, MemmgrError, NotFoundError, PoolHandle, SessionExpiredError, Stats
 
 __all__ = ["MemmgrClient", "LeasedBlockSource"]
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class MemmgrClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.MemmgrStub | None = None
         self._heartbeat: asyncio.Task | None = None
+        self.on_lost = None  # called (on the event loop) once the heartbeat finds the session gone
 
     async def open(self, heartbeats: bool = True) -> str:
         """Open the session (and start heartbeats); returns the session id."""
@@ -147,11 +150,16 @@ class MemmgrClient:
             await asyncio.sleep(interval)
             try:
                 await self.heartbeat()
-            except SessionExpiredError as e:
-                log.error("memmgr session %s expired: %s", self.session_id, e)
+            except (SessionExpiredError, NotFoundError) as e:
+                if isinstance(e, NotFoundError):  # memmgr restarted: the session and its blocks are gone
+                    e = SessionExpiredError(f"memmgr at {self.address} no longer knows session "
+                                            f"{self.session_id} (it restarted): {e}")
+                log.error("memmgr session %s lost: %s", self.session_id, e)
                 self.expired = e
                 for src in self.sources:
                     src.mark_dead(e)
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
             except MemmgrError as e:
                 log.warning("memmgr heartbeat failed: %s", e)

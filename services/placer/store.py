@@ -3,6 +3,9 @@
 Keys: `muxserve:placement` (the placement as JSON), `muxserve:placement:version` (an integer,
 incremented per publish). Publishing is one Lua script (INCR, SET, PUBLISH the new version on
 channel `muxserve:placement`), so readers never see a placement with another version's number.
+Versions only grow, also across a Redis restart that lost the keys: the store remembers the highest
+version it published or read, and a publish is numbered past it (workers and routers ignore versions
+at or below their own).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ CHANNEL = "muxserve:placement"
 
 _PUBLISH = """
 local v = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if v <= floor then
+  v = floor + 1
+  redis.call('SET', KEYS[2], v)
+end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', ARGV[2], v)
 return v
@@ -33,11 +41,14 @@ class PlacementStore:
     def __init__(self, redis: aioredis.Redis):
         self.redis = redis
         self._publish = redis.register_script(_PUBLISH)
+        self.last_version = 0  # the highest version published or read here
 
     async def publish(self, placement: Placement) -> int:
         """Store `placement` as the next version; sets and returns placement.version."""
         doc = json.dumps({**placement.to_dict(), "version": 0})
-        placement.version = int(await self._publish(keys=[PLACEMENT_KEY, VERSION_KEY], args=[doc, CHANNEL]))
+        floor = max(self.last_version, placement.version)
+        placement.version = int(await self._publish(keys=[PLACEMENT_KEY, VERSION_KEY], args=[doc, CHANNEL, floor]))
+        self.last_version = max(self.last_version, placement.version)
         return placement.version
 
     async def get(self) -> Placement | None:
@@ -46,6 +57,7 @@ class PlacementStore:
             return None
         p = Placement.from_dict(json.loads(doc))
         p.version = int(version or 0)
+        self.last_version = max(self.last_version, p.version)
         return p
 
 

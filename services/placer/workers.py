@@ -2,8 +2,10 @@
 
 Workers call RegisterWorker at start and then periodically (a heartbeat); one not seen for `ttl_s`
 is gone and its unit is free for another. A worker keeps its unit across placements while the unit
-(same devices, so same id) exists; a free unit goes to a free worker with exactly its number of
-devices, else to one with more.
+(same devices, so same id) exists; a unit with no worker goes first to the worker at the address the
+placement names for it (a placer restarted from the stored placement gives each worker back its own
+unit, so nothing is unloaded), else to a free worker with exactly its number of devices, else to one
+with more.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class WorkerRegistry:
             if w.unit_id not in by_unit or by_unit[w.unit_id] is not w:
                 w.unit_id = ""
         free = sorted((w for w in self.workers.values() if not w.unit_id), key=lambda w: w.worker_id)
+        for u in placement.units:  # first, a unit goes back to the worker the placement names (a restarted
+            if u.unit_id not in by_unit and u.worker_address:  # placer: the workers keep what they host)
+                w = next((w for w in free if w.address == u.worker_address and w.num_devices >= len(u.devices)), None)
+                if w is not None:
+                    free.remove(w)
+                    w.unit_id, by_unit[u.unit_id] = u.unit_id, w
         for u in placement.units:
             if u.unit_id not in by_unit:
                 w = _pick(free, len(u.devices))

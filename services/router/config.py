@@ -15,6 +15,7 @@ from pathlib import Path
 
 from muxserve import checkpoint
 from muxserve.config import MeshConfig
+from muxserve.validation import RequestBounds, bounds_from_section  # noqa: F401 (RequestBounds: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,6 @@ class ModelLimits:
     name: str
     max_model_len: int = 0
     vocab_size: int = 0
-
-
-@dataclass(frozen=True)
-class RequestBounds:
-    """Bounds on a request's fields (validation.py), from the router config."""
-
-    max_stop_strings: int = 16
-    max_stop_chars: int = 256
-    max_request_id_chars: int = 128
 
 
 @dataclass
@@ -88,4 +80,4 @@ def from_mesh(mesh: MeshConfig) -> RouterConfig:
         status_interval_s=sec.status_interval_s, unavailable_wait_s=sec.unavailable_wait_s,
         http_host=sec.http_host, http_port=sec.http_port, api_keys=tuple(dict.fromkeys(sec.api_keys)),
         max_message_bytes=sec.max_message_bytes, max_concurrent_streams=sec.max_concurrent_streams,
-        bounds=RequestBounds(sec.max_stop_strings, sec.max_stop_chars, sec.max_request_id_chars))
+        bounds=bounds_from_section(sec))

@@ -8,9 +8,9 @@ field and the bad value. Text prompts are tokenized by the worker, which rejects
 
 from __future__ import annotations
 
-import math
-
-from services.router.config import ModelLimits, RequestBounds
+from muxserve import validation as shared
+from muxserve.validation import RequestBounds
+from services.router.config import ModelLimits
 from services.router.request import InvalidArgument, ModelNotFound, RouteRequest
 from services.worker.engine.types import InvalidRequestError
 
@@ -18,18 +18,19 @@ from services.worker.engine.types import InvalidRequestError
 def validate(req: RouteRequest, models: dict[str, ModelLimits], bounds: RequestBounds = RequestBounds()) -> None:
     limits = check_model(req.model, models)
     check_prompt(req)
-    check_sampling(req, bounds)
+    try:  # the checks the worker makes too (muxserve/validation.py)
+        shared.check_request(req.request_id, req.messages or req.prompt, req.sampling, bounds)
+    except InvalidRequestError as exc:
+        raise InvalidArgument(str(exc)) from None
     check_lengths(req, limits)
-    if len(req.request_id) > bounds.max_request_id_chars:
-        raise InvalidArgument(f"request_id is {len(req.request_id)} characters long; at most "
-                              f"{bounds.max_request_id_chars} (router.max_request_id_chars)")
 
 
 def check_model(name: str, models: dict[str, ModelLimits]) -> ModelLimits:
     if not name:
         raise InvalidArgument("model is required")
     if name not in models:
-        raise ModelNotFound(f"model {name!r} is not served here; served models: {', '.join(sorted(models))}")
+        raise ModelNotFound(f"model {shared.short(name)} is not served here; served models: "
+                            f"{', '.join(sorted(models))}")
     return models[name]
 
 
@@ -42,23 +43,11 @@ def check_prompt(req: RouteRequest) -> None:
 
 
 def check_sampling(req: RouteRequest, bounds: RequestBounds = RequestBounds()) -> None:
-    s = req.sampling
-    for name in ("temperature", "top_p"):
-        if not math.isfinite(getattr(s, name)):
-            raise InvalidArgument(f"sampling.{name} must be a finite number, got {getattr(s, name)}")
+    """The shared sampling checks (muxserve/validation.py: the worker runs the same)."""
     try:
-        s.validate()
+        shared.check_sampling(req.sampling, bounds)
     except InvalidRequestError as exc:
-        raise InvalidArgument(f"sampling.{exc}") from None
-    if any(not stop for stop in s.stop):
-        raise InvalidArgument("sampling.stop must not contain empty strings")
-    if len(s.stop) > bounds.max_stop_strings:
-        raise InvalidArgument(f"sampling.stop has {len(s.stop)} strings; at most {bounds.max_stop_strings} "
-                              "(router.max_stop_strings)")
-    long = next((x for x in s.stop if len(x) > bounds.max_stop_chars), None)
-    if long is not None:
-        raise InvalidArgument(f"sampling.stop: a string of {len(long)} characters; at most "
-                              f"{bounds.max_stop_chars} (router.max_stop_chars)")
+        raise InvalidArgument(str(exc)) from None
 
 
 def check_lengths(req: RouteRequest, limits: ModelLimits) -> None:

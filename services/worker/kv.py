@@ -21,10 +21,14 @@ MemmgrKV contract:
   follows demand (2 x running sequences / block_size token blocks: what a few decode rounds take);
   an LLM with no sequence that has held no block for idle_release_s parks its source (cached blocks
   go back);
-- if memmgr expires the session (the worker was silent past its heartbeat timeout), the blocks may
-  already be someone else's: every request fails ("error"), a new session is opened, the LLMs are
-  re-registered and get new sources; if that fails (memmgr restarted with another pool), every
-  request fails fast until the worker is restarted;
+- if the session is lost (memmgr expired it: the worker was silent past its heartbeat timeout; or
+  memmgr no longer knows it: memmgr restarted), the blocks may already be someone else's: new
+  requests get UNAVAILABLE (`recovering`) while every request in flight fails ("error": UNAVAILABLE
+  at the servicer), a new session is opened (retrying up to connect_timeout_s), the LLMs are
+  re-registered, and when memmgr now serves a new segment of the same layout (a restarted memmgr)
+  the engine and its job processes move onto it (engine/remap.py); then each LLM gets a new source.
+  While memmgr is unreachable, this is retried every sync round (requests keep getting UNAVAILABLE);
+  if memmgr came back with another pool layout, every request fails fast until the worker is restarted;
 - close() ends the session: memmgr frees whatever the session still holds.
 """
 
@@ -44,6 +48,7 @@ from services.memmgr.types import MemmgrError, PoolHandle
 from services.worker.config import LeaseConfig, WorkerConfig
 from services.worker.engine import loader
 from services.worker.engine.async_engine import AsyncUnitEngine
+from services.worker.engine.remap import rebind_pool
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.types import InvalidRequestError
 from services.worker.leases import MemmgrSources
@@ -96,6 +101,11 @@ class MemmgrKV:
         self._task: asyncio.Task | None = None
         self._idle_since: dict[str, float] = {}
         self.broken = ""  # set when an expired session could not be replaced
+        self.recovering = False  # a lost session is being replaced: new requests get UNAVAILABLE
+        self.new_handle: PoolHandle | None = None  # memmgr's pool after a restart, until re-mapped
+        self.remaps = 0  # how many times the engine moved to a new memmgr pool
+        self._lost = asyncio.Event()  # the heartbeat found the session gone: sync now
+        self.client.on_lost = self._lost.set
 
     # ---- loading ----------------------------------------------------------------------------
     async def create_engine(self, llms: list[LLMConfig], config: EngineConfig) -> AsyncUnitEngine:
@@ -137,8 +147,10 @@ class MemmgrKV:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _register(self, llm: LLMConfig, config: EngineConfig) -> int:
-        """Register llm with memmgr; map its pool the first time; returns its quota (head-wise blocks)."""
+    async def _register(self, llm: LLMConfig, config: EngineConfig, remap: bool = False) -> int:
+        """Register llm with memmgr; map its pool the first time; returns its quota (head-wise blocks).
+        remap: a pool other than the mapped one is expected (memmgr restarted): it is kept in
+        self.new_handle for _remap instead of failing."""
         spec = await asyncio.to_thread(loader.read_spec, llm.path, config.torch_dtype)
         try:
             handle = await self.client.register_llm(llm.name, spec.num_layers, spec.num_kv_heads,
@@ -150,10 +162,15 @@ class MemmgrKV:
             self.handle, self.pool = handle, segment.attach(handle)
             log.info("mapped memmgr pool %s: %d blocks of %d tokens (%s)", handle.name, handle.num_blocks,
                      handle.block_size, handle.key)
+        elif remap and handle != self.handle and handle.key == self.handle.key \
+                and handle.block_size == self.handle.block_size and handle == (self.new_handle or handle):
+            self.new_handle = handle
         elif handle != self.handle:
             raise InvalidRequestError(
-                f"cannot load LLM {llm.name!r}: memmgr leases it from the pool {handle.key}, but this worker "
-                f"runs over the pool {self.handle.key}; one worker serves LLMs of one head_dim and dtype")
+                f"cannot load LLM {llm.name!r}: memmgr leases it from the pool {handle.key} "
+                f"({handle.name}, block_size {handle.block_size}), but this worker runs over the pool "
+                f"{self.handle.key} ({self.handle.name}, block_size {self.handle.block_size}); one worker "
+                "serves LLMs of one head_dim and dtype")
         return self.client.registered[llm.name][2]
 
     def _bind(self, config: EngineConfig) -> EngineConfig:
@@ -166,7 +183,11 @@ class MemmgrKV:
     # ---- the background sync ----------------------------------------------------------------
     async def _sync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.leases.sync_interval_s)
+            try:  # every sync_interval_s, or at once when the heartbeat finds the session gone
+                await asyncio.wait_for(self._lost.wait(), self.leases.sync_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._lost.clear()
             try:
                 await self.sync()
             except MemmgrError as e:
@@ -203,27 +224,50 @@ class MemmgrKV:
         await self._park_idle(llms)
 
     async def _recover(self) -> None:
-        """The session expired (this worker was silent past memmgr's heartbeat timeout), so its blocks
-        may be someone else's by now: fail every request, open a new session, re-register the LLMs
-        and give each a new source once its failed sequences have let go of their blocks."""
+        """The session is gone (expired: this worker was silent past memmgr's heartbeat timeout; or
+        unknown: memmgr restarted), so its blocks may be someone else's by now. Refuse new requests,
+        fail every request, open a new session, re-register the LLMs; if memmgr now serves another
+        segment (a restart), move the engine and its jobs onto it (engine/remap.py); then give each LLM
+        a new source once its failed sequences have let go of their blocks."""
         eng, old = self.engine.engine, self.client
-        log.error("memmgr session %s expired: failing in-flight requests, opening a new session", old.session_id)
-        await asyncio.to_thread(eng.fail_all, "this worker's KV lease expired (memmgr session timed out); retry")
+        self.recovering = True
+        log.error("memmgr session %s lost (%s): failing in-flight requests, opening a new session",
+                  old.session_id, old.expired)
         try:
+            await asyncio.to_thread(eng.fail_all, "this worker lost its KV lease (memmgr session expired or "
+                                                  "memmgr restarted); retry")
             self.client = MemmgrClient(self.address, old.worker_id, old.rpc_timeout_s, old.token)
+            self.client.on_lost = self._lost.set
             self.sources.client = self.client
             await self._open()
-            for name in list(eng.llms):
-                quota = await self._register(eng.llms[name].cfg, eng.config)
-                await _until(lambda: eng.blocks[name].used == 0, 60)
+            quotas = {name: await self._register(eng.llms[name].cfg, eng.config, remap=True) for name in list(eng.llms)}
+            await _until(lambda: not any(v.used for v in eng.blocks.llms.values()) and not eng._inflight, 60)
+            if self.new_handle is not None:
+                await self._remap(eng)
+            for name, quota in quotas.items():
                 await asyncio.to_thread(self._swap, eng, name, quota)
-        except Exception as e:  # e.g. memmgr restarted with another pool: this engine cannot follow
+            log.info("memmgr session %s replaces the lost one", self.client.session_id)
+        except UnavailableError as e:  # memmgr is not back yet: the next sync round tries again
+            log.warning("memmgr: not reachable yet (%s); still refusing requests, retrying", e)
+            self.client.expired = old.expired
+            return
+        except Exception as e:  # e.g. memmgr restarted with another pool layout: this engine cannot follow
             log.critical("memmgr: could not recover the session (%s); restart this worker", e)
             self.broken = f"this worker lost its KV pool ({e}); it must be restarted"
         finally:
             old.sources.clear()  # dead, closed by sources.open
             await old.close()
-        log.info("memmgr session %s replaces the expired one", self.client.session_id)
+        self.recovering = False
+
+    async def _remap(self, eng) -> None:
+        """Map memmgr's new segment, move the engine's jobs onto it, drop the old mapping."""
+        old, new = self.handle, self.new_handle
+        log.warning("memmgr serves a new pool %s (%d blocks; was %s): re-mapping", new.name, new.num_blocks, old.name)
+        self.handle, self.pool, self.new_handle = new, segment.attach(new), None
+        await asyncio.to_thread(rebind_pool, eng, self.pool, functools.partial(segment.attach, new),
+                                functools.partial(segment.detach, old))
+        segment.detach(old)
+        self.remaps += 1
 
     def _swap(self, eng, name: str, quota: int) -> None:
         eng.blocks.replace_source(name, self.sources.open(name))  # it holds no block: no lock needed

@@ -38,7 +38,11 @@ class KVBlockSource(LeasedBlockSource):
         self.base_low, self.base_high = self.low, self.high
 
     def acquire(self, n: int) -> list[int] | None:
+        """As LeasedBlockSource's, but a lost session grants nothing (None) instead of raising inside
+        the scheduler: the worker fails and replaces the session (services/worker/kv.py)."""
         self._parked = False  # demand again: the refill thread resumes
+        if self._dead is not None:
+            return None
         return super().acquire(n)
 
     def set_low(self, low: int) -> None:

@@ -11,14 +11,15 @@ import asyncio
 import logging
 import os
 
-from muxserve import config as cfg
+from muxserve import config as cfg, validation
 from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, start_server
 from muxserve.v1 import worker_pb2, worker_pb2_grpc
 from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
 from services.worker.metrics import serve_metrics
-from services.worker.engine.types import CapacityError, ModelNotReadyError, UnknownModelError
+from services.worker.engine.types import (CapacityError, InvalidRequestError, ModelNotReadyError, PoolLostError,
+                                          UnknownModelError)
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -36,6 +37,7 @@ class Worker:
         self._loading: set[str] = set()  # assigned here, not loaded yet
         self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
         self.metrics_server = None  # services/worker/metrics.py, set by serve()
+        self.bounds = validation.bounds_from_section(mesh.section("router"))  # the router's, checked again here
 
     def llm_stats(self) -> dict[str, dict]:
         """{llm: {max_model_len, running, waiting, draining}} for GetStatus."""
@@ -110,12 +112,19 @@ class Worker:
 
     def generate(self, request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens=None):
         """The engine's chunk stream (AsyncUnitEngine.generate). A model being loaded or drained here
-        (re-placement) fails with ModelNotReadyError; before any LLM loads, UnknownModelError; a model
+        (re-placement) fails with ModelNotReadyError; a request the router would refuse, with
+        InvalidRequestError (the shared checks); before any LLM loads, UnknownModelError; a model
         with `max_waiting` requests already waiting, CapacityError (RESOURCE_EXHAUSTED)."""
+        try:  # exactly the router's checks (muxserve/validation.py): this gRPC is reachable without it
+            validation.check_request(request_id, prompt, sampling, self.bounds)
+        except InvalidRequestError as exc:
+            return _fail(exc)
         if llm in self._loading or llm in self._draining:
             return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
             return _not_hosted(llm)
+        if getattr(self.kv, "recovering", False):  # memmgr session lost: services/worker/kv.py
+            return _fail(PoolLostError("this worker is re-attaching to memmgr's KV pool; retry"))
         waiting = self.engine.stats()["llms"].get(llm, {}).get("waiting", 0)
         if waiting >= self.wcfg.max_waiting:
             return _fail(CapacityError(f"model {llm!r} has {waiting} requests waiting on this worker "

@@ -36,8 +36,8 @@ _HF: dict = {}
 class MemmgrProcess:
     """A memmgr OS process on a free port; `stats()` / `check()` ask it over gRPC (sync)."""
 
-    def __init__(self, section: dict):
-        self.port = free_port()
+    def __init__(self, section: dict, port: int | None = None):
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="memmgr-test-"))
         conf = self.dir / "memmgr.yaml"
@@ -61,11 +61,12 @@ class MemmgrProcess:
         await asyncio.to_thread(self.proc.wait, 10)
 
 
-async def memmgr(**overrides) -> MemmgrProcess:
-    """A memmgr with one head_dim-16 float32 pool (block_size 4) unless overridden; SERVING at return."""
+async def memmgr(port: int | None = None, **overrides) -> MemmgrProcess:
+    """A memmgr with one head_dim-16 float32 pool (block_size 4) unless overridden, on `port` (default:
+    a free one); SERVING at return."""
     cfg = memmgr_section(**{"pools": POOL, **overrides})  # validated here, then written for the process
     svc = MemmgrProcess({"pools": POOL, "block_size": cfg.block_size, "heartbeat_timeout_s": cfg.heartbeat_timeout_s,
-                         "quota": {"adapt_interval_s": 0}, "integrity_interval_s": 0, **overrides})
+                         "quota": {"adapt_interval_s": 0}, "integrity_interval_s": 0, **overrides}, port)
     try:
         await wait_serving(svc.address, 60)
     except Exception:

@@ -1,8 +1,9 @@
 """AsyncUnitEngine: the UnitEngine for an asyncio servicer.
 
 The step loop runs in one background thread, so model compute never blocks the event loop; chunks
-cross back with `loop.call_soon_threadsafe`. `generate` raises add_request's errors
-(UnknownModelError, InvalidRequestError, CapacityError) on the first iteration, before any chunk.
+cross back with `loop.call_soon_threadsafe`; admission (tokenization, chat templates) runs in a
+thread too. `generate` raises add_request's errors (UnknownModelError, InvalidRequestError,
+CapacityError) on the first iteration, before any chunk.
 If the consumer stops iterating or is cancelled, the request is aborted and its blocks return.
 A request that fails inside the engine ends with a chunk whose finish_reason is "error" (its
 `error`, an EngineError, says why; the worker's servicer ends the stream with its status code).
@@ -74,7 +75,7 @@ class AsyncUnitEngine:
         self._queues[request_id] = (asyncio.get_running_loop(), q)
         finished = False
         try:
-            self.engine.add_request(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
+            await self._add(request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens)
             self._wake.set()
             while not finished:
                 ch = await q.get()
@@ -85,6 +86,17 @@ class AsyncUnitEngine:
             if not finished:
                 self.engine.abort(request_id)
                 self._wake.set()
+
+    async def _add(self, *args) -> None:
+        """engine.add_request in a thread: tokenizing and rendering a chat template are CPU work that
+        must not stall the event loop. A cancelled caller still waits for the add to land (so that
+        its abort, which follows, finds the request)."""
+        add = asyncio.ensure_future(asyncio.to_thread(self.engine.add_request, *args))
+        try:
+            await asyncio.shield(add)
+        except asyncio.CancelledError:
+            await asyncio.gather(add, return_exceptions=True)
+            raise
 
     async def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)

@@ -183,7 +183,9 @@ class UnitEngine:
     def _hosted(self, name: str) -> HostedLLM:
         hosted = self.llms.get(name)
         if hosted is None:
-            raise UnknownModelError(f"model {name!r} is not hosted here; hosted: {sorted(self.llms)}")
+            from muxserve.validation import short  # client input echoed: keep the status message small
+
+            raise UnknownModelError(f"model {short(name)} is not hosted here; hosted: {sorted(self.llms)}")
         return hosted
 
     # ---- requests ---------------------------------------------------------------------------

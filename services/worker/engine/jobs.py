@@ -6,7 +6,8 @@ as shared memory (CPU) or CUDA IPC handles (or, with `pool_attach`, a picklable 
 calls to map the pool itself: memmgr's segment): nothing is reloaded from disk or copied, so the
 prefill job's K/V writes are what the decode job reads. Steps go over a pipe; a reader thread
 resolves the futures in order. If the child dies, its pending futures fail with JobCrashedError,
-`alive` turns False, and `restart()` spawns a new child over the same weights and pool.
+`alive` turns False, and `restart()` spawns a new child over the same weights and pool;
+`rebind_pool()` moves a running child onto another pool (memmgr restarted: services/worker/kv.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import os
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
 from multiprocessing.connection import wait
 
 import torch
@@ -27,6 +30,15 @@ from .types import JobCrashedError, StepInput
 
 log = logging.getLogger(__name__)
 _ENV_LOCK = threading.Lock()  # child env vars are set in os.environ only around process start
+
+
+@dataclass(frozen=True)
+class NewPool:
+    """A message to a job process: rebuild the runner over another pool (`attach()`, else `pool`)."""
+
+    attach: Callable[[], torch.Tensor] | None = None
+    pool: torch.Tensor | None = None
+    drop_old: Callable[[], None] | None = None  # called once the old runner is gone (unmaps the old pool)
 
 
 def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attach=None) -> None:
@@ -49,6 +61,13 @@ def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attac
             conn.close()
             os._exit(0)  # skip interpreter teardown (seconds with torch loaded); nothing left to flush
         step_id, step = msg
+        if isinstance(step, NewPool):  # memmgr restarted: the same weights over its new segment
+            runner = pool = None
+            runner = ModelRunner(spec, weights, step.attach() if step.attach else step.pool, block_size, device)
+            if step.drop_old is not None:
+                step.drop_old()
+            conn.send((step_id, None, None))
+            continue
         if step.share is not None and step.share != current:  # the placement changed this job's cores
             apply_in_child(step.share)
             current = step.share
@@ -165,6 +184,14 @@ class ProcessJob:
                       self.name, proc.pid, proc.exitcode, len(pending))
         for fut in pending.values():
             fut.set_exception(JobCrashedError(f"job {self.name} (pid {proc.pid}) died, exit code {proc.exitcode}"))
+
+    def rebind_pool(self, pool: torch.Tensor, pool_attach=None, drop_old=None, timeout: float = 120.0) -> None:
+        """Move the running child onto another pool of the same layout (no respawn: it keeps its
+        weights and rebuilds its runner; then calls drop_old, a picklable callable, e.g. to unmap the
+        old segment). Raises JobCrashedError if the child is not running or fails."""
+        self.pool, self.pool_attach = pool, pool_attach
+        fut: Future = self.submit(NewPool(pool_attach, None if pool_attach else pool, drop_old))
+        fut.result(timeout)
 
     def restart(self) -> None:
         """Stop the child if it still runs and start a new one over the same weights and pool."""

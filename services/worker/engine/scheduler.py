@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
 from services.worker.engine.compute import ComputeBudget
 from services.worker.engine.sequence import Sequence, SeqStatus
-from services.worker.engine.types import CapacityError, EngineError
+from services.worker.engine.types import CapacityError, EngineError, PoolLostError
 
 
 MODES = ("spatial-temporal", "temporal")
@@ -247,7 +247,7 @@ class Scheduler:
             victim = self._victim(seq, view, planned, lone)
             if victim is None:
                 if not any(s.block_table for s in self.all_seqs() if s is not seq):
-                    self.finish(seq, "error", CapacityError("the sequence does not fit in the KV pool"))
+                    self.finish(seq, "error", _no_blocks(view))
                 return False
             self._preempt(victim)
             if victim is seq:
@@ -295,3 +295,12 @@ class Scheduler:
                 self._drop(seq)
             else:
                 self.finish(seq, "error", error)
+
+
+def _no_blocks(view) -> Exception:
+    """Why a lone sequence got no block: its memmgr lease failed (UNAVAILABLE: retry), or the
+    pool is too small for it (RESOURCE_EXHAUSTED)."""
+    why = getattr(view.source, "unreachable", "")
+    if why:
+        return PoolLostError(f"no KV blocks: leasing from memmgr failed ({why}); retry")
+    return CapacityError("the sequence does not fit in the KV pool")
