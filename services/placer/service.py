@@ -110,13 +110,28 @@ class PlacerService:
                 log.info("re-placement within the workers' units failed (%s): searching every split", exc)
         return candidate or planner.plan(self.cfg.policy), planner.rescore(self.current).objective
 
-    async def register(self, worker_id: str, address: str, num_devices: int) -> tuple[str, int]:
-        """(unit id or "", placement version) for the worker; publishes if assignments changed."""
+    async def register(self, worker_id: str, address: str, num_devices: int,
+                       failed: dict[str, str] | None = None) -> tuple[str, int]:
+        """(unit id or "", placement version) for the worker; publishes if assignments changed. `failed`:
+        models of its unit that failed to load there -> why (logged once per new reason; `failed_models()`)."""
         async with self._lock:
             w = self.workers.register(worker_id, address, num_devices, time.time())
+            for name, why in sorted((failed or {}).items()):
+                if w.failed.get(name) != why:
+                    log.error("worker %s (unit %s) could not load model %r: %s", worker_id, w.unit_id or "-",
+                              name, why)
+            w.failed = dict(failed or {})
             if self.current is not None:
                 await self._reassign(f"worker {worker_id} registered")
             return w.unit_id, self.current.version if self.current else 0
+
+    def failed_models(self) -> dict[str, dict[str, str]]:
+        """{model: {worker id: why it failed to load there}} as the live workers last reported."""
+        out: dict[str, dict[str, str]] = {}
+        for w in self.workers.workers.values():
+            for name, why in w.failed.items():
+                out.setdefault(name, {})[w.worker_id] = why
+        return out
 
     async def _reassign(self, why: str) -> bool:
         if self.current is None or not self.workers.assign(self.current):

@@ -30,7 +30,7 @@ class PlacerServicer(placer_pb2_grpc.PlacerServicer):
     async def RegisterWorker(self, request, context):
         try:
             unit_id, version = await self.service.register(request.worker_id, request.address,
-                                                           request.num_devices)
+                                                           request.num_devices, dict(request.failed_models))
         except WorkerError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return placer_pb2.RegisterWorkerResponse(unit_id=unit_id, version=version)

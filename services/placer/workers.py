@@ -8,7 +8,7 @@ devices, else to one with more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .placement import Placement
 
@@ -24,6 +24,7 @@ class WorkerInfo:
     num_devices: int
     last_seen: float
     unit_id: str = ""
+    failed: dict[str, str] = field(default_factory=dict)  # models that failed to load there -> why
 
 
 class WorkerRegistry:
