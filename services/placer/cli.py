@@ -25,6 +25,7 @@ from muxserve.config import ConfigError
 
 from .config import POLICIES, PlacerConfig
 from .capacity import capacity_scale
+from .analytic import build_cost
 from .costmodel import CostModelError, CostTable
 from .llmspec import load_specs
 from .placement import Placement
@@ -49,7 +50,7 @@ def load_plan_inputs(config_path: str, policy: str | None, cost_table: str | Non
     nodes, dpn = int(cl.get("nodes", 1)), int(cl.get("devices_per_node", 1))
     cfg = PlacerConfig.from_section(section, _Mesh(cl.get("device", "cpu"), dpn), path.parent)
     specs = load_specs(raw, path.parent)
-    cost = CostTable.load(cost_table or cfg.cost_table_path)
+    cost = build_cost(CostTable.load(cost_table or cfg.cost_table_path), specs, cl.get("device", "cpu"), cfg.gpu)
     return specs, nodes, dpn, cfg, cost
 
 

@@ -3,7 +3,11 @@
 Keys of the `placer:` section (all optional):
 
     policy: muxserve            # muxserve | spatial | temporal
-    cost_table: null            # JSON cost table (profiler format); default: the A100 LLaMA table
+    cost_table: null            # JSON cost table (profiler format); default: the A100 LLaMA table. A model
+                                # whose cost key it lacks gets an analytic estimate (analytic.py, logged)
+    gpu: auto                   # the GPU the analytic estimate prices (cluster.device cuda): auto (nvidia-smi)
+                                # or one of devices.KNOWN_GPUS: A100-40GB, A100-80GB, H100, H100-PCIe, H200, L4,
+                                # L40S; on CPU the estimate probes this machine once (cached in ~/.cache/muxserve)
     device_memory_gb: null      # per device; default 80 on cuda, (RAM / devices) on cpu
     memory_utilization: 0.9     # fraction of device memory usable for weights + KV
     avg_prompt_len: 161         # workload the estimate assumes (tokens per request)
@@ -46,6 +50,7 @@ class Workload:
 class PlacerConfig:
     policy: str = "muxserve"
     cost_table: str | None = None
+    gpu: str = "auto"
     device_memory_gb: float = 80.0
     memory_utilization: float = 0.9
     avg_prompt_len: int = 161
@@ -70,6 +75,10 @@ class PlacerConfig:
                      "window_s", "interval_s", "horizon_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"placer.{name} must be > 0, got {getattr(self, name)}")
+        from .devices import KNOWN_GPUS
+
+        if self.gpu != "auto" and self.gpu not in KNOWN_GPUS:
+            raise ConfigError(f"placer.gpu must be auto or one of {sorted(KNOWN_GPUS)}, got {self.gpu!r}")
         if not 0 < self.memory_utilization <= 1:
             raise ConfigError(f"placer.memory_utilization must be in (0, 1], got {self.memory_utilization}")
         if not 0 <= self.observed_weight <= 1:

@@ -19,6 +19,7 @@ from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, 
 from muxserve.v1 import placer_pb2, placer_pb2_grpc
 
 from .config import PlacerConfig
+from .analytic import build_cost
 from .costmodel import CostTable
 from .llmspec import load_specs
 from .service import PlacerService
@@ -51,7 +52,7 @@ class RunningPlacer:
 def build_service(mesh: mconfig.MeshConfig, redis: aioredis.Redis, base: str | Path = ".") -> PlacerService:
     cfg = PlacerConfig.from_section(mesh.section("placer"), mesh, base)
     specs = load_specs(mesh.raw, base)
-    cost = CostTable.load(cfg.cost_table_path)
+    cost = build_cost(CostTable.load(cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu)
     return PlacerService(cfg, specs, mesh.cluster.nodes, mesh.cluster.devices_per_node,
                          PlacementStore(redis), PopularityStore(redis), cost)
 
