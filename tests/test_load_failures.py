@@ -1,9 +1,11 @@
-"""A model that cannot load fails alone (issue 13, point 1), against the launcher's Mesh (real redis-server,
-placer, memmgr, worker and router processes): one config lists a supported checkpoint next to an unsupported
-architecture (Bloom: transformers computes its attention itself), a checkpoint whose safetensors are corrupt and
-one whose safetensors are missing. The mesh comes up within 60 s serving the supported model; the three others
-are reported by name and reason (the launcher, the worker's GetStatus, the placer's log) and their requests get
-FAILED_PRECONDITION with that reason on gRPC, 503 model_load_failed over HTTP, at once (no retry wait)."""
+"""Own models in a real mesh (issue 13, points 1 and 2), the launcher's Mesh (real redis-server, placer, memmgr,
+worker and router processes). One config lists a supported checkpoint with a measured cost table, an own
+checkpoint with no cost table entry, an unsupported architecture (Bloom: transformers computes its attention
+itself), a checkpoint whose safetensors are corrupt and one whose safetensors are missing.
+- A model that cannot load fails alone: the mesh comes up within 60 s serving the two good models; the three
+  others are reported by name and reason (the launcher, the worker's GetStatus, the placer's log) and their
+  requests get FAILED_PRECONDITION with that reason on gRPC, 503 model_load_failed over HTTP, at once.
+- The own checkpoint is planned from the analytic estimate (the placer logs it) and served."""
 
 from __future__ import annotations
 
@@ -42,12 +44,13 @@ def _broken_checkpoints(root: Path, tiny_llama) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory, tiny_llama, cpu_cost_table):
+def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table, cpu_probe_cache):
     root = tmp_path_factory.mktemp("failures")
     ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker", "http")}
     models = [{"name": "llama", "path": str(tiny_llama), "rate": 2.0, "cost_key": "tiny-llama"}]
     models += [{"name": n, "path": str(p), "rate": 1.0, "cost_key": "tiny-llama"}
                for n, p in _broken_checkpoints(root, tiny_llama).items()]
+    models.append({"name": "own", "path": str(tiny_qwen2), "rate": 1.0})  # key "own": not in the cost table
     conf = {
         "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
         "models": models,
@@ -55,7 +58,7 @@ def mesh(tmp_path_factory, tiny_llama, cpu_cost_table):
         **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr")},
         "worker": {"host": "127.0.0.1", "port": ports["worker"], "engine": {"block_size": 8}},
     }
-    conf["placer"]["cost_table"] = str(cpu_cost_table)
+    conf["placer"].update(cost_table=str(cpu_cost_table), probe_cache=str(cpu_probe_cache))
     conf["router"]["http_port"] = ports["http"]
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(conf))
@@ -99,7 +102,7 @@ def test_supported_model_serves_within_60s(mesh):
 def test_failures_reported_by_name_and_reason(mesh):
     assert sorted(mesh.failed) == sorted(BROKEN)  # what `muxserve up` prints
     statuses = _worker_statuses(mesh)
-    assert sorted(m.name for s in statuses for m in s.models) == ["llama"]
+    assert sorted(m.name for s in statuses for m in s.models) == ["llama", "own"]
     failed = {name: why for s in statuses for name, why in s.failed_models.items()}
     assert sorted(failed) == sorted(BROKEN)
     for name, says in BROKEN.items():
@@ -126,3 +129,11 @@ def test_requests_for_a_broken_model_fail_with_the_reason(mesh, model):
     assert error["code"] == "model_load_failed" and BROKEN[model] in error["message"]
     chunks = _generate(mesh.router_address, "llama", 3)  # the others keep serving
     assert sum(len(c.token_ids) for c in chunks) == 3
+
+
+def test_own_checkpoint_without_a_cost_table_is_planned_and_served(mesh):
+    placer_log = (Path(mesh.log_dir) / "placer.log").read_text()
+    assert "model 'own' (cost key 'own') is not in the cost table" in placer_log
+    assert "ANALYTIC estimate" in placer_log and "probe of this machine" in placer_log
+    chunks = _generate(mesh.router_address, "own", 5)
+    assert sum(len(c.token_ids) for c in chunks) == 5 and chunks[-1].finish_reason == "length"

@@ -50,7 +50,8 @@ def load_plan_inputs(config_path: str, policy: str | None, cost_table: str | Non
     nodes, dpn = int(cl.get("nodes", 1)), int(cl.get("devices_per_node", 1))
     cfg = PlacerConfig.from_section(section, _Mesh(cl.get("device", "cpu"), dpn), path.parent)
     specs = load_specs(raw, path.parent)
-    cost = build_cost(CostTable.load(cost_table or cfg.cost_table_path), specs, cl.get("device", "cpu"), cfg.gpu)
+    cost = build_cost(CostTable.load(cost_table or cfg.cost_table_path), specs, cl.get("device", "cpu"), cfg.gpu,
+                      cfg.probe_cache)
     return specs, nodes, dpn, cfg, cost
 
 

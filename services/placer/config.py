@@ -7,7 +7,8 @@ Keys of the `placer:` section (all optional):
                                 # whose cost key it lacks gets an analytic estimate (analytic.py, logged)
     gpu: auto                   # the GPU the analytic estimate prices (cluster.device cuda): auto (nvidia-smi)
                                 # or one of devices.KNOWN_GPUS: A100-40GB, A100-80GB, H100, H100-PCIe, H200, L4,
-                                # L40S; on CPU the estimate probes this machine once (cached in ~/.cache/muxserve)
+                                # L40S; on CPU the estimate probes this machine once (devices.py)
+    probe_cache: null           # folder the CPU probe's result is kept in (default ~/.cache/muxserve)
     device_memory_gb: null      # per device; default 80 on cuda, (RAM / devices) on cpu
     memory_utilization: 0.9     # fraction of device memory usable for weights + KV
     avg_prompt_len: 161         # workload the estimate assumes (tokens per request)
@@ -51,6 +52,7 @@ class PlacerConfig:
     policy: str = "muxserve"
     cost_table: str | None = None
     gpu: str = "auto"
+    probe_cache: str | None = None
     device_memory_gb: float = 80.0
     memory_utilization: float = 0.9
     avg_prompt_len: int = 161

@@ -52,7 +52,8 @@ class RunningPlacer:
 def build_service(mesh: mconfig.MeshConfig, redis: aioredis.Redis, base: str | Path = ".") -> PlacerService:
     cfg = PlacerConfig.from_section(mesh.section("placer"), mesh, base)
     specs = load_specs(mesh.raw, base)
-    cost = build_cost(CostTable.load(cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu)
+    cost = build_cost(CostTable.load(cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu,
+                      cfg.probe_cache)
     return PlacerService(cfg, specs, mesh.cluster.nodes, mesh.cluster.devices_per_node,
                          PlacementStore(redis), PopularityStore(redis), cost)
 
