@@ -45,7 +45,7 @@ class Mesh:
         self.log_dir = self.log_dir or tempfile.mkdtemp(prefix="muxserve-logs-")
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         self._redis_dir: str | None = None
-        self.failed: dict[str, str] = {}  # model -> "<worker id>: why it failed to load" (after start())
+        self.failed: dict[str, str] = {}  # model -> "<placer | worker id>: why it cannot serve" (after start())
 
     @property
     def router_address(self) -> str:
@@ -70,6 +70,7 @@ class Mesh:
         async with grpc.aio.insecure_channel(self.mesh.address("placer")) as ch:
             placement = await placer_pb2_grpc.PlacerStub(ch).GetPlacement(placer_pb2.GetPlacementRequest(),
                                                                           timeout=30)
+        self.failed.update({m: f"placer: {why}" for m, why in placement.failed_models.items()})
         return [len(u.devices) for u in placement.units]
 
     async def start(self, timeout: float = 180.0) -> None:
@@ -85,7 +86,7 @@ class Mesh:
                                         "--num-devices", str(size)], service="worker")
         for i in range(len(sizes)):
             await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
-        self.failed = await worker_failures([f"127.0.0.1:{base + i}" for i in range(len(sizes))])
+        self.failed.update(await worker_failures([f"127.0.0.1:{base + i}" for i in range(len(sizes))]))
         for name, why in sorted(self.failed.items()):
             log.error("model %r failed to load: %s", name, why)
         router_args = ["--port", str(self.grpc_port)] if self.grpc_port else []

@@ -83,8 +83,10 @@ def spec_from_size(name: str, rate: float, size: str, cost_key: str | None = Non
     return LLMSpec(name, rate, weight, kv, cost_key or size, shape)
 
 
-def load_specs(raw: dict, base: str | Path = ".") -> list[LLMSpec]:
-    """LLMSpecs of the raw YAML's `models` list: entries {name, path | size, rate, cost_key?}."""
+def load_specs(raw: dict, base: str | Path = ".", failed: dict[str, str] | None = None) -> list[LLMSpec]:
+    """LLMSpecs of the raw YAML's `models` list: entries {name, path | size, rate, cost_key?}. With `failed` (a
+    dict), a model whose checkpoint cannot be described (no config.json, no attention shapes: a state-space
+    model) is recorded there (name -> why) and left out instead of failing the whole list."""
     items = raw.get("models")
     if not isinstance(items, list) or not items:
         raise ConfigError("`models` must be a non-empty list of {name, path or size, rate}")
@@ -98,7 +100,12 @@ def load_specs(raw: dict, base: str | Path = ".") -> list[LLMSpec]:
         if rate < 0:
             raise ConfigError(f"models[{i}] ({name}): rate must be >= 0, got {rate}")
         seen.add(name)
-        out.append(_spec(m, name, rate, Path(base)))
+        try:
+            out.append(_spec(m, name, rate, Path(base)))
+        except ConfigError as e:
+            if failed is None or not m.get("path"):
+                raise
+            failed[name] = str(e)
     return out
 
 

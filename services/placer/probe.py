@@ -10,14 +10,15 @@ torch, and caches the result: services/placer/devices.py):
 - `flops1`: FLOP/s of one thread in a float32 matmul of [64, 512] x [512, 512] (a prefill chunk's product);
 - the engine's own fixed costs: this engine's ModelRunner (what `muxserve profile` times and the worker runs) on
   random-weight Llamas of 1 and 3 layers (hidden 64, so the arithmetic is negligible), one decode step and one
-  prefill step at batch 1 and 8 of SEQ tokens: `decode_ms` and `prefill_ms` map "layers,batch" to the best
+  prefill step at batch 1 and 8 of SEQ tokens: `decode_ms` and `prefill_ms` map "layers,batch" to the median
   ms; "layers,batch,seq" is one longer prompt (LONG), which prices attention over past tokens.
-Every time is the best of a few runs (the least disturbed by other processes). One thread throughout: a CPU "device" is a core, and a unit's share is its threads (profiler.py). About 5-15 s.
+Every time is the median of a few runs, as `muxserve profile` times its cells. One thread throughout: a CPU "device" is a core, and a unit's share is its threads (profiler.py). About 5-15 s.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import sys
 import tempfile
@@ -29,16 +30,16 @@ BW_SIZES_MIB = (1, 4, 16, 64, 256)  # working sets: in the caches (a small model
 LONG = (3, 1, 256)  # (layers, batch, seq): one long prefill, for the cost of attention over the prompt
 
 
-def _best_s(fn, reps: int) -> float:
-    """The fastest of `reps` runs (after a warm-up): what the machine can do, with the least of the noise that
-    other processes on shared cores add."""
+def _median_s(fn, reps: int) -> float:
+    """The median of `reps` runs (after a warm-up), as `muxserve profile` times its cells (profiler.py): the
+    estimate and the table it is checked against (and later replaced by) see the machine alike."""
     fn()
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
-    return min(out)
+    return statistics.median(out)
 
 
 def bandwidth(threads: int, mib: int = 64) -> float:
@@ -47,7 +48,7 @@ def bandwidth(threads: int, mib: int = 64) -> float:
 
     torch.set_num_threads(threads)
     x = torch.ones(mib << 18)
-    return x.numel() * 4 / _best_s(lambda: x.sum(), 9)
+    return x.numel() * 4 / _median_s(lambda: x.sum(), 9)
 
 
 def matmul_flops() -> float:
@@ -55,7 +56,7 @@ def matmul_flops() -> float:
 
     torch.set_num_threads(1)
     a, b = torch.randn(64, 512), torch.randn(512, 512)
-    return 2 * 64 * 512 * 512 / _best_s(lambda: a @ b, 9)
+    return 2 * 64 * 512 * 512 / _median_s(lambda: a @ b, 9)
 
 
 def engine_steps(workdir: str) -> tuple[dict, dict]:
@@ -80,10 +81,10 @@ def engine_steps(workdir: str) -> tuple[dict, dict]:
 
 
 def _cell(bench, batch: int, seq: int, reps: int = 9) -> tuple[float, float]:
-    """(decode ms, prefill ms), each the best of `reps`: EngineBench's steps (profiler.py)."""
+    """(decode ms, prefill ms), each the median of `reps`: EngineBench's steps (profiler.py)."""
     prefill, decode = bench._steps(batch, seq, False), bench._steps(batch, seq, True)
-    pre = _best_s(lambda: bench.runner.execute(prefill), reps)  # its warm-up fills the context decode reads
-    return round(_best_s(lambda: bench.runner.execute(decode), reps) * 1e3, 4), round(pre * 1e3, 4)
+    pre = _median_s(lambda: bench.runner.execute(prefill), reps)  # its warm-up fills the context decode reads
+    return round(_median_s(lambda: bench.runner.execute(decode), reps) * 1e3, 4), round(pre * 1e3, 4)
 
 
 def measure() -> dict:

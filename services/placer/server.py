@@ -51,11 +51,14 @@ class RunningPlacer:
 
 def build_service(mesh: mconfig.MeshConfig, redis: aioredis.Redis, base: str | Path = ".") -> PlacerService:
     cfg = PlacerConfig.from_section(mesh.section("placer"), mesh, base)
-    specs = load_specs(mesh.raw, base)
+    failed: dict[str, str] = {}
+    specs = load_specs(mesh.raw, base, failed)
+    for name, why in sorted(failed.items()):
+        log.error("model %r is left out of the placement: %s", name, why)
     cost = build_cost(CostTable.load(cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu,
                       cfg.probe_cache)
     return PlacerService(cfg, specs, mesh.cluster.nodes, mesh.cluster.devices_per_node,
-                         PlacementStore(redis), PopularityStore(redis), cost)
+                         PlacementStore(redis), PopularityStore(redis), cost, failed)
 
 
 async def serve(mesh: mconfig.MeshConfig, port: int | None = None, host: str | None = None,

@@ -34,8 +34,10 @@ def make_planner(specs: list[LLMSpec], rates: dict[str, float], nodes: int, devi
 
 class PlacerService:
     def __init__(self, cfg: PlacerConfig, specs: list[LLMSpec], nodes: int, devices_per_node: int,
-                 store: PlacementStore, popularity: PopularityStore, cost: CostTable):
+                 store: PlacementStore, popularity: PopularityStore, cost: CostTable,
+                 failed: dict[str, str] | None = None):
         self.cfg, self.specs, self.cost = cfg, specs, cost
+        self.left_out = dict(failed or {})  # configured models whose checkpoint cannot be read -> why
         self.nodes, self.dpn = nodes, devices_per_node
         self.store, self.popularity = store, popularity
         self.feed = PlacementFeed(store)
@@ -141,6 +143,7 @@ class PlacerService:
 
     async def _publish(self, why: str) -> None:
         self.workers.assign(self.current)
+        self.current.failed_models = dict(self.left_out)  # the routers answer their requests with the reason
         version = await self.store.publish(self.current)
         await self.feed.offer(Placement.from_dict(self.current.to_dict()))
         log.info("published placement v%d (objective %.3f req/s, %d units): %s", version,

@@ -8,7 +8,8 @@ model during a re-placement) is retried against the then-current placement, with
 retried (tokens were already streamed). A worker answering FAILED_PRECONDITION (the model failed to load
 there) passes the request to the model's next host; from its last host that status is the answer. Any other
 worker status is re-raised as a RouterError with
-the worker's code and message unchanged. Closing the iterator early (the client
+the worker's code and message unchanged. A model the placer left out (its checkpoint cannot be read) answers
+FAILED_PRECONDITION with the placer's reason at once. Closing the iterator early (the client
 cancelled) cancels the worker call, so the worker aborts the sequence and frees its KV blocks.
 """
 
@@ -75,6 +76,9 @@ class Forwarder:
     async def _once(self, req: RouteRequest) -> AsyncIterator[router_pb2.GenerateResponse]:
         """One pass over the model's current hosts, least loaded first."""
         candidates = self.table.candidates(req.model)
+        if not candidates and req.model in self.table.view.failed:
+            raise RouterError(f"model {req.model!r} cannot be served: {self.table.view.failed[req.model]}",
+                              grpc.StatusCode.FAILED_PRECONDITION)
         if not candidates:
             raise Unavailable(f"model {req.model!r} is not hosted on any worker yet "
                               f"(placement version {self.table.version}); retry later")
