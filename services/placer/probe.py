@@ -12,7 +12,8 @@ torch, and caches the result: services/placer/devices.py):
   random-weight Llamas of 1 and 3 layers (hidden 64, so the arithmetic is negligible), one decode step and one
   prefill step at batch 1 and 8 of SEQ tokens: `decode_ms` and `prefill_ms` map "layers,batch" to the median
   ms; "layers,batch,seq" is one longer prompt (LONG), which prices attention over past tokens.
-Every time is the median of a few runs, as `muxserve profile` times its cells. One thread throughout: a CPU "device" is a core, and a unit's share is its threads (profiler.py). About 5-15 s.
+Every time is the median of a few runs, as `muxserve profile` times its cells. One thread throughout: a CPU
+"device" is a core, and a unit's share is its threads (profiler.py). About 10-20 s.
 """
 
 from __future__ import annotations

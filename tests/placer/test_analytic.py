@@ -1,5 +1,6 @@
 """The analytic cost estimate (services/placer/analytic.py) against measured tables (issue 13, point 2): the
-MuxServe authors' A100 table, and the CPU table `muxserve profile` measures here for tiny-llama, priced with a real probe of this machine (probe.py, run as the placer runs it: a subprocess)."""
+MuxServe authors' A100 table, and the CPU table `muxserve profile` measures here for tiny-llama, priced with a
+real probe of this machine (probe.py, run as the placer runs it: a subprocess)."""
 
 from __future__ import annotations
 
