@@ -35,7 +35,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._draining: dict[str, asyncio.Task] = {}
         self._loading: set[str] = set()  # assigned here, not loaded yet
-        self.failed: dict[str, str] = {}  # assigned here, failed to load -> why (not retried until a restart)
+        self.failed: dict[str, str] = {}  # assigned here, failed to load -> why (not retried while assigned here)
         self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
         self.metrics_server = None  # services/worker/metrics.py, set by serve()
 
@@ -54,6 +54,7 @@ class Worker:
         for name in set(assignment.llms) & set(self._draining):  # moved back while draining: reload after
             await asyncio.shield(self._draining[name])
         self.assignment = assignment
+        self.failed = {n: why for n, why in self.failed.items() if n in assignment.llms}  # moved away: forget
         if self.engine is not None:  # shares and mode take effect at each job's next dispatch
             self.engine.engine.set_placement(assignment.shares, assignment.mode)
         hosted = set(self.engine.engine.llms) if self.engine else set()

@@ -130,6 +130,8 @@ class ProcessJob:
         if self.wait_ready(timeout):
             return
         proc = self._proc
+        if self.start_error:
+            proc.join(timeout=5)  # it exits right after saying why
         why = self.start_error or (f"exit code {proc.exitcode}" if proc.exitcode is not None
                                    else f"not ready after {timeout:.0f}s")
         raise JobCrashedError(f"job {self.name} (pid {proc.pid}) could not start: {why}")
