@@ -115,7 +115,7 @@ class PlacerService:
     async def register(self, worker_id: str, address: str, num_devices: int,
                        failed: dict[str, str] | None = None) -> tuple[str, int]:
         """(unit id or "", placement version) for the worker; publishes if assignments changed. `failed`:
-        models of its unit that failed to load there -> why (logged once per new reason; `failed_models()`)."""
+        models of its unit that failed to load there -> why (logged once per new reason)."""
         async with self._lock:
             w = self.workers.register(worker_id, address, num_devices, time.time())
             for name, why in sorted((failed or {}).items()):
@@ -126,14 +126,6 @@ class PlacerService:
             if self.current is not None:
                 await self._reassign(f"worker {worker_id} registered")
             return w.unit_id, self.current.version if self.current else 0
-
-    def failed_models(self) -> dict[str, dict[str, str]]:
-        """{model: {worker id: why it failed to load there}} as the live workers last reported."""
-        out: dict[str, dict[str, str]] = {}
-        for w in self.workers.workers.values():
-            for name, why in w.failed.items():
-                out.setdefault(name, {})[w.worker_id] = why
-        return out
 
     async def _reassign(self, why: str) -> bool:
         if self.current is None or not self.workers.assign(self.current):

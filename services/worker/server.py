@@ -124,8 +124,9 @@ class Worker:
 
     def generate(self, request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens=None):
         """The engine's chunk stream (AsyncUnitEngine.generate). A model that failed to load here fails with
-        ModelLoadError (its reason); one being loaded or drained here (re-placement) with ModelNotReadyError; before any LLM loads, UnknownModelError; a model
-        with `max_waiting` requests already waiting, CapacityError (RESOURCE_EXHAUSTED)."""
+        ModelLoadError (its reason); one being loaded or drained here (re-placement) with ModelNotReadyError;
+        before any LLM loads, UnknownModelError; a model with `max_waiting` requests already waiting,
+        CapacityError (RESOURCE_EXHAUSTED)."""
         if llm in self.failed:
             return _fail(ModelLoadError(f"model {llm!r} failed to load on this worker: {self.failed[llm]}"))
         if llm in self._loading or llm in self._draining:
