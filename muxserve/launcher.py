@@ -3,7 +3,8 @@
 Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, one
 worker per unit of the placer's placement (worker i listens on worker.port + i) and the router (gRPC and
 the OpenAI-compatible HTTP API, 127.0.0.1:8000 by default), each as `python -m muxserve.cli <service> --config FILE`, waits until each
-reports SERVING on grpc.health.v1, prints where to connect, and on SIGINT/SIGTERM stops them in
+reports SERVING on grpc.health.v1, prints every model that failed to load (by name, with the worker's reason:
+the others serve), prints where to connect, and on SIGINT/SIGTERM stops them in
 reverse order (SIGTERM, then SIGKILL after a grace period). `Mesh` is the same code for tests.
 """
 
@@ -53,6 +54,7 @@ class Mesh:
             path.write_text(self.internal_token + "\n")
         self._redis_dir: str | None = None
         self._spawned: dict[str, tuple[list[str], str | None]] = {}  # name -> _spawn's arguments (respawn)
+        self.failed: dict[str, str] = {}  # model -> "<placer | worker id>: why it cannot serve" (after start())
 
     @property
     def router_address(self) -> str:
@@ -77,6 +79,7 @@ class Mesh:
         async with grpc.aio.insecure_channel(self.mesh.address("placer")) as ch:
             placement = await placer_pb2_grpc.PlacerStub(ch).GetPlacement(placer_pb2.GetPlacementRequest(),
                                                                           timeout=30)
+        self.failed.update({m: f"placer: {why}" for m, why in placement.failed_models.items()})
         return [len(u.devices) for u in placement.units]
 
     async def start(self, timeout: float = 180.0) -> None:
@@ -92,6 +95,9 @@ class Mesh:
                                         "--num-devices", str(size)], service="worker")
         for i in range(len(sizes)):
             await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
+        self.failed.update(await worker_failures([f"127.0.0.1:{base + i}" for i in range(len(sizes))]))
+        for name, why in sorted(self.failed.items()):
+            log.error("model %r failed to load: %s", name, why)
         router_args = ["--port", str(self.grpc_port)] if self.grpc_port else []
         router_args += ["--http-port", str(self.http_port)] if self.http_port is not None else []
         self._spawn("router", router_args)
@@ -178,6 +184,21 @@ class Mesh:
             shutil.rmtree(self._redis_dir, ignore_errors=True)
 
 
+async def worker_failures(addresses: list[str]) -> dict[str, str]:
+    """{model: "<worker id>: why"} of the models that failed to load on the workers at `addresses` (GetStatus)."""
+    import grpc
+
+    from muxserve.v1 import worker_pb2, worker_pb2_grpc
+
+    out: dict[str, str] = {}
+    for address in addresses:
+        async with grpc.aio.insecure_channel(address) as ch:
+            status = await worker_pb2_grpc.WorkerStub(ch).GetStatus(worker_pb2.WorkerStatusRequest(), timeout=10)
+        for name, why in status.failed_models.items():
+            out[name] = f"{status.worker_id}: {why}"
+    return out
+
+
 async def _wait_redis(url: str, timeout: float) -> None:
     import redis.asyncio as aioredis
 
@@ -205,6 +226,9 @@ async def _run(mesh: Mesh) -> None:
     await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and not stop.is_set():
         starting.result()
+        for name, why in sorted(mesh.failed.items()):
+            print(f"muxserve: model {name!r} failed to load and is not served (its requests fail with the reason): "
+                  f"{why}", file=sys.stderr, flush=True)
         http = f" OpenAI-compatible HTTP: {mesh.http_url}." if mesh.http_url else ""
         print(f"muxserve is up. Router gRPC: {mesh.router_address} (service muxserve.v1.Router).{http} "
               f"Logs: {mesh.log_dir}. Ctrl-C stops everything.", flush=True)

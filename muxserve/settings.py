@@ -81,6 +81,21 @@ class Placer(Service):
     policy: Literal["muxserve", "spatial", "temporal"] = Field("muxserve", description="placement policy")
     cost_table: Optional[str] = Field(None, description="JSON cost table (muxserve profile); default: the A100 "
                                                         "LLaMA table; relative to the config file")
+    gpu: str = Field("auto", description="the GPU the analytic estimate prices for models the table lacks "
+                                         "(cluster.device cuda): auto (nvidia-smi) or a known one (A100-40GB, "
+                                         "A100-80GB, H100, H100-PCIe, H200, L4, L40S); on CPU it probes this machine")
+    probe_cache: Optional[str] = Field(None, description="folder for the CPU probe's result (default ~/.cache/muxserve)")
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        from services.placer.devices import KNOWN_GPUS
+
+        if v not in KNOWN_GPUS:
+            raise ValueError(f"must be auto or one of {sorted(KNOWN_GPUS)}, got {v!r}")
+        return v
     device_memory_gb: Optional[float] = Field(None, gt=0, description="per device; default 80 on cuda, "
                                                                       "RAM / devices_per_node on cpu")
     memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of device memory for weights + KV")

@@ -52,3 +52,14 @@ def cpu_cost_table(tmp_path_factory, tiny_llama, tiny_qwen2):
         assert profile_main(["--model", str(ckpt), "--name", key, "--out", str(out), "--devices", "1,2",
                              "--shares", "50,100", "--batches", "1,4", "--seqs", "16,64", "--reps", "1"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def cpu_probe_cache(tmp_path_factory):
+    """A folder holding this machine's CPU probe (services/placer/devices.py), measured once per session as the
+    placer measures it (a subprocess): placers given it as `placer.probe_cache` price own models at once."""
+    from services.placer.devices import probe_cpu
+
+    cache = tmp_path_factory.mktemp("probe")
+    probe_cpu(cache)
+    return cache

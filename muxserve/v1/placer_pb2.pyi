@@ -7,14 +7,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "address", "num_devices")
+    __slots__ = ("worker_id", "address", "num_devices", "failed_models")
+    class FailedModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MODELS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     num_devices: int
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., num_devices: _Optional[int] = ...) -> None: ...
+    failed_models: _containers.ScalarMap[str, str]
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., num_devices: _Optional[int] = ..., failed_models: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("unit_id", "version")
@@ -61,15 +70,24 @@ class Unit(_message.Message):
     def __init__(self, unit_id: _Optional[str] = ..., devices: _Optional[_Iterable[int]] = ..., llms: _Optional[_Iterable[_Union[LLMPlacement, _Mapping]]] = ..., worker_address: _Optional[str] = ..., est_throughput: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("version", "policy", "objective", "units", "total_rate")
+    __slots__ = ("version", "policy", "objective", "units", "total_rate", "failed_models")
+    class FailedModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_RATE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MODELS_FIELD_NUMBER: _ClassVar[int]
     version: int
     policy: str
     objective: float
     units: _containers.RepeatedCompositeFieldContainer[Unit]
     total_rate: float
-    def __init__(self, version: _Optional[int] = ..., policy: _Optional[str] = ..., objective: _Optional[float] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., total_rate: _Optional[float] = ...) -> None: ...
+    failed_models: _containers.ScalarMap[str, str]
+    def __init__(self, version: _Optional[int] = ..., policy: _Optional[str] = ..., objective: _Optional[float] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ..., total_rate: _Optional[float] = ..., failed_models: _Optional[_Mapping[str, str]] = ...) -> None: ...

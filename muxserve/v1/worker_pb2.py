@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from muxserve.v1 import router_pb2 as muxserve_dot_v1_dot_router__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/worker.proto\x12\x0bmuxserve.v1\x1a\x18muxserve/v1/router.proto\"\xf7\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\r\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.muxserve.v1.SamplingParams\x12*\n\x08messages\x18\x06 \x03(\x0b\x32\x18.muxserve.v1.ChatMessage\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"\x15\n\x13WorkerStatusRequest\"f\n\x0bHostedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\"w\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12(\n\x06models\x18\x03 \x03(\x0b\x32\x18.muxserve.v1.HostedModel\x12\x19\n\x11placement_version\x18\x04 \x01(\x04\x32\xa3\x01\n\x06Worker\x12O\n\x08Generate\x12\".muxserve.v1.WorkerGenerateRequest\x1a\x1d.muxserve.v1.GenerateResponse0\x01\x12H\n\tGetStatus\x12 .muxserve.v1.WorkerStatusRequest\x1a\x19.muxserve.v1.WorkerStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/worker.proto\x12\x0bmuxserve.v1\x1a\x18muxserve/v1/router.proto\"\xf7\x01\n\x15WorkerGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\r\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.muxserve.v1.SamplingParams\x12*\n\x08messages\x18\x06 \x03(\x0b\x32\x18.muxserve.v1.ChatMessage\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"\x15\n\x13WorkerStatusRequest\"f\n\x0bHostedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\"\xf0\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07unit_id\x18\x02 \x01(\t\x12(\n\x06models\x18\x03 \x03(\x0b\x32\x18.muxserve.v1.HostedModel\x12\x19\n\x11placement_version\x18\x04 \x01(\x04\x12\x42\n\rfailed_models\x18\x05 \x03(\x0b\x32+.muxserve.v1.WorkerStatus.FailedModelsEntry\x1a\x33\n\x11\x46\x61iledModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa3\x01\n\x06Worker\x12O\n\x08Generate\x12\".muxserve.v1.WorkerGenerateRequest\x1a\x1d.muxserve.v1.GenerateResponse0\x01\x12H\n\tGetStatus\x12 .muxserve.v1.WorkerStatusRequest\x1a\x19.muxserve.v1.WorkerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'muxserve.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKERSTATUS_FAILEDMODELSENTRY']._loaded_options = None
+  _globals['_WORKERSTATUS_FAILEDMODELSENTRY']._serialized_options = b'8\001'
   _globals['_WORKERGENERATEREQUEST']._serialized_start=68
   _globals['_WORKERGENERATEREQUEST']._serialized_end=315
   _globals['_WORKERSTATUSREQUEST']._serialized_start=317
   _globals['_WORKERSTATUSREQUEST']._serialized_end=338
   _globals['_HOSTEDMODEL']._serialized_start=340
   _globals['_HOSTEDMODEL']._serialized_end=442
-  _globals['_WORKERSTATUS']._serialized_start=444
-  _globals['_WORKERSTATUS']._serialized_end=563
-  _globals['_WORKER']._serialized_start=566
-  _globals['_WORKER']._serialized_end=729
+  _globals['_WORKERSTATUS']._serialized_start=445
+  _globals['_WORKERSTATUS']._serialized_end=685
+  _globals['_WORKERSTATUS_FAILEDMODELSENTRY']._serialized_start=634
+  _globals['_WORKERSTATUS_FAILEDMODELSENTRY']._serialized_end=685
+  _globals['_WORKER']._serialized_start=688
+  _globals['_WORKER']._serialized_end=851
 # @@protoc_insertion_point(module_scope)

@@ -44,13 +44,22 @@ class HostedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_model_len: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "unit_id", "models", "placement_version")
+    __slots__ = ("worker_id", "unit_id", "models", "placement_version", "failed_models")
+    class FailedModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     UNIT_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MODELS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     unit_id: str
     models: _containers.RepeatedCompositeFieldContainer[HostedModel]
     placement_version: int
-    def __init__(self, worker_id: _Optional[str] = ..., unit_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[HostedModel, _Mapping]]] = ..., placement_version: _Optional[int] = ...) -> None: ...
+    failed_models: _containers.ScalarMap[str, str]
+    def __init__(self, worker_id: _Optional[str] = ..., unit_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[HostedModel, _Mapping]]] = ..., placement_version: _Optional[int] = ..., failed_models: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -52,14 +52,15 @@ class WorkerServicer:
 
     def Generate(self, request, context):
         """Same stream contract as Router.Generate (failures end the stream with a status); `model` must be
-        hosted by this worker; a full waiting queue of the model answers RESOURCE_EXHAUSTED.
+        hosted by this worker; a full waiting queue of the model answers RESOURCE_EXHAUSTED; a model that
+        failed to load here answers FAILED_PRECONDITION with the reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """LLMs this worker hosts now, with their load.
+        """LLMs this worker hosts now, with their load, and those assigned here that failed to load (and why).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -9,6 +9,7 @@ proportion to sum(rate x per-token KV bytes) of their LLMs. Free memory is measu
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from muxserve.config import ConfigError, MeshConfig
 from services.memmgr.config import MemmgrConfig, PoolSpec
 from services.memmgr.quotas import split
 from services.memmgr.segment import TORCH_DTYPES
+
+log = logging.getLogger(__name__)
 
 
 def block_bytes(block_size: int, head_dim: int, dtype: str) -> int:
@@ -29,7 +32,9 @@ def resolve_pools(cfg: MemmgrConfig, mesh: MeshConfig | None, device: str = "cpu
         return [_explicit(p, cfg.block_size) for p in cfg.pools]
     if mesh is None or not mesh.models:
         raise ConfigError("memmgr.pools is auto but there are no models to size the pools from")
-    shapes = [_model_shape(m.path, cfg.auto_dtype) + (m.rate,) for m in mesh.models]
+    shapes = [shape + (m.rate,) for m in mesh.models if (shape := _model_shape(m.path, cfg.auto_dtype))]
+    if not shapes:
+        raise ConfigError("memmgr auto sizing: no model's config.json can be read (see the warnings above)")
     weights = sum(_weight_bytes(m.path) for m in mesh.models)
     budget = int(cfg.auto_memory_fraction * (free_memory(device) - weights))
     demand: dict[tuple[int, str], float] = {}
@@ -54,12 +59,14 @@ def _explicit(p: PoolSpec, block_size: int) -> PoolSpec:
     return PoolSpec(p.head_dim, p.dtype, num_blocks=n)
 
 
-def _model_shape(path: str, dtype: str) -> tuple[int, str, int]:
-    """(head_dim, dtype, layers x kv_heads) of the checkpoint (muxserve.checkpoint)."""
+def _model_shape(path: str, dtype: str) -> tuple[int, str, int] | None:
+    """(head_dim, dtype, layers x kv_heads) of the checkpoint (muxserve.checkpoint); None (logged) when it cannot
+    be read: that model fails alone (the placer leaves it out), the pools are sized for the others."""
     try:
         ck = checkpoint.describe(path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"memmgr auto sizing: cannot read {path}/config.json: {e}") from None
+        log.warning("memmgr auto sizing: %s/config.json cannot be read (%s): no pool sized for it", path, e)
+        return None
     return ck.head_dim, dtype, ck.blocks_per_token_block
 
 

@@ -25,6 +25,7 @@ from muxserve.config import ConfigError
 
 from .config import POLICIES, PlacerConfig
 from .capacity import capacity_scale
+from .analytic import build_cost
 from .costmodel import CostModelError, CostTable
 from .llmspec import load_specs
 from .placement import Placement
@@ -42,7 +43,8 @@ def load_plan_inputs(config_path: str, policy: str | None, cost_table: str | Non
     section = mesh.section("placer").model_copy(update={"policy": policy} if policy else {})
     cfg = PlacerConfig.from_section(section, mesh, path.parent)
     specs = load_specs(mesh.raw, path.parent)
-    cost = CostTable.load(cost_table or cfg.cost_table_path)
+    cost = build_cost(CostTable.load(cost_table or cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu,
+                      cfg.probe_cache)
     return specs, mesh.cluster.nodes, dpn, cfg, cost
 
 

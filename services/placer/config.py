@@ -29,6 +29,8 @@ class Workload:
 class PlacerConfig:
     policy: str = "muxserve"
     cost_table: str | None = None
+    gpu: str = "auto"
+    probe_cache: str | None = None
     device_memory_gb: float = 80.0
     memory_utilization: float = 0.9
     avg_prompt_len: int = 161

@@ -127,6 +127,9 @@ class CostTable:
     def models(self) -> list[str]:
         return sorted(self._raw)
 
+    def has(self, key: str) -> bool:
+        return key in self._raw
+
     def require(self, key: str, llm: str | None = None) -> None:
         """Raise CostModelError naming the model when the table has no entry for `key`."""
         if key not in self._raw:
@@ -140,6 +143,10 @@ class CostTable:
 
     def supports(self, key: str, n_devices: int) -> bool:
         return key in self._raw and str(n_devices) in self._raw[key]
+
+    def max_batch(self, key: str, n: int) -> int:
+        """The largest batch measured for `key` on n devices (latency past it is only extrapolated)."""
+        return self._grid(key, n).batches[-1]
 
     def min_share(self, key: str, n: int) -> float:
         """The smallest compute share measured for `key` on n devices (a fraction)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Workload
-from .costmodel import CostTable
+from .costmodel import CostTable  # or analytic.CostModel: the same lookups
 from .llmspec import LLMSpec
 
 SHARES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # decode share grid, 5% steps
@@ -97,7 +97,7 @@ class UnitEstimator:
         out = []
         for m, wt in zip(llms, weights):
             extra = int(rest * wt / total // (m.kv_bytes_per_token * ctx))
-            out.append(min(1 + extra, self.cost._grid(m.cost_key, n).batches[-1], self.max_batch))
+            out.append(min(1 + extra, self.cost.max_batch(m.cost_key, n), self.max_batch))
         return out
 
     def _prefill(self, n: int, m: LLMSpec, bmax: int) -> tuple[float, float]:

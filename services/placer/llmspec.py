@@ -29,12 +29,29 @@ LLAMA_ARCHS = {
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What the analytic cost model (analytic.py) reads of a checkpoint: element counts, not bytes (the device
+    decides the dtype it runs in)."""
+
+    params: int          # weights
+    num_layers: int
+    attn_width: int      # attention heads x head_dim (FLOP per token pair and layer: 4 x this)
+    kv_per_token: int    # K and V elements of one token over all layers and KV heads
+
+    @classmethod
+    def of(cls, ck: checkpoint.Checkpoint) -> "ModelShape":
+        per = checkpoint.DTYPE_BYTES[ck.dtype]
+        return cls(ck.weight_bytes // per, ck.num_layers, ck.num_heads * ck.head_dim, ck.kv_bytes_per_token() // per)
+
+
+@dataclass(frozen=True)
 class LLMSpec:
     name: str
     rate: float              # prior req/s
     weight_bytes: int
     kv_bytes_per_token: int  # K and V, all layers and KV heads
     cost_key: str
+    shape: ModelShape | None = None  # for costs estimated without a measured table
 
     @property
     def compute_need(self) -> float:
@@ -42,10 +59,10 @@ class LLMSpec:
         return self.rate * self.weight_bytes
 
 
-def shapes_from_config(cfg: dict) -> tuple[int, int]:
-    """(weight bytes estimated from shapes, KV bytes per token) of a HF config dict (muxserve.checkpoint)."""
+def shapes_from_config(cfg: dict) -> tuple[int, int, ModelShape]:
+    """(weight bytes estimated from shapes, KV bytes per token, shape) of a HF config dict (muxserve.checkpoint)."""
     ck = checkpoint.from_config({"dtype": "float16", **cfg})
-    return ck.estimated_weight_bytes(), ck.kv_bytes_per_token()
+    return ck.estimated_weight_bytes(), ck.kv_bytes_per_token(), ModelShape.of(ck)
 
 
 def spec_from_path(name: str, rate: float, path: str | Path, cost_key: str | None = None) -> LLMSpec:
@@ -56,18 +73,20 @@ def spec_from_path(name: str, rate: float, path: str | Path, cost_key: str | Non
         raise ConfigError(f"model {name!r}: no config.json in {path}") from None
     except ValueError as e:
         raise ConfigError(f"model {name!r}: {e}") from None
-    return LLMSpec(name, rate, ck.weight_bytes, ck.kv_bytes_per_token(), cost_key or name)
+    return LLMSpec(name, rate, ck.weight_bytes, ck.kv_bytes_per_token(), cost_key or name, ModelShape.of(ck))
 
 
 def spec_from_size(name: str, rate: float, size: str, cost_key: str | None = None) -> LLMSpec:
     if size not in LLAMA_ARCHS:
         raise ConfigError(f"model {name!r}: unknown size {size!r}; known: {sorted(LLAMA_ARCHS)}")
-    weight, kv = shapes_from_config(LLAMA_ARCHS[size])
-    return LLMSpec(name, rate, weight, kv, cost_key or size)
+    weight, kv, shape = shapes_from_config(LLAMA_ARCHS[size])
+    return LLMSpec(name, rate, weight, kv, cost_key or size, shape)
 
 
-def load_specs(raw: dict, base: str | Path = ".") -> list[LLMSpec]:
-    """LLMSpecs of the raw YAML's `models` list: entries {name, path | size, rate, cost_key?}."""
+def load_specs(raw: dict, base: str | Path = ".", failed: dict[str, str] | None = None) -> list[LLMSpec]:
+    """LLMSpecs of the raw YAML's `models` list: entries {name, path | size, rate, cost_key?}. With `failed` (a
+    dict), a model whose checkpoint cannot be described (no config.json, no attention shapes: a state-space
+    model) is recorded there (name -> why) and left out instead of failing the whole list."""
     items = raw.get("models")
     if not isinstance(items, list) or not items:
         raise ConfigError("`models` must be a non-empty list of {name, path or size, rate}")
@@ -81,7 +100,12 @@ def load_specs(raw: dict, base: str | Path = ".") -> list[LLMSpec]:
         if rate < 0:
             raise ConfigError(f"models[{i}] ({name}): rate must be >= 0, got {rate}")
         seen.add(name)
-        out.append(_spec(m, name, rate, Path(base)))
+        try:
+            out.append(_spec(m, name, rate, Path(base)))
+        except ConfigError as e:
+            if failed is None or not m.get("path"):
+                raise
+            failed[name] = str(e)
     return out
 
 

@@ -42,6 +42,7 @@ class Placement:
     units: list[Unit]
     version: int = 0
     total_rate: float = 0.0
+    failed_models: dict[str, str] = field(default_factory=dict)  # configured, left out (unreadable) -> why
 
     def unit(self, unit_id: str) -> Unit | None:
         return next((u for u in self.units if u.unit_id == unit_id), None)
@@ -60,7 +61,7 @@ class Placement:
         units = [Unit(**{**u, "llms": [LLMPlacement(**m) for m in u.get("llms", [])]})
                  for u in d.get("units", [])]
         return cls(d["policy"], float(d["objective"]), units, int(d.get("version", 0)),
-                   float(d.get("total_rate", 0.0)))
+                   float(d.get("total_rate", 0.0)), dict(d.get("failed_models") or {}))
 
     def layout(self) -> dict[str, tuple[str, ...]]:
         """unit_id -> sorted LLM names: what moving between placements is measured on."""

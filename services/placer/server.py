@@ -19,6 +19,7 @@ from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, 
 from muxserve.v1 import placer_pb2, placer_pb2_grpc
 
 from .config import PlacerConfig
+from .analytic import build_cost
 from .costmodel import CostTable
 from .llmspec import load_specs
 from .service import PlacerService
@@ -50,10 +51,14 @@ class RunningPlacer:
 
 def build_service(mesh: mconfig.MeshConfig, redis: aioredis.Redis, base: str | Path = ".") -> PlacerService:
     cfg = PlacerConfig.from_section(mesh.section("placer"), mesh, base)
-    specs = load_specs(mesh.raw, base)
-    cost = CostTable.load(cfg.cost_table_path)
+    failed: dict[str, str] = {}
+    specs = load_specs(mesh.raw, base, failed)
+    for name, why in sorted(failed.items()):
+        log.error("model %r is left out of the placement: %s", name, why)
+    cost = build_cost(CostTable.load(cfg.cost_table_path), specs, mesh.cluster.device, cfg.gpu,
+                      cfg.probe_cache)
     return PlacerService(cfg, specs, mesh.cluster.nodes, mesh.cluster.devices_per_node,
-                         PlacementStore(redis), PopularityStore(redis), cost)
+                         PlacementStore(redis), PopularityStore(redis), cost, failed)
 
 
 async def serve(mesh: mconfig.MeshConfig, port: int | None = None, host: str | None = None,

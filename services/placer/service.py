@@ -34,8 +34,10 @@ def make_planner(specs: list[LLMSpec], rates: dict[str, float], nodes: int, devi
 
 class PlacerService:
     def __init__(self, cfg: PlacerConfig, specs: list[LLMSpec], nodes: int, devices_per_node: int,
-                 store: PlacementStore, popularity: PopularityStore, cost: CostTable):
+                 store: PlacementStore, popularity: PopularityStore, cost: CostTable,
+                 failed: dict[str, str] | None = None):
         self.cfg, self.specs, self.cost = cfg, specs, cost
+        self.left_out = dict(failed or {})  # configured models whose checkpoint cannot be read -> why
         self.nodes, self.dpn = nodes, devices_per_node
         self.store, self.popularity = store, popularity
         self.feed = PlacementFeed(store)
@@ -110,10 +112,17 @@ class PlacerService:
                 log.info("re-placement within the workers' units failed (%s): searching every split", exc)
         return candidate or planner.plan(self.cfg.policy), planner.rescore(self.current).objective
 
-    async def register(self, worker_id: str, address: str, num_devices: int) -> tuple[str, int]:
-        """(unit id or "", placement version) for the worker; publishes if assignments changed."""
+    async def register(self, worker_id: str, address: str, num_devices: int,
+                       failed: dict[str, str] | None = None) -> tuple[str, int]:
+        """(unit id or "", placement version) for the worker; publishes if assignments changed. `failed`:
+        models of its unit that failed to load there -> why (logged once per new reason)."""
         async with self._lock:
             w = self.workers.register(worker_id, address, num_devices, time.time())
+            for name, why in sorted((failed or {}).items()):
+                if w.failed.get(name) != why:
+                    log.error("worker %s (unit %s) could not load model %r: %s", worker_id, w.unit_id or "-",
+                              name, why)
+            w.failed = dict(failed or {})
             if self.current is not None:
                 await self._reassign(f"worker {worker_id} registered")
             return w.unit_id, self.current.version if self.current else 0
@@ -126,6 +135,7 @@ class PlacerService:
 
     async def _publish(self, why: str) -> None:
         self.workers.assign(self.current)
+        self.current.failed_models = dict(self.left_out)  # the routers answer their requests with the reason
         version = await self.store.publish(self.current)
         await self.feed.offer(Placement.from_dict(self.current.to_dict()))
         log.info("published placement v%d (objective %.3f req/s, %d units): %s", version,

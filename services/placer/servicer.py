@@ -20,7 +20,7 @@ def to_proto(p: Placement) -> placer_pb2.Placement:
                                       est_throughput=m.est_throughput, batch=m.batch) for m in u.llms])
         for u in p.units]
     return placer_pb2.Placement(version=p.version, policy=p.policy, objective=p.objective,
-                                units=units, total_rate=p.total_rate)
+                                units=units, total_rate=p.total_rate, failed_models=p.failed_models)
 
 
 class PlacerServicer(placer_pb2_grpc.PlacerServicer):
@@ -30,7 +30,7 @@ class PlacerServicer(placer_pb2_grpc.PlacerServicer):
     async def RegisterWorker(self, request, context):
         try:
             unit_id, version = await self.service.register(request.worker_id, request.address,
-                                                           request.num_devices)
+                                                           request.num_devices, dict(request.failed_models))
         except WorkerError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return placer_pb2.RegisterWorkerResponse(unit_id=unit_id, version=version)

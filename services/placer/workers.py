@@ -10,7 +10,7 @@ with more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .placement import Placement
 
@@ -26,6 +26,7 @@ class WorkerInfo:
     num_devices: int
     last_seen: float
     unit_id: str = ""
+    failed: dict[str, str] = field(default_factory=dict)  # models that failed to load there -> why
 
 
 class WorkerRegistry:

@@ -5,8 +5,11 @@ order. Before the first chunk, a request whose model has no reachable host (no w
 placement, a worker down, or one answering UNAVAILABLE because it is still loading or draining the
 model during a re-placement) is retried against the then-current placement, with backoff, for up to
 `unavailable_wait_s`; after that it raises Unavailable. A failure after the first chunk is never
-retried (tokens were already streamed). Any other worker status is re-raised as a RouterError with
-the worker's code and message unchanged. Closing the iterator early (the client
+retried (tokens were already streamed). A worker answering FAILED_PRECONDITION (the model failed to load
+there) passes the request to the model's next host; from its last host that status is the answer. Any other
+worker status is re-raised as a RouterError with
+the worker's code and message unchanged. A model the placer left out (its checkpoint cannot be read) answers
+FAILED_PRECONDITION with the placer's reason at once. Closing the iterator early (the client
 cancelled) cancels the worker call, so the worker aborts the sequence and frees its KV blocks.
 """
 
@@ -73,6 +76,9 @@ class Forwarder:
     async def _once(self, req: RouteRequest) -> AsyncIterator[router_pb2.GenerateResponse]:
         """One pass over the model's current hosts, least loaded first."""
         candidates = self.table.candidates(req.model)
+        if not candidates and req.model in self.table.view.failed:
+            raise RouterError(f"model {req.model!r} cannot be served: {self.table.view.failed[req.model]}",
+                              grpc.StatusCode.FAILED_PRECONDITION)
         if not candidates:
             raise Unavailable(f"model {req.model!r} is not hosted on any worker yet "
                               f"(placement version {self.table.version}); retry later")
@@ -101,6 +107,10 @@ class Forwarder:
                     yield resp
                 req.worker = address
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and not (started or last):
+                    log.warning("worker %s cannot serve %s: %s; trying the next host", address, req.model,
+                                exc.details())
+                    return  # the model failed to load there; another host of it may serve
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise RouterError(exc.details() or exc.code().name, exc.code()) from None
                 log.warning("worker %s unavailable for %s: %s", address, req.request_id, exc.details())

@@ -32,7 +32,7 @@ def view_from_placement(p: placer_pb2.Placement) -> PlacementView:
             continue
         for llm in unit.llms:
             hosts.setdefault(llm.name, []).append(Host(unit.unit_id, unit.worker_address))
-    return PlacementView(int(p.version), {m: tuple(hs) for m, hs in hosts.items()})
+    return PlacementView(int(p.version), {m: tuple(hs) for m, hs in hosts.items()}, dict(p.failed_models))
 
 
 def view_from_json(text: str | bytes) -> PlacementView:
@@ -90,7 +90,7 @@ class PlacementWatcher:
             if text:
                 view = view_from_json(text)
                 if version is not None:  # the placer keeps the authoritative number beside the JSON
-                    view = PlacementView(int(version), view.hosts)
+                    view = PlacementView(int(version), view.hosts, view.failed)
                 self.table.update(view)
         except Exception as exc:  # noqa: BLE001 - a bad or missing fallback must not stop the watcher
             log.debug("placement from redis unavailable: %s", exc)

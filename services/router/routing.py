@@ -1,6 +1,7 @@
 """The router's cached, versioned view of where models are hosted, and least-loaded worker choice.
 
-A `PlacementView` maps each model to the units hosting it (unit id + worker address). The
+A `PlacementView` maps each model to the units hosting it (unit id + worker address), and names the
+configured models the placer left out because their checkpoint cannot be read (with why). The
 `RoutingTable` holds the current view and this router's in-flight count per worker address; it
 orders a model's workers by (in flight, forwarded so far), so ties rotate instead of piling on one.
 """
@@ -25,6 +26,7 @@ class Host:
 class PlacementView:
     version: int
     hosts: dict[str, tuple[Host, ...]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # models the placer left out (unreadable) -> why
 
     @classmethod
     def static(cls, workers: dict[str, list[str]]) -> "PlacementView":

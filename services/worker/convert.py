@@ -37,11 +37,13 @@ def chunk_to_proto(request_id: str, chunk: Chunk, final: bool = True) -> router_
     return resp
 
 
-def status_to_proto(worker_id: str, unit_id: str, version: int, stats: dict) -> worker_pb2.WorkerStatus:
-    """stats: {llm_name: {"max_model_len", "running", "waiting", "draining"}} (AsyncUnitEngine.stats())."""
+def status_to_proto(worker_id: str, unit_id: str, version: int, stats: dict,
+                    failed: dict[str, str] | None = None) -> worker_pb2.WorkerStatus:
+    """stats: {llm_name: {"max_model_len", "running", "waiting", "draining"}} (AsyncUnitEngine.stats());
+    failed: {llm_name: why it failed to load here}."""
     models = [worker_pb2.HostedModel(name=name, max_model_len=int(s.get("max_model_len", 0)),
                                      running=int(s.get("running", 0)), waiting=int(s.get("waiting", 0)),
                                      draining=bool(s.get("draining", False)))
               for name, s in sorted(stats.items())]
     return worker_pb2.WorkerStatus(worker_id=worker_id, unit_id=unit_id, models=models,
-                                   placement_version=version)
+                                   placement_version=version, failed_models=failed or {})

@@ -49,12 +49,15 @@ def my_unit(placement: placer_pb2.Placement, unit_id: str, address: str) -> Unit
 
 
 class PlacementFollower:
-    """Runs until cancelled; `apply(assignment)` is awaited for each new placement version."""
+    """Runs until cancelled; `apply(assignment)` is awaited for each new placement version. Every
+    registration carries `failures()`: {model: why it failed to load here} (the placer logs them); an
+    apply that raises is logged and retried (with backoff), never left to end the task silently."""
 
     def __init__(self, placer_address: str, worker_id: str, address: str, num_devices: int,
-                 apply: Callable[[UnitAssignment], Awaitable[None]], register_every_s: float = 5.0):
+                 apply: Callable[[UnitAssignment], Awaitable[None]], register_every_s: float = 5.0,
+                 failures: Callable[[], dict[str, str]] = dict):
         self.placer_address, self.worker_id, self.address = placer_address, worker_id, address
-        self.num_devices, self.apply = num_devices, apply
+        self.num_devices, self.apply, self.failures = num_devices, apply, failures
         self.register_every_s = register_every_s  # re-registering is the worker's heartbeat to the placer
         self.unit_id = ""
         self.version = 0
@@ -67,12 +70,15 @@ class PlacementFollower:
                     await self._follow(placer_pb2_grpc.PlacerStub(channel))
             except grpc.aio.AioRpcError as err:
                 log.info("placer at %s: %s; retrying in %.1fs", self.placer_address, err.code().name, backoff)
+            except Exception:  # noqa: BLE001 - a failed apply: log it, keep following
+                log.exception("applying the placement failed; retrying in %.1fs", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _register(self, stub: placer_pb2_grpc.PlacerStub) -> None:
         reg = await stub.RegisterWorker(placer_pb2.RegisterWorkerRequest(
-            worker_id=self.worker_id, address=self.address, num_devices=self.num_devices), timeout=10)
+            worker_id=self.worker_id, address=self.address, num_devices=self.num_devices,
+            failed_models=self.failures()), timeout=10)
         self.unit_id = reg.unit_id
 
     async def _keep_registered(self, stub: placer_pb2_grpc.PlacerStub) -> None:
@@ -93,5 +99,7 @@ class PlacementFollower:
                 self.unit_id = assignment.unit_id
                 await self.apply(assignment)
                 self.version = placement.version
+                if self.failures():
+                    await self._register(stub)  # tell the placer now, not at the next heartbeat
         finally:
             heartbeat.cancel()

@@ -18,8 +18,9 @@ from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
 from services.worker.metrics import serve_metrics
-from services.worker.engine.types import (CapacityError, InvalidRequestError, ModelNotReadyError, PoolLostError,
-                                          UnknownModelError)
+from services.worker.engine.types import (CapacityError, InvalidRequestError, ModelLoadError, ModelNotReadyError,
+                                          PoolLostError, UnknownModelError)
+from services.worker.failures import failure_reason
 from services.worker.servicer import WorkerServicer
 
 log = logging.getLogger("muxserve.worker")
@@ -35,6 +36,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._draining: dict[str, asyncio.Task] = {}
         self._loading: set[str] = set()  # assigned here, not loaded yet
+        self.failed: dict[str, str] = {}  # assigned here, failed to load -> why (not retried while assigned here)
         self.assignment = UnitAssignment(0, "", {})  # the unit's mode, devices and shares (placement)
         self.metrics_server = None  # services/worker/metrics.py, set by serve()
         self.bounds = validation.bounds_from_section(mesh.section("router"))  # the router's, checked again here
@@ -54,11 +56,12 @@ class Worker:
         for name in set(assignment.llms) & set(self._draining):  # moved back while draining: reload after
             await asyncio.shield(self._draining[name])
         self.assignment = assignment
+        self.failed = {n: why for n, why in self.failed.items() if n in assignment.llms}  # moved away: forget
         if self.engine is not None:  # shares and mode take effect at each job's next dispatch
             self.engine.engine.set_placement(assignment.shares, assignment.mode)
         hosted = set(self.engine.engine.llms) if self.engine else set()
         new = []
-        for name in sorted(set(assignment.llms) - hosted):
+        for name in sorted(set(assignment.llms) - hosted - set(self.failed)):
             spec = self.mesh.model(name)
             if spec is None:
                 log.warning("placement names unknown model %r: skipped", name)
@@ -76,21 +79,32 @@ class Worker:
         self.ready.set()
 
     async def _load(self, new: list) -> None:
-        """Load `new` LLMConfigs: the first ones build the engine, later ones join it."""
+        """Load `new` LLMConfigs one by one: the first that loads builds the engine, later ones join it. One that
+        fails (unsupported architecture, missing or corrupt weights, too big for the pool) is recorded in
+        `failed` with its reason, logged, and skipped: the others load and serve."""
+        for llm in new:
+            try:
+                await self._load_one(llm)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the reason, this LLM fails alone
+                self.failed[llm.name] = failure_reason(exc)
+                log.error("model %r (%s) failed to load: %s; the unit serves %s", llm.name, llm.path,
+                          self.failed[llm.name], sorted(self.engine.engine.llms) if self.engine else "nothing")
+
+    async def _load_one(self, llm) -> None:
         from services.worker.engine.config import EngineConfig
 
-        if self.engine is None and new:
-            log.info("loading %s", ", ".join(f"{c.name} from {c.path}" for c in new))
-            section = self.wcfg.engine_section(self.mesh.cluster.device)
-            engine = EngineConfig.from_section({**section, **unit_engine_keys(self.assignment, self.mesh.cluster)})
-            engine = engine.resolve_dtype([c.path for c in new])  # dtype: auto -> the unit's one pool dtype
-            log.info("unit %s: mode %s, devices %s, shares %s", self.assignment.unit_id or "static",
-                     engine.mode, self.assignment.devices or "all", engine.compute_shares or "none (all admitted)")
-            self.engine = await self.kv.create_engine(new, engine)
-        else:
-            for llm in new:
-                log.info("loading %s from %s", llm.name, llm.path)
-                await self.kv.add_llm(self.engine, llm)
+        log.info("loading %s from %s", llm.name, llm.path)
+        if self.engine is not None:
+            await self.kv.add_llm(self.engine, llm)
+            return
+        section = self.wcfg.engine_section(self.mesh.cluster.device)
+        engine = EngineConfig.from_section({**section, **unit_engine_keys(self.assignment, self.mesh.cluster)})
+        engine = await asyncio.to_thread(engine.resolve_dtype, [llm.path])  # auto -> the unit's one pool dtype
+        log.info("unit %s: mode %s, devices %s, shares %s", self.assignment.unit_id or "static",
+                 engine.mode, self.assignment.devices or "all", engine.compute_shares or "none (all admitted)")
+        self.engine = await self.kv.create_engine([llm], engine)
 
     async def _unload(self, name: str) -> None:
         try:
@@ -111,14 +125,17 @@ class Worker:
         await self.apply(UnitAssignment(0, "static", rates))
 
     def generate(self, request_id, llm, prompt, prompt_token_ids, sampling, add_special_tokens=None):
-        """The engine's chunk stream (AsyncUnitEngine.generate). A model being loaded or drained here
-        (re-placement) fails with ModelNotReadyError; a request the router would refuse, with
-        InvalidRequestError (the shared checks); before any LLM loads, UnknownModelError; a model
-        with `max_waiting` requests already waiting, CapacityError (RESOURCE_EXHAUSTED)."""
+        """The engine's chunk stream (AsyncUnitEngine.generate). A request the router would refuse fails
+        with InvalidRequestError (the shared checks); a model that failed to load here with ModelLoadError
+        (its reason); one being loaded or drained here (re-placement) with ModelNotReadyError; before any
+        LLM loads, UnknownModelError; a model with `max_waiting` requests already waiting, CapacityError
+        (RESOURCE_EXHAUSTED)."""
         try:  # exactly the router's checks (muxserve/validation.py): this gRPC is reachable without it
             validation.check_request(request_id, prompt, sampling, self.bounds)
         except InvalidRequestError as exc:
             return _fail(exc)
+        if llm in self.failed:
+            return _fail(ModelLoadError(f"model {llm!r} failed to load on this worker: {self.failed[llm]}"))
         if llm in self._loading or llm in self._draining:
             return _not_ready(llm, "loading" if llm in self._loading else "draining")
         if self.engine is None:
@@ -203,9 +220,15 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
             servicer.unit_id, servicer.placement_version = assignment.unit_id, assignment.version
 
         follower = PlacementFollower(mesh.address("placer"), wcfg.worker_id, address,
-                                     num_devices or mesh.cluster.devices_per_node, apply)
+                                     num_devices or mesh.cluster.devices_per_node, apply,
+                                     failures=lambda: dict(worker.failed))
         task = asyncio.ensure_future(follower.run())
-        await worker.ready.wait()
+        ready = asyncio.ensure_future(worker.ready.wait())
+        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # the follower ended (it only does on a bug): fail the start, never hang
+            ready.cancel()
+            task.result()
+            raise RuntimeError("the placement follower stopped before the first placement was applied")
     await running.ready()
     return running, worker, task
 

@@ -24,6 +24,7 @@ STATUS = {
     types.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     types.UnknownModelError: grpc.StatusCode.NOT_FOUND,
     types.ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+    types.ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
     types.CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     types.JobCrashedError: grpc.StatusCode.UNAVAILABLE,
     types.PoolLostError: grpc.StatusCode.UNAVAILABLE,
@@ -69,4 +70,4 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def GetStatus(self, request, context):
         return convert.status_to_proto(self.worker_id, self.unit_id, self.placement_version,
-                                       self.worker.llm_stats())
+                                       self.worker.llm_stats(), self.worker.failed)

@@ -160,3 +160,20 @@ def test_cuda_jobs_share_weights_and_pool_over_ipc(device, dtype, tmp_path):
     finally:
         for job in jobs.values():
             job.close()
+
+
+def test_a_job_that_cannot_start_fails_at_once_with_its_reason(tmp_path):
+    """The child fails while mapping its pool (here: a file that does not exist): wait_started raises
+    JobCrashedError with the child's own error as soon as it died, never waiting out its timeout."""
+    import functools
+
+    spec, weights = load_weights(write_tiny_checkpoint(tmp_path / "t", "llama"))
+    missing = functools.partial(os.open, str(tmp_path / "no-such-segment"), os.O_RDONLY)
+    job = ProcessJob(spec, weights, None, BS, share=ComputeShare(threads=1), name="doomed", pool_attach=missing)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(JobCrashedError, match="could not start: FileNotFoundError"):
+            job.wait_started(timeout=120)
+        assert time.monotonic() - t0 < 60 and not job.alive and not job.wait_ready(0)
+    finally:
+        job.close()

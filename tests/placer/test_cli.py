@@ -58,12 +58,24 @@ def test_plan_errors(capsys, tmp_path, hand_table_file):
     assert rc == 2 and "'big'" in err and "fits no unit" in err
     rc, _, err = run(capsys, small(tmp_path, hand_table_file, cluster={"nodes": 0, "devices_per_node": 8}), tmp_path)
     assert rc == 2 and "`cluster.nodes`: Input should be greater than or equal to 1" in err  # the config model
-    cfg = small(tmp_path, hand_table_file)
-    cfg["models"][0]["cost_key"] = "llama-3b"
+    cfg = small(tmp_path, hand_table_file, placer={"cost_table": str(hand_table_file), "gpu": "B200"})
     rc, _, err = run(capsys, cfg, tmp_path)
-    assert rc == 2 and "llama-3b" in err and "'a'" in err
+    assert rc == 2 and "placer.gpu" in err and "H200" in err
     rc, _, err = run(capsys, small(tmp_path, hand_table_file), tmp_path, "--cost-table", str(tmp_path / "no.json"))
     assert rc == 2 and "not found" in err
+
+
+def test_model_missing_from_the_table_is_planned_analytically(capsys, tmp_path, hand_table_file, caplog):
+    """A cost key the table lacks (issue 13): planned from the model's shape and the GPU's numbers, logged."""
+    cfg = small(tmp_path, hand_table_file)
+    cfg["models"][0]["cost_key"] = "llama-3b"
+    cfg["placer"]["gpu"] = "H100"
+    with caplog.at_level("WARNING"):
+        rc, out, _ = run(capsys, cfg, tmp_path, "--json")
+    assert rc == 0
+    placed = {m["name"]: m for u in json.loads(out)["units"] for m in u["llms"]}
+    assert sorted(placed) == ["a", "b"] and placed["a"]["est_throughput"] > 0
+    assert "ANALYTIC estimate" in caplog.text and "'llama-3b'" in caplog.text and "H100" in caplog.text
 
 
 def test_sizes_from_checkpoint_and_architecture(tiny_llama):

@@ -3,7 +3,8 @@
 Body: `{"error": {"message", "type", "param", "code"}}`. Status and type by gRPC code:
 INVALID_ARGUMENT 400 invalid_request_error; UNAUTHENTICATED 401 authentication_error (code
 invalid_api_key); NOT_FOUND 404 invalid_request_error (code model_not_found); RESOURCE_EXHAUSTED 429
-rate_limit_error; UNAVAILABLE 503 service_unavailable; DEADLINE_EXCEEDED 504; anything else 500
+rate_limit_error; UNAVAILABLE 503 service_unavailable; FAILED_PRECONDITION (the model failed to load) 503
+service_unavailable (code model_load_failed); DEADLINE_EXCEEDED 504; anything else 500
 server_error. A body over the size limit is 413 (request_too_large), a malformed JSON body or a field of
 the wrong type 400 naming the field. In a stream the same body is sent as an SSE event before `[DONE]`.
 """
@@ -25,6 +26,7 @@ STATUS = {
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", None),
+    grpc.StatusCode.FAILED_PRECONDITION: (503, "service_unavailable", "model_load_failed"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", None),
 }
 

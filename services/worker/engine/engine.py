@@ -35,7 +35,7 @@ from services.worker.engine.launch import load_tokenizer, make_jobs
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
 from services.worker.engine.types import (
-    Chunk, EngineError, InvalidRequestError, Job, JobCrashedError, PoolLostError, SamplingParams, SeqStep,
+    CapacityError, Chunk, EngineError, InvalidRequestError, Job, JobCrashedError, PoolLostError, SamplingParams, SeqStep,
     StepInput, UnknownModelError,
 )
 from services.worker.engine.unit_compute import UnitCompute
@@ -111,8 +111,15 @@ class UnitEngine:
                 f"pool (head_dim {self.head_dim}, {self.pool.dtype}): head_dim and dtype must match")
         plan = self.compute.plan([*self.llms, cfg.name])
         shares = [plan.get(f"{cfg.name}/{k}") for k in ("prefill", "decode")]
+        self._check_fits(cfg.name, spec)
         spec, prefill, decode = make_jobs(cfg, self.config, self.pool, self.pool_attach, shares)
-        hosted = HostedLLM(cfg, spec, load_tokenizer(cfg.path), prefill, decode,
+        try:
+            tokenizer = load_tokenizer(cfg.path)
+        except BaseException:
+            prefill.close()
+            decode.close()
+            raise
+        hosted = HostedLLM(cfg, spec, tokenizer, prefill, decode,
                            min(self.config.max_model_len or spec.max_model_len, spec.max_model_len))
         with self._lock:
             self.llms[cfg.name] = hosted
@@ -125,6 +132,16 @@ class UnitEngine:
             self.scheduler.add_llm(cfg.name)
             self.compute.set_plan(plan)
             self._rebalance()
+
+    def _check_fits(self, name: str, spec) -> None:
+        """CapacityError when one token block of the LLM (layers x KV heads head-wise blocks) exceeds the whole
+        pool: it could never run a sequence on this unit."""
+        need = spec.num_layers * spec.num_kv_heads
+        if need > self.blocks.capacity:
+            raise CapacityError(
+                f"model {name!r} is too big for this unit's KV pool: one block of {self.config.block_size} tokens "
+                f"takes {need} head-wise blocks ({spec.num_layers} layers x {spec.num_kv_heads} KV heads), the "
+                f"pool has {self.blocks.capacity}")
 
     def remove_llm(self, name: str, drain: bool = True) -> None:
         """Stop hosting `name`: finish (drain=True) or abort its requests, then close its jobs.

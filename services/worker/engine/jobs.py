@@ -8,6 +8,8 @@ prefill job's K/V writes are what the decode job reads. Steps go over a pipe; a 
 resolves the futures in order. If the child dies, its pending futures fail with JobCrashedError,
 `alive` turns False, and `restart()` spawns a new child over the same weights and pool;
 `rebind_pool()` moves a running child onto another pool (memmgr restarted: services/worker/kv.py).
+`wait_started()` returns once the child has built its runner and raises JobCrashedError (with the child's
+own error) as soon as it died instead: a caller never waits on a child that is gone.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ class NewPool:
 
 def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attach=None) -> None:
     """Job process body: build a runner over the shared tensors, then serve steps until EOF/None."""
-    apply_in_child(share)
-    from .runner import ModelRunner
+    try:
+        apply_in_child(share)
+        from .runner import ModelRunner
 
-    if pool_attach is not None:
-        pool = pool_attach()  # [num_blocks, 2, block_size, head_dim], the parent's memory
-
-    runner = ModelRunner(spec, weights, pool, block_size, device)
+        if pool_attach is not None:
+            pool = pool_attach()  # [num_blocks, 2, block_size, head_dim], the parent's memory
+        runner = ModelRunner(spec, weights, pool, block_size, device)
+    except BaseException as exc:  # noqa: BLE001 - tell the parent why, as text (exc may not pickle)
+        conn.send(("failed", os.getpid(), f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        os._exit(1)
     conn.send(("ready", os.getpid(), None))
     current = share
     while True:
@@ -118,6 +124,7 @@ class ProcessJob:
         proc = ctx.Process(target=_child_main, args=args, name=self.name, daemon=True)
         with self._lock:
             self._proc, self._dead, self._ready = proc, False, threading.Event()
+            self._settled, self.start_error = threading.Event(), ""  # set on ready or on death
         with _ENV_LOCK:
             env = child_env(self.share, self.device)
             saved = {k: os.environ.get(k) for k in env}
@@ -132,8 +139,21 @@ class ProcessJob:
                          name=f"{self.name}-reader").start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once the child has built its runner."""
-        return self._ready.wait(timeout)
+        """True once the child has built its runner; False at once if it died, or after `timeout`."""
+        self._settled.wait(timeout)
+        return self._ready.is_set() and not self._dead
+
+    def wait_started(self, timeout: float = 600.0) -> None:
+        """Return once the child has built its runner; JobCrashedError saying why if it died (at once) or
+        did not start within `timeout` seconds."""
+        if self.wait_ready(timeout):
+            return
+        proc = self._proc
+        if self.start_error:
+            proc.join(timeout=5)  # it exits right after saying why
+        why = self.start_error or (f"exit code {proc.exitcode}" if proc.exitcode is not None
+                                   else f"not ready after {timeout:.0f}s")
+        raise JobCrashedError(f"job {self.name} (pid {proc.pid}) could not start: {why}")
 
     def submit(self, step: StepInput) -> Future:
         fut: Future = Future()
@@ -163,9 +183,13 @@ class ProcessJob:
         self._fail_pending(proc)
 
     def _resolve(self, step_id, out, exc) -> None:
-        if step_id == "ready":
+        if step_id in ("ready", "failed"):
             self.pid = out
-            self._ready.set()
+            if step_id == "ready":
+                self._ready.set()
+            else:
+                self.start_error = exc
+            self._settled.set()
             return
         with self._lock:
             fut = self._pending.pop(step_id, None)
@@ -179,6 +203,7 @@ class ProcessJob:
                 return
             self._dead = True
             pending, self._pending = self._pending, {}
+        self._settled.set()
         if proc.exitcode not in (0, None) or pending:
             log.error("job %s (pid %s) died with exit code %s; %d steps failed",
                       self.name, proc.pid, proc.exitcode, len(pending))

@@ -27,7 +27,8 @@ def load_tokenizer(path: str):
 def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
               pool_attach: Callable[[], torch.Tensor] | None = None,
               cpu_shares: list | None = None) -> tuple[loader.ModelSpec, Job, Job]:
-    """Load cfg's weights once and start its prefill and decode jobs over the shared pool.
+    """Load cfg's weights once and start its prefill and decode jobs over the shared pool; process jobs have
+    built their runners when this returns (a job that could not start raises JobCrashedError, both closed).
 
     cpu_shares: [prefill, decode] ComputeShare (their cores) for process jobs on CPU (None: all cores)."""
     spec, weights = loader.load_weights(cfg.path, config.torch_dtype, config.device)
@@ -39,9 +40,18 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
         if config.start_mps and config.device.startswith("cuda"):
             start_mps_daemon()  # before the jobs start (children find the daemon at CUDA init); no-op if up
         shares = job_shares(cfg.name, config, cpu_shares)
-        return spec, *(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
-                                       name=f"{cfg.name}-{kind}", pool_attach=pool_attach)
-                       for kind, share in zip(("prefill", "decode"), shares))
+        started = []
+        try:
+            for kind, share in zip(("prefill", "decode"), shares):
+                started.append(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
+                                               name=f"{cfg.name}-{kind}", pool_attach=pool_attach))
+            for job in started:
+                job.wait_started()  # JobCrashedError, with the child's reason, as soon as one died
+        except BaseException:
+            for job in started:
+                job.close()
+            raise
+        return spec, *started
     from services.worker.engine.runner import ModelRunner, ThreadJob
 
     runner = ModelRunner(spec, weights, pool, config.block_size, config.device)

@@ -118,6 +118,11 @@ class ModelNotReadyError(EngineError):
     the router retries it on the placement's current host."""
 
 
+class ModelLoadError(EngineError):
+    """The model is assigned here but failed to load (unsupported architecture, missing or corrupt weights, too
+    big for the pool): FAILED_PRECONDITION, the message names the model and the reason. Other LLMs still serve."""
+
+
 class CapacityError(EngineError):
     """Out of a resource that will not free up for this request (RESOURCE_EXHAUSTED)."""
 
