@@ -125,6 +125,7 @@ class ProcessJob:
         with self._lock:
             self._proc, self._dead, self._ready = proc, False, threading.Event()
             self._settled, self.start_error = threading.Event(), ""  # set on ready or on death
+            self._exited = threading.Event()  # set once the reader has reaped the child and marked it dead
         with _ENV_LOCK:
             env = child_env(self.share, self.device)
             saved = {k: os.environ.get(k) for k in env}
@@ -149,8 +150,8 @@ class ProcessJob:
         if self.wait_ready(timeout):
             return
         proc = self._proc
-        if self.start_error:
-            proc.join(timeout=5)  # it exits right after saying why
+        if self.start_error:  # it exits right after saying why; the reader thread reaps it (one joiner only:
+            self._exited.wait(timeout=10)  # a second waitpid on the same child can see it still alive)
         why = self.start_error or (f"exit code {proc.exitcode}" if proc.exitcode is not None
                                    else f"not ready after {timeout:.0f}s")
         raise JobCrashedError(f"job {self.name} (pid {proc.pid}) could not start: {why}")
@@ -204,6 +205,7 @@ class ProcessJob:
             self._dead = True
             pending, self._pending = self._pending, {}
         self._settled.set()
+        self._exited.set()
         if proc.exitcode not in (0, None) or pending:
             log.error("job %s (pid %s) died with exit code %s; %d steps failed",
                       self.name, proc.pid, proc.exitcode, len(pending))
