@@ -86,6 +86,8 @@ def run_worker(system: str, python: str, workload: str, data: dict, a) -> dict:
     load0, t0 = os.getloadavg(), time.time()
     with tempfile.TemporaryDirectory() as cache:  # this engine as on a fresh machine: it builds and calibrates
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MUXSERVE_CACHE_DIR": cache, **env}
+        if SYSTEMS[system][0] and venvs.preload(SYSTEMS[system][0]):
+            env["LD_PRELOAD"] = venvs.preload(SYSTEMS[system][0])
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
         except subprocess.TimeoutExpired:

@@ -27,6 +27,21 @@ SPECS = {
 }
 
 
+# Built for another torch (or CUDA) than torch 2.13.0+cpu: importing them fails ("operator torchvision::nms
+# does not exist", "Could not load ... _torchaudio.so"), and transformers imports torchvision when it is there.
+# vLLM needs them only for image / audio / video inputs, so they are removed after the install.
+REMOVE = {"vllm": ["torchvision", "torchaudio", "torchcodec"]}
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")  # apt-get install libtcmalloc-minimal4
+
+
+def preload(name: str, root: Path = ROOT) -> str:
+    """LD_PRELOAD for engine `name`: vLLM's CPU docs ask for tcmalloc and Intel's OpenMP (from its venv)."""
+    if name != "vllm":
+        return ""
+    libs = [p for p in (TCMALLOC, root / name / "lib" / "libiomp5.so") if p.exists()]
+    return ":".join(map(str, libs))
+
+
 class InstallError(RuntimeError):
     """An engine's venv could not be made ready; the message says why."""
 
@@ -46,6 +61,8 @@ def ensure(name: str, root: Path = ROOT, log=print) -> Path:
         _run([sys.executable, "-m", "venv", str(venv)], venv.parent / f"{name}-venv.log", {})
     log(f"installing {' '.join(spec['packages'])} into {venv} (log: {venv / 'install.log'})")
     _run([str(python_of(venv)), "-m", "pip", "install", *spec["packages"]], venv / "install.log", spec["env"])
+    if REMOVE.get(name):
+        _run([str(python_of(venv)), "-m", "pip", "uninstall", "-y", *REMOVE[name]], venv / "uninstall.log", {})
     marker.write_text(json.dumps(spec))
     return python_of(venv)
 
