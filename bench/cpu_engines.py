@@ -100,8 +100,9 @@ def run_worker(system: str, python: str, workload: str, data: dict, a) -> dict:
     return r | {"loadavg_before": load0, "loadavg_after": os.getloadavg(), "wall_s": time.time() - t0}
 
 
-def rounds(py: dict, data: dict, a) -> list[dict]:
-    """a.rounds rounds; round r runs the systems rotated by r (each system in each position)."""
+def rounds(py: dict, data: dict, a, saved=lambda rows: None) -> list[dict]:
+    """a.rounds rounds; round r runs the systems rotated by r (each system in each position).
+    saved(rows) is called after every worker, so a run stopped early keeps what it measured."""
     systems, out = list(py), []
     for r in range(a.rounds):
         order = systems[r % len(systems):] + systems[:r % len(systems)]
@@ -110,6 +111,7 @@ def rounds(py: dict, data: dict, a) -> list[dict]:
             for w in a.workloads:
                 res = ({"error": py[s]} if py[s].startswith("ERROR") else run_worker(s, py[s], w, data, a))
                 row.setdefault(s, {})[w] = res
+                saved(out + [row])
                 show = res.get("error", "").splitlines()[0][:160] if "error" in res else (
                     f"{res['tok_per_s']:.1f} tok/s" if w == "throughput" else f"{res['ms_per_token']:.1f} ms/token")
                 print(f"round {r} {s:12s} {w:10s} {show}  (load {os.getloadavg()[0]:.2f})", flush=True)
@@ -130,6 +132,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "muxserve-bench" / "models"))
     ap.add_argument("--out", default=None, help="also write the JSON summary here")
     ap.add_argument("--install-only", action="store_true")
+    ap.add_argument("--from-log", default=None, help="only summarize the round lines of an earlier run's output")
     a = ap.parse_args(argv)
     a.systems, a.workloads = a.systems.split(","), a.workloads.split(",")
     bad = [s for s in a.systems if s not in SYSTEMS] + [w for w in a.workloads if w not in report.METRIC]
@@ -138,22 +141,31 @@ def parse(argv=None) -> argparse.Namespace:
     return a
 
 
+def summarize(rows: list[dict], a, extra: dict) -> dict:
+    from services.worker.engine import native
+
+    rng = report.ranges(rows, a.systems, a.workloads)
+    return {"cpu_isas": list(native.cpu_isas()), "threads": a.threads, "rounds_done": len(rows), **extra,
+            "ranges": rng, "targets": report.targets(rng), "per_round": rows}
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     from services.worker.engine import native
 
     print(native.describe(), flush=True)
-    py = pythons(a.systems)
+    py = {} if a.from_log else pythons(a.systems)
     if a.install_only:
         return py
-    data = prepare(Path(a.cache), py, a.workloads)
-    t0, load0 = time.time(), os.getloadavg()
-    rows = rounds(py, data, a)
-    rng = report.ranges(rows, a.systems, a.workloads)
-    summary = {"cpu_isas": list(native.cpu_isas()), "threads": a.threads, "rounds": a.rounds, "data": data,
-               "loadavg_start": load0, "loadavg_end": os.getloadavg(), "minutes": (time.time() - t0) / 60,
-               "ranges": rng, "targets": report.targets(rng), "per_round": rows}
-    print(report.table(rng, a.workloads))
+    if a.from_log:
+        summary = summarize(report.rows_from_log(Path(a.from_log).read_text()), a, {"from_log": a.from_log})
+    else:
+        data, t0, load0 = prepare(Path(a.cache), py, a.workloads), time.time(), os.getloadavg()
+        extra = lambda: {"data": data, "loadavg_start": load0, "loadavg_now": os.getloadavg(),  # noqa: E731
+                         "minutes": (time.time() - t0) / 60}
+        save = lambda rows: a.out and Path(a.out).write_text(json.dumps(summarize(rows, a, extra()), indent=1))  # noqa: E731
+        summary = summarize(rounds(py, data, a, save), a, extra())
+    print(report.table(summary["ranges"], a.workloads))
     for k, v in summary["targets"].items():
         print(f"target {k} >= {v['need']}: " + ("n/a" if v["ratio"] is None else f"{v['ratio']:.2f} met={v['met']}"))
     if a.out:

@@ -7,7 +7,10 @@ on medians: engine tok/s >= 1.2x vLLM-CPU's and >= 2x llama.cpp's; engine batch-
 
 from __future__ import annotations
 
+import re
 import statistics
+
+LINE = re.compile(r"^round (\d+) (\S+)\s+(throughput|decode)\s+(?:([\d.]+) (?:tok/s|ms/token)|(.*?))  \(load ([\d.]+)\)$")
 
 METRIC = {"throughput": "tok_per_s", "decode": "ms_per_token"}
 
@@ -56,3 +59,19 @@ def table(rng: dict, workloads: list[str]) -> str:
     for s, cells in rng.items():
         lines.append(f"| {s} | " + " | ".join(fmt(cells[w], "") for w in workloads) + " |")
     return "\n".join(lines)
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """The per-round results again from the `round R system workload value (load L)` lines of a run's
+    output (a run stopped before its end writes no JSON): [{system: {workload: {metric, "loadavg_1m"}}}]."""
+    rows: list[dict] = []
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if not m:
+            continue
+        r, system, workload, value, error, load = m.groups()
+        while len(rows) <= int(r):
+            rows.append({})
+        cell = {METRIC[workload]: float(value)} if value else {"error": error}
+        rows[int(r)].setdefault(system, {})[workload] = cell | {"loadavg_1m": float(load)}
+    return rows
