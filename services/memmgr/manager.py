@@ -102,6 +102,14 @@ class MemoryManager:
                 self._drop(sid, expired=True)
             return dead
 
+    def check_known(self, session_id: str) -> None:
+        """NotFoundError for a session this memmgr never opened (one from before a restart), SessionExpiredError
+        for an expired one; nothing for a live one (and, unlike any other call, it does not count as a sign of
+        life: the auth check runs it before it knows the caller owns the session)."""
+        with self._lock:
+            if session_id not in self.sessions:
+                self._session(session_id)  # raises the error the session's state calls for
+
     def _session(self, session_id: str) -> Session:
         s = self.sessions.get(session_id)
         if s is not None:

@@ -39,7 +39,8 @@ def _guarded(token: bool = True, session: bool = False):
                 metadata = context.invocation_metadata()
                 if token:
                     self.auth.check_token(metadata)
-                if session:
+                if session:  # a session this memmgr does not know is NOT_FOUND before its key is checked: a
+                    self.m.check_known(request.session_id)  # worker tells a memmgr restart from it
                     self.auth.check_session(metadata, request.session_id)
                 return method(self, request)
             except MemmgrError as e:

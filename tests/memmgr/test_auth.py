@@ -14,6 +14,7 @@ from services.memmgr.auth import SESSION_KEY, TOKEN_KEY
 from services.memmgr.client import MemmgrClient
 from services.memmgr.errors import PermissionDeniedError, UnauthenticatedError
 from services.memmgr.server import start
+from services.memmgr.types import NotFoundError
 
 TOKEN = "t0ken"
 LLM = pb.LLMSpec(name="m", num_layers=2, num_kv_heads=2, head_dim=16, dtype="float32", rate=1.0)
@@ -103,5 +104,21 @@ async def test_client_without_the_token_gets_a_clear_error():
         with pytest.raises(UnauthenticatedError, match="internal token"):
             await c.open(heartbeats=False)
     finally:
+        await c.close()
+        await svc.stop()
+
+
+async def test_a_session_this_memmgr_never_opened_is_not_found_before_its_key_is_checked():
+    """A worker whose memmgr restarted names its old session with the old process's key: it must learn that
+    the session is unknown (NOT_FOUND, so it re-registers), not that its key is wrong."""
+    svc = await start(config(), port=0, token=TOKEN)
+    c = MemmgrClient(svc.address, "w", token=TOKEN)
+    try:
+        await c.open(heartbeats=False)
+        c.session_id, c.session_key = "0" * 32, "a key of another memmgr process"
+        with pytest.raises(NotFoundError, match="unknown session"):
+            await c.lease("m", 4)
+    finally:
+        c.session_id = ""
         await c.close()
         await svc.stop()
