@@ -83,7 +83,7 @@ def _generate(address: str, model: str, max_tokens: int = 4) -> list[router_pb2.
 
 def _worker_statuses(mesh: Mesh) -> list[worker_pb2.WorkerStatus]:
     """GetStatus of every worker the launcher started (one per unit)."""
-    base = int(mesh.mesh.section("worker")["port"])
+    base = int(mesh.mesh.section("worker").port)
     n = sum(name.startswith("worker-") for name in mesh.procs)
 
     async def go():
