@@ -75,40 +75,39 @@ async def http_openai(client, model: str, prompt: str, n: int) -> dict:
     return result(t0, times, tokens)
 
 
-async def http_raw(client, model: str, prompt: str, n: int) -> dict:
-    body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
+def _body(model: str, prompt: str, n: int) -> dict:
+    return {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
-    t0, times, tokens = time.perf_counter(), [], 0
-    async with client.stream("POST", "/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("choices"):
-                times.append(time.perf_counter())
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+
+
+async def _read_sse(t0: float, lines, prefix, done) -> dict:
+    """One request's result from its SSE lines (str or bytes: `prefix` and `done` of the same type)."""
+    times, tokens = [], 0
+    async for line in lines:
+        line = line.strip()
+        if not line.startswith(prefix) or line == done:
+            continue
+        event = json.loads(line[len(prefix):])
+        if event.get("choices"):
+            times.append(time.perf_counter())
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
     return result(t0, times, tokens)
+
+
+async def http_raw(client, model: str, prompt: str, n: int) -> dict:
+    t0 = time.perf_counter()
+    async with client.stream("POST", "/completions", json=_body(model, prompt, n)) as r:
+        r.raise_for_status()
+        return await _read_sse(t0, r.aiter_lines(), "data: ", "data: [DONE]")
 
 
 async def http_aiohttp(session, url: str, model: str, prompt: str, n: int) -> dict:
     """As `vllm bench serve` reads a stream: aiohttp, one SSE line at a time."""
-    body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True}
-    t0, times, tokens = time.perf_counter(), [], 0
-    async with session.post(url, json=body) as r:
+    t0 = time.perf_counter()
+    async with session.post(url, json=_body(model, prompt, n)) as r:
         r.raise_for_status()
-        async for line in r.content:
-            line = line.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("choices"):
-                times.append(time.perf_counter())
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-    return result(t0, times, tokens)
+        return await _read_sse(t0, r.content, b"data: ", b"data: [DONE]")
 
 
 async def grpc_one(stub, metadata, model: str, prompt: str, n: int) -> dict:
