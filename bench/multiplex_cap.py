@@ -12,6 +12,7 @@ Prints completed req/s (requests / makespan) of each, rounds interleaved, and th
 and temporal: the ceiling the end-to-end benchmark can reach on these cores.
 
     python bench/multiplex_cap.py [--requests 150] [--rounds 2] [--configs spatial,temporal,muxserve]
+    python bench/multiplex_cap.py --omp-spin-count -1     # the job processes with libgomp's default spin
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def unit(work: Path, models: list[str], cores: list[int], num_blocks: int, **kw)
     return eng
 
 
-def run_spatial(work: Path, reqs, num_blocks: int) -> float:
+def run_spatial(work: Path, reqs, num_blocks: int, **kw) -> float:
     """Each LLM alone on one core, both units at once (two threads driving two engines)."""
-    engines = [unit(work, [m], [i], num_blocks) for i, m in enumerate(multiplex.MODELS)]
+    engines = [unit(work, [m], [i], num_blocks, **kw) for i, m in enumerate(multiplex.MODELS)]
     times = {}
 
     def drive(eng):
@@ -103,7 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--num-blocks", type=int, default=24000)
     ap.add_argument("--work", default="")
     ap.add_argument("--cost-table", default="")
+    ap.add_argument("--omp-spin-count", type=int, default=None,
+                    help="engine.omp_spin_count of the job processes (default: the engine's; -1: libgomp's)")
     args = ap.parse_args(argv)
+    spin = {} if args.omp_spin_count is None else {"omp_spin_count": args.omp_spin_count}
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-cap-"))
     work.mkdir(parents=True, exist_ok=True)
     cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None)
@@ -111,13 +115,13 @@ def main(argv=None) -> int:
     shares = placer_shares(work, cost, args.alpha, args.rate, (64, 32))
     one_core = {f"{m}/{k}": 0.5 for m in multiplex.MODELS for k in ("prefill", "decode")}
     all_cores = {job: 1.0 for job in one_core}
-    runs = {"spatial": lambda: run_spatial(work, reqs, args.num_blocks),
-            "temporal": lambda: run_shared(work, reqs, args.num_blocks, mode="temporal"),
-            "muxserve": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares),
-            "muxserve-1c": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=one_core),
+    runs = {"spatial": lambda: run_spatial(work, reqs, args.num_blocks, **spin),
+            "temporal": lambda: run_shared(work, reqs, args.num_blocks, mode="temporal", **spin),
+            "muxserve": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares, **spin),
+            "muxserve-1c": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=one_core, **spin),
             "muxserve-thread": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares,
-                                                  job_mode="thread"),
-            "muxserve-all": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=all_cores)}
+                                                  job_mode="thread", **spin),
+            "muxserve-all": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=all_cores, **spin)}
     configs = [c for c in args.configs.split(",") if c]
     got: dict[str, list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
@@ -125,7 +129,8 @@ def main(argv=None) -> int:
             got[c].append(len(reqs) / runs[c]())
             print(f"round {r}: {c} {got[c][-1]:.2f} req/s", file=sys.stderr, flush=True)
     med = {c: statistics.median(v) for c, v in got.items()}
-    out = {"requests": len(reqs), "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
+    out = {"requests": len(reqs), "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count),
+           "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
     for base in ("spatial", "temporal"):
         if base in med:
             out[f"vs_{base}"] = {c: round(med[c] / med[base], 3) for c in med}

@@ -222,7 +222,9 @@ ENGINE_DOCS = {
     "(thread for an engine built in code)",
     "compute_shares": "{job: share}; a placement overrides", "overload_allowance": "admitted shares may add up "
     "to 1 + this", "mode": "spatial-temporal | temporal; a placement overrides", "cores": "CPU cores of the "
-    "unit; a placement overrides", "start_mps": "cuda + process jobs: start the MPS daemon if none runs"}
+    "unit; a placement overrides", "start_mps": "cuda + process jobs: start the MPS daemon if none runs",
+    "omp_spin_count": "CPU process jobs: how long an idle job's OpenMP threads spin (GOMP_SPINCOUNT) before "
+    "they sleep and free the core; -1: libgomp's default (300000); a GOMP_SPINCOUNT in the environment wins"}
 
 
 class Worker(Service):

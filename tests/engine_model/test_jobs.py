@@ -177,3 +177,30 @@ def test_a_job_that_cannot_start_fails_at_once_with_its_reason(tmp_path):
         assert time.monotonic() - t0 < 60 and not job.alive and not job.wait_ready(0)
     finally:
         job.close()
+
+
+def _child_environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+
+
+def test_cpu_job_children_get_their_openmp_spin_count(tmp_path, monkeypatch):
+    """A CPU job's child starts with GOMP_SPINCOUNT = omp_spin_count (idle OpenMP threads must not
+    keep spinning on the cores the next job's dispatch runs on), the parent's environment is left as
+    it was, a GOMP_SPINCOUNT already in the environment wins, and -1 leaves libgomp's default."""
+    spec, weights = load_weights(write_tiny_checkpoint(tmp_path / "t", "llama"))
+    pool = allocate_pool(256, BS, spec.head_dim, torch.float32, shared=True)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    got = {}
+    for name, count, env in (("set", 1234, None), ("default", -1, None), ("user", 1234, "77")):
+        if env is not None:
+            monkeypatch.setenv("GOMP_SPINCOUNT", env)
+        job = ProcessJob(spec, weights, pool, BS, share=ComputeShare(threads=1), name=name, omp_spin_count=count)
+        try:
+            job.wait_started(timeout=120)
+            got[name] = _child_environ(job.pid).get("GOMP_SPINCOUNT")
+        finally:
+            job.close()
+        if env is None:
+            assert "GOMP_SPINCOUNT" not in os.environ
+    assert got == {"set": "1234", "default": None, "user": "77"}

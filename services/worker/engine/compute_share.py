@@ -100,9 +100,16 @@ def start_mps_daemon(timeout_s: float = 10.0) -> bool:
     return mps_running()
 
 
-def child_env(share: ComputeShare, device: str) -> dict[str, str]:
-    """Environment variables the child needs before it starts (CUDA MPS percentage)."""
-    if share.gpu_percentage is None or not str(device).startswith("cuda"):
+def child_env(share: ComputeShare, device: str, omp_spin_count: int = -1) -> dict[str, str]:
+    """Environment variables the child needs before it starts: on CPU its OpenMP spin count (how long
+    an idle job's threads keep their cores busy waiting for more work; libgomp's default spin steals
+    the cores from the next job's dispatch: docs/multiplexing.md) unless GOMP_SPINCOUNT is set already
+    or omp_spin_count is -1; on CUDA its MPS percentage."""
+    if not str(device).startswith("cuda"):
+        if omp_spin_count < 0 or "GOMP_SPINCOUNT" in os.environ:
+            return {}
+        return {"GOMP_SPINCOUNT": str(omp_spin_count)}
+    if share.gpu_percentage is None:
         return {}
     if not mps_running():
         log.warning("no CUDA MPS daemon running: jobs time-share the GPU (gpu_percentage %d ignored)",

@@ -53,6 +53,7 @@ class EngineConfig:
     mode: str = "spatial-temporal"
     cores: list[int] = field(default_factory=list)  # CPU cores of the unit; empty = all this process may use
     start_mps: bool = False  # device cuda + job_mode process: start the CUDA MPS daemon if none runs
+    omp_spin_count: int = 10000  # CPU process jobs: GOMP_SPINCOUNT of each job's OpenMP threads; -1: libgomp's own
 
     def __post_init__(self):
         for key in ("block_size", "max_num_seqs", "max_prefill_tokens"):
@@ -71,6 +72,8 @@ class EngineConfig:
             raise EngineConfigError(f"mode must be one of {UNIT_MODES}, got {self.mode!r}")
         if not 0 <= float(self.overload_allowance) <= 1:
             raise EngineConfigError(f"overload_allowance must be in [0, 1], got {self.overload_allowance}")
+        if int(self.omp_spin_count) < -1:
+            raise EngineConfigError(f"omp_spin_count must be >= 0 (or -1: libgomp's default), got {self.omp_spin_count}")
         if any(int(c) < 0 for c in self.cores):
             raise EngineConfigError(f"cores must be CPU ids >= 0, got {self.cores}")
         for job, share in self.compute_shares.items():

@@ -1,6 +1,6 @@
 """Job processes: a prefill or decode job of one LLM in its own OS process (types.Job).
 
-`ProcessJob(spec, weights, pool, block_size, device, share)` spawns a child (torch.multiprocessing,
+`ProcessJob(spec, weights, pool, block_size, device, share, omp_spin_count=...)` spawns a child (torch.multiprocessing,
 spawn context) that builds a ModelRunner over the parent's weight tensors and pool tensor, passed
 as shared memory (CPU) or CUDA IPC handles (or, with `pool_attach`, a picklable callable the child
 calls to map the pool itself: memmgr's segment): nothing is reloaded from disk or copied, so the
@@ -96,12 +96,14 @@ class ProcessJob:
         share: ComputeShare | None = None,
         name: str = "",
         pool_attach=None,
+        omp_spin_count: int = -1,
     ):
         if pool_attach is None and pool.device.type == "cpu" and not pool.is_shared():
             raise ValueError("a ProcessJob needs a shared pool: allocate_pool(..., shared=True), or pool_attach")
         self.pool_attach = pool_attach
         self.spec, self.weights, self.pool = spec, share_weights(weights), pool
         self.block_size, self.device = block_size, device
+        self.omp_spin_count = omp_spin_count  # CPU: the child's GOMP_SPINCOUNT (compute_share.child_env)
         self.share = share or ComputeShare(threads=torch.get_num_threads())
         self.name = name or f"{spec.name}-job"
         self._ids = itertools.count()
@@ -127,7 +129,7 @@ class ProcessJob:
             self._settled, self.start_error = threading.Event(), ""  # set on ready or on death
             self._exited = threading.Event()  # set once the reader has reaped the child and marked it dead
         with _ENV_LOCK:
-            env = child_env(self.share, self.device)
+            env = child_env(self.share, self.device, self.omp_spin_count)
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
             try:

@@ -44,7 +44,8 @@ def make_jobs(cfg: LLMConfig, config: EngineConfig, pool: torch.Tensor,
         try:
             for kind, share in zip(("prefill", "decode"), shares):
                 started.append(jobs.ProcessJob(spec, weights, pool, config.block_size, config.device, share,
-                                               name=f"{cfg.name}-{kind}", pool_attach=pool_attach))
+                                               name=f"{cfg.name}-{kind}", pool_attach=pool_attach,
+                                               omp_spin_count=config.omp_spin_count))
             for job in started:
                 job.wait_started()  # JobCrashedError, with the child's reason, as soon as one died
         except BaseException:
