@@ -78,11 +78,15 @@ def run_spatial(work: Path, reqs, num_blocks: int, **kw) -> float:
     return max(times.values())
 
 
-def run_shared(work: Path, reqs, num_blocks: int, **kw) -> float:
+def run_shared(work: Path, reqs, num_blocks: int, busy: list | None = None, **kw) -> float:
+    """One unit of both LLMs on both cores; appends each job's seconds with a batch in flight to `busy`."""
     eng = unit(work, list(multiplex.MODELS), [0, 1], num_blocks, **kw)
+    eng.busy_s.clear()  # not the warm-up's
     try:
         return saturate(eng, reqs)
     finally:
+        if busy is not None:
+            busy.append({f"{llm}/{kind}": round(s, 3) for (llm, kind), s in sorted(eng.busy_s.items())})
         eng.close()
 
 
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
                     help="engine.omp_spin_count of the job processes (default: the engine's; -1: libgomp's)")
     args = ap.parse_args(argv)
     spin = {} if args.omp_spin_count is None else {"omp_spin_count": args.omp_spin_count}
+    configs = [c for c in args.configs.split(",") if c]
+    busy: dict[str, list] = {c: [] for c in ("temporal", "muxserve", "muxserve-1c", "muxserve-thread", "muxserve-all")}
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-cap-"))
     work.mkdir(parents=True, exist_ok=True)
     cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None)
@@ -115,14 +121,14 @@ def main(argv=None) -> int:
     shares = placer_shares(work, cost, args.alpha, args.rate, (64, 32))
     one_core = {f"{m}/{k}": 0.5 for m in multiplex.MODELS for k in ("prefill", "decode")}
     all_cores = {job: 1.0 for job in one_core}
+    def shared(name: str, **kw):
+        return lambda: run_shared(work, reqs, args.num_blocks, busy[name], **kw, **spin)
     runs = {"spatial": lambda: run_spatial(work, reqs, args.num_blocks, **spin),
-            "temporal": lambda: run_shared(work, reqs, args.num_blocks, mode="temporal", **spin),
-            "muxserve": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares, **spin),
-            "muxserve-1c": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=one_core, **spin),
-            "muxserve-thread": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=shares,
-                                                  job_mode="thread", **spin),
-            "muxserve-all": lambda: run_shared(work, reqs, args.num_blocks, compute_shares=all_cores, **spin)}
-    configs = [c for c in args.configs.split(",") if c]
+            "temporal": shared("temporal", mode="temporal"),
+            "muxserve": shared("muxserve", compute_shares=shares),
+            "muxserve-1c": shared("muxserve-1c", compute_shares=one_core),
+            "muxserve-thread": shared("muxserve-thread", compute_shares=shares, job_mode="thread"),
+            "muxserve-all": shared("muxserve-all", compute_shares=all_cores)}
     got: dict[str, list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in (configs if r % 2 == 0 else configs[::-1]):  # interleaved, alternating order
@@ -131,6 +137,7 @@ def main(argv=None) -> int:
     med = {c: statistics.median(v) for c, v in got.items()}
     out = {"requests": len(reqs), "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count),
            "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
+    out["job_busy_s"] = {c: b for c, b in busy.items() if b}  # per round: seconds each job had a batch in flight
     for base in ("spatial", "temporal"):
         if base in med:
             out[f"vs_{base}"] = {c: round(med[c] / med[base], 3) for c in med}

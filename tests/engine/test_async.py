@@ -131,3 +131,26 @@ def test_process_jobs_give_exact_greedy_output(ck_llama, ck_mistral):
         assert eng.stats()["pool"]["free"] == 1500
     finally:
         eng.close()
+
+
+def test_a_consumer_that_falls_behind_gets_one_merged_chunk(ck_llama):
+    """While the consumer does not read, the engine keeps stepping; what queued up meanwhile arrives as
+    ONE chunk with every token and its text in order, the finish_reason and the usage, and the tokens
+    are exactly those of a consumer that kept up."""
+    async def main():
+        aeng = await AsyncUnitEngine.create([LLMConfig("m", str(ck_llama))], EngineConfig(block_size=4, num_blocks=500))
+        ids = [5, 6, 7, 8]
+        sampling = SamplingParams(max_tokens=12, ignore_eos=True)
+        kept_up, _, _ = await collect(aeng, "a", "m", ids, sampling)
+        stream = aeng.generate("b", "m", prompt_token_ids=ids, sampling=sampling)
+        first = await stream.__anext__()
+        await wait_for(lambda: not aeng.engine.has_unfinished())  # the rest is computed and queued
+        rest = [ch async for ch in stream]
+        assert len(rest) == 1, [ch.token_ids for ch in rest]
+        (last,) = rest
+        assert first.token_ids + last.token_ids == kept_up and len(kept_up) == 12
+        tok = aeng.engine.llms["m"].tokenizer
+        assert first.text + last.text == tok.decode(kept_up, skip_special_tokens=True)
+        assert last.finish_reason == "length" and last.completion_tokens == 12 and last.timing is not None
+        await aeng.close()
+    asyncio.run(main())

@@ -7,6 +7,9 @@ CapacityError) on the first iteration, before any chunk.
 If the consumer stops iterating or is cancelled, the request is aborted and its blocks return.
 A request that fails inside the engine ends with a chunk whose finish_reason is "error" (its
 `error`, an EngineError, says why; the worker's servicer ends the stream with its status code).
+A consumer that falls behind gets what queued up meanwhile as one chunk (tokens and text in order,
+the latest finish_reason and usage), so a loaded worker sends fewer, larger messages instead of
+queueing one per token; one that keeps up gets a chunk per step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
+from services.worker.engine.admission import merge_chunks
 from services.worker.engine.config import EngineConfig, LLMConfig
 from services.worker.engine.engine import UnitEngine
 from services.worker.engine.types import Chunk, InvalidRequestError, SamplingParams
@@ -52,17 +56,24 @@ class AsyncUnitEngine:
                 log.exception("engine step failed")
                 time.sleep(0.05)  # a failure that persists must not spin the loop
                 continue
-            for rid, ch in chunks.items():
-                self._deliver(rid, ch)
+            self._deliver_all(chunks)
+
+    def _deliver_all(self, chunks: dict[str, Chunk]) -> None:
+        """Hand a step's chunks to their streams: one wake-up of each event loop per step, not per chunk."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[str, asyncio.Queue, Chunk]]] = {}
+        for rid, ch in chunks.items():
+            entry = self._queues.get(rid)
+            if entry is not None:
+                by_loop.setdefault(entry[0], []).append((rid, entry[1], ch))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # its event loop is closed
+                for rid, _, _ in items:
+                    self._queues.pop(rid, None)
 
     def _deliver(self, rid: str, ch: Chunk) -> None:
-        entry = self._queues.get(rid)
-        if entry is not None:
-            loop, q = entry
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, ch)
-            except RuntimeError:  # its event loop is closed
-                self._queues.pop(rid, None)
+        self._deliver_all({rid: ch})
 
     # ---- requests ---------------------------------------------------------------------------
     async def generate(self, request_id: str, llm: str, prompt: str | list[dict] | None = None,
@@ -79,6 +90,8 @@ class AsyncUnitEngine:
             self._wake.set()
             while not finished:
                 ch = await q.get()
+                while not ch.finish_reason and not q.empty():  # the consumer fell behind: one chunk
+                    ch = merge_chunks(ch, q.get_nowait())
                 finished = bool(ch.finish_reason)
                 yield ch
         finally:
@@ -126,3 +139,8 @@ class AsyncUnitEngine:
             self.engine.abort(rid)
             self._deliver(rid, Chunk(finish_reason="abort"))
         await asyncio.to_thread(self.engine.close)
+
+
+def _put_all(items: list[tuple[str, asyncio.Queue, Chunk]]) -> None:
+    for _, q, ch in items:
+        q.put_nowait(ch)
