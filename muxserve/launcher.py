@@ -1,7 +1,8 @@
 """`muxserve up`: run the whole mesh on one machine as local processes.
 
 Starts redis-server (only if nothing answers at the configured URL), then placer, memmgr, one
-worker per unit of the placer's placement (worker i listens on worker.port + i) and the router (gRPC and
+worker per unit of the placer's placement plus `worker.spares` spare workers (worker i listens on
+worker.port + i; a spare takes over the unit of a worker that dies) and the router (gRPC and
 the OpenAI-compatible HTTP API, 127.0.0.1:8000 by default), each as `python -m muxserve.cli <service> --config FILE`, waits until each
 reports SERVING on grpc.health.v1, prints every model that failed to load (by name, with the worker's reason:
 the others serve), prints where to connect, and on SIGINT/SIGTERM stops them in
@@ -90,11 +91,10 @@ class Mesh:
         await self._wait("memmgr", self.mesh.address("memmgr"), timeout)
         sizes = await self.unit_sizes()
         base = self.mesh.section("worker").port
-        for i, size in enumerate(sizes):
-            self._spawn(f"worker-{i}", ["--port", str(base + i), "--worker-id", f"worker-{i}",
-                                        "--num-devices", str(size)], service="worker")
-        for i in range(len(sizes)):
-            await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
+        await self._start_workers(sizes, 0, timeout)
+        spare = max(sizes, default=self.mesh.cluster.devices_per_node)  # a spare can take any unit
+        spares = [spare] * self.mesh.section("worker").spares
+        await self._start_workers(spares, len(sizes), timeout)  # after the others: none takes a unit at start
         self.failed.update(await worker_failures([f"127.0.0.1:{base + i}" for i in range(len(sizes))]))
         for name, why in sorted(self.failed.items()):
             log.error("model %r failed to load: %s", name, why)
@@ -102,6 +102,16 @@ class Mesh:
         router_args += ["--http-port", str(self.http_port)] if self.http_port is not None else []
         self._spawn("router", router_args)
         await self._wait("router", self.router_address, timeout)
+
+    async def _start_workers(self, sizes: list[int], first: int, timeout: float) -> None:
+        """worker-<i> for i = first, first + 1, ..., listening on worker.port + i, one per entry of `sizes`
+        (its devices); returns once all are SERVING."""
+        base = self.mesh.section("worker").port
+        for i, size in enumerate(sizes, first):
+            self._spawn(f"worker-{i}", ["--port", str(base + i), "--worker-id", f"worker-{i}",
+                                        "--num-devices", str(size)], service="worker")
+        for i in range(first, first + len(sizes)):
+            await self._wait(f"worker-{i}", f"127.0.0.1:{base + i}", timeout)
 
     async def respawn(self, name: str, address: str, timeout: float = 120.0) -> None:
         """Start `name` again as it was first started (after it died or was killed: what a restart

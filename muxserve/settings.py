@@ -115,7 +115,9 @@ class Placer(Service):
     min_gain: float = Field(0.05, description="switch only if the objective is this fraction better ...")
     horizon_s: float = Field(600.0, gt=0, description="... and the gain over this horizon beats moving")
     load_time_s: float = Field(30.0, description="estimated seconds to load one LLM")
-    worker_ttl_s: float = Field(30.0, description="a worker not re-registered for this long is gone")
+    worker_ttl_s: float = Field(30.0, gt=0, description="a worker not re-registered for this long is gone and "
+                                                        "its unit goes to a free worker (workers re-register "
+                                                        "every worker_ttl_s / 3 at most)")
     max_replicas: int = Field(1, ge=1, description="> 1: an LLM that no single unit serves at its rate runs in "
                                                    "up to this many units, its rate split among them")
 
@@ -240,6 +242,9 @@ class Worker(Service):
     max_waiting: int = Field(256, ge=1, description="per LLM: more waiting requests are RESOURCE_EXHAUSTED")
     metrics_port: Optional[int] = Field(None, ge=-1, le=65535, description="Prometheus /metrics; default: "
                                                                            "port + 1000; 0: any; -1: off")
+    spares: int = Field(0, ge=0, description="`muxserve up`: workers started beyond one per unit; a spare hosts "
+                                             "nothing until a unit's worker is silent for placer.worker_ttl_s, "
+                                             "then the placer hands it that unit")
 
 
 class Cluster(Section):

@@ -6,6 +6,7 @@ service the probes call, and the IPC/shared memory that memmgr's pool needs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import functools
 import os
@@ -45,11 +46,14 @@ def kubectl() -> str:
     return found
 
 
-@functools.cache
 def render(variant: str) -> tuple[dict, ...]:
-    out = subprocess.run([kubectl(), "kustomize", str(VARIANTS[variant])], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, f"kubectl kustomize {VARIANTS[variant]} failed:\n{out.stderr}"
+    return render_dir(str(VARIANTS[variant]))
+
+
+@functools.cache
+def render_dir(path: str) -> tuple[dict, ...]:
+    out = subprocess.run([kubectl(), "kustomize", path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
@@ -85,31 +89,47 @@ def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def config_text(variant: str) -> str:
-    maps = [d for d in render(variant) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("muxserve-config")]
+def config_text(variant: str | tuple[dict, ...]) -> str:
+    docs = render(variant) if isinstance(variant, str) else variant
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("muxserve-config")]
     assert len(maps) == 1
     return maps[0]["data"]["config.yaml"]
 
 
-def mesh_of(variant: str, tmp_path: Path) -> cfg.MeshConfig:
-    path = tmp_path / f"{variant}.yaml"
+def mesh_of(variant: str | tuple[dict, ...], tmp_path: Path) -> cfg.MeshConfig:
+    """The mesh config a service loads from the rendered ConfigMap (a variant, or rendered documents),
+    with the process environment applied (use_env sets a container's)."""
+    path = tmp_path / "config.yaml"
     path.write_text(config_text(variant))
     return cfg.load(path)
 
 
-def env_of(c: dict) -> dict[str, str]:
-    """The container's environment as the kubelet would set it (downward API fields filled in)."""
+def secret_value(docs: tuple[dict, ...], ref: dict) -> str:
+    """The value a secretKeyRef gives, from the rendered Secret it names."""
+    hits = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]]
+    assert len(hits) == 1, f"no Secret {ref['name']} in the manifests"
+    return base64.b64decode(hits[0].get("data", {})[ref["key"]]).decode()
+
+
+def env_of(c: dict, docs: tuple[dict, ...] = ()) -> dict[str, str]:
+    """The container's environment as the kubelet would set it (downward API fields, and Secret keys from the
+    Secrets in `docs`, filled in)."""
     fields = {"status.podIP": POD_IP, "metadata.name": POD_NAME}
     out = {}
     for e in c.get("env") or []:
-        out[e["name"]] = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        elif "secretKeyRef" in e["valueFrom"]:
+            out[e["name"]] = secret_value(docs, e["valueFrom"]["secretKeyRef"])
+        else:
+            out[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
     return out
 
 
-def use_env(monkeypatch, c: dict) -> dict[str, str]:
+def use_env(monkeypatch, c: dict, docs: tuple[dict, ...] = ()) -> dict[str, str]:
     for key in [k for k in os.environ if k.startswith("MUXSERVE_")]:
         monkeypatch.delenv(key)
-    env = env_of(c)
+    env = env_of(c, docs)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
@@ -158,7 +178,7 @@ def test_manifests_validate_against_kubernetes_schemas(variant, version):
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises, naming the field, on any error
     kinds = sorted(d["kind"] for d in docs)
-    expected = ["ConfigMap", "Deployment", "Deployment", "Deployment", "Deployment", "Namespace",
+    expected = ["ConfigMap", "Deployment", "Deployment", "Deployment", "Deployment", "Namespace", "Secret",
                 "Service", "Service", "Service", "Service"]
     if variant == "gpu":
         expected = sorted(expected + ["ConfigMap", "PersistentVolumeClaim"])  # + unit.sh, model weights
@@ -241,7 +261,7 @@ def _read_in_code(name: str) -> bool:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_env_vars_are_ones_the_code_reads(variant):
     for deploy, spec, c in muxserve_containers(variant):
-        for name in env_of(c):
+        for name in env_of(c, render(variant)):
             if name.startswith("MUXSERVE_"):
                 assert _read_in_code(name), f"{deploy}/{c['name']}: nothing reads {name}"
 
@@ -260,7 +280,7 @@ def test_router_and_placer_find_redis_and_the_placer(variant, tmp_path, monkeypa
     from services.router.config import from_mesh
 
     for deploy in ("router", "placer"):
-        use_env(monkeypatch, container(pod(variant, deploy), deploy))
+        use_env(monkeypatch, container(pod(variant, deploy), deploy), render(variant))
         mesh = mesh_of(variant, tmp_path)
         url = mesh.redis_url
         assert url.startswith("redis://")
@@ -276,7 +296,7 @@ def test_worker_uses_its_pods_memmgr_and_advertises_its_pod_ip(variant, tmp_path
     from services.worker.kv import kv_mode
 
     spec = pod(variant, "worker")
-    env = use_env(monkeypatch, container(spec, "worker"))
+    env = use_env(monkeypatch, container(spec, "worker"), render(variant))
     mesh = mesh_of(variant, tmp_path)
     services = unit_services(variant)
     wcfg = WorkerConfig.from_section(mesh.section("worker"), env.get("MUXSERVE_WORKER_ID"))
@@ -332,6 +352,75 @@ def test_termination_grace_covers_the_drains(variant, tmp_path, monkeypatch):
         need = sum(mesh.drain(s).pre_stop_s + mesh.drain(s).grace_s for s in services)
         assert pod(variant, deploy).get("terminationGracePeriodSeconds", 30) >= need + 5, (deploy, need)
     assert mesh.drain("router").pre_stop_s > 0  # a window for the Service to stop sending new streams
+
+
+# ---------------------------------------------------------------------------------------- internal token
+
+TOKEN_VAR = "MUXSERVE_INTERNAL_TOKEN"
+NEEDS_TOKEN = {"memmgr", "worker"}  # memmgr checks it on its RPCs, the worker sends it; router and placer never call memmgr
+
+
+def services_of(c: dict) -> set[str]:
+    """The muxserve services a container runs (GPU worker: unit.sh runs memmgr and the worker)."""
+    return set(unit_script_commands(c["args"])) if c.get("command") else {c["args"][0]}
+
+
+def token_secret(docs: tuple[dict, ...]) -> dict:
+    hits = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("muxserve-internal-token-")]
+    assert len(hits) == 1, "one generated (hash-suffixed) Secret holds the internal token"
+    return hits[0]
+
+
+def token_users(docs: tuple[dict, ...]):
+    """(deployment, container) of every muxserve container in `docs`, with whether it needs the token."""
+    for d in (x for x in docs if x["kind"] == "Deployment"):
+        for c in all_containers(d["spec"]["template"]["spec"]):
+            if c["image"].split(":")[0].endswith("muxserve"):
+                yield d["metadata"]["name"], c, bool(services_of(c) & NEEDS_TOKEN)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_internal_token_comes_from_the_secret_in_every_container_that_needs_it(variant):
+    docs = render(variant)
+    secret = token_secret(docs)
+    assert TOKEN_VAR in secret["data"]
+    needing = set()
+    for deploy, c, needs in token_users(docs):
+        refs = [e for e in c.get("env") or [] if e["name"] == TOKEN_VAR]
+        if not needs:
+            assert not refs, f"{deploy}/{c['name']} gets the internal token it never uses"
+            continue
+        needing |= services_of(c)
+        assert len(refs) == 1 and "value" not in refs[0], f"{deploy}/{c['name']}: {TOKEN_VAR} from the Secret only"
+        assert refs[0]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": TOKEN_VAR}
+    assert needing >= NEEDS_TOKEN  # memmgr and the worker both get it (CPU: two containers; GPU: unit.sh's one)
+    assert "internal_token" not in yaml.safe_load(config_text(variant))  # never in the ConfigMap
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_token_set_in_an_overlay_reaches_memmgr_and_the_worker(variant, tmp_path, monkeypatch):
+    """README's recipe: an overlay outside the repo replaces the Secret with the operator's token; memmgr and the
+    worker then resolve it through muxserve/config.py, the same in both (the shipped default: empty, open)."""
+    for deploy, c, needs in token_users(render(variant)):
+        if needs:
+            use_env(monkeypatch, c, render(variant))
+            assert mesh_of(variant, tmp_path).internal_token is None  # empty Secret value: unset, as compose's
+    overlay, token = tmp_path / "overlay", "3f1c" * 16
+    overlay.mkdir()
+    (overlay / "internal-token.env").write_text(f"{TOKEN_VAR}={token}\n")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": NAMESPACE,
+        "resources": [os.path.relpath(VARIANTS[variant], overlay)],
+        "secretGenerator": [{"name": "muxserve-internal-token", "behavior": "replace",
+                             "envs": ["internal-token.env"]}]}))
+    docs = render_dir(str(overlay))
+    kubernetes_validate.validate(token_secret(docs), KUBE_VERSIONS[-1], strict=True)
+    assert token_secret(docs)["metadata"]["name"] != token_secret(render(variant))["metadata"]["name"]  # rolls pods
+    users = [(deploy, c) for deploy, c, needs in token_users(docs) if needs]
+    for deploy, c in users:
+        use_env(monkeypatch, c, docs)
+        assert mesh_of(docs, tmp_path).internal_token == token, f"{deploy}/{c['name']}"
+    assert token not in config_text(docs)
 
 
 # ------------------------------------------------------------------------------------------------ probes
@@ -456,7 +545,7 @@ def test_gpu_worker_gets_the_gpus_of_its_unit_and_runs_memmgr_beside_it(tmp_path
     assert volumes["unit-script"]["configMap"]["name"] == "muxserve-unit"
     assert volumes["unit-script"]["configMap"]["defaultMode"] & 0o111 == 0o111
     # the MPS daemon's pipes and logs on their volumes, where the jobs' CUDA contexts look
-    env = env_of(worker)
+    env = env_of(worker, render("gpu"))
     for var, volume in (("CUDA_MPS_PIPE_DIRECTORY", "mps-pipe"), ("CUDA_MPS_LOG_DIRECTORY", "mps-log")):
         assert mounts[volume] == env[var]
         assert "emptyDir" in volumes[volume]

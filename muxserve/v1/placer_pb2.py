@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/placer.proto\x12\x0bmuxserve.v1\"\xd2\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bnum_devices\x18\x03 \x01(\r\x12K\n\rfailed_models\x18\x04 \x03(\x0b\x32\x34.muxserve.v1.RegisterWorkerRequest.FailedModelsEntry\x1a\x33\n\x11\x46\x61iledModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x16RegisterWorkerResponse\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x15\n\x13GetPlacementRequest\"~\n\x0cLLMPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rprefill_share\x18\x02 \x01(\x02\x12\x14\n\x0c\x64\x65\x63ode_share\x18\x03 \x01(\x02\x12\x0c\n\x04rate\x18\x04 \x01(\x02\x12\x16\n\x0e\x65st_throughput\x18\x05 \x01(\x02\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\r\"\x8f\x01\n\x04Unit\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x02 \x03(\r\x12\'\n\x04llms\x18\x03 \x03(\x0b\x32\x19.muxserve.v1.LLMPlacement\x12\x16\n\x0eworker_address\x18\x04 \x01(\t\x12\x16\n\x0e\x65st_throughput\x18\x05 \x01(\x02\x12\x0c\n\x04mode\x18\x06 \x01(\t\"\xeb\x01\n\tPlacement\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12 \n\x05units\x18\x04 \x03(\x0b\x32\x11.muxserve.v1.Unit\x12\x12\n\ntotal_rate\x18\x05 \x01(\x02\x12?\n\rfailed_models\x18\x06 \x03(\x0b\x32(.muxserve.v1.Placement.FailedModelsEntry\x1a\x33\n\x11\x46\x61iledModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xfb\x01\n\x06Placer\x12Y\n\x0eRegisterWorker\x12\".muxserve.v1.RegisterWorkerRequest\x1a#.muxserve.v1.RegisterWorkerResponse\x12H\n\x0cGetPlacement\x12 .muxserve.v1.GetPlacementRequest\x1a\x16.muxserve.v1.Placement\x12L\n\x0eWatchPlacement\x12 .muxserve.v1.GetPlacementRequest\x1a\x16.muxserve.v1.Placement0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muxserve/v1/placer.proto\x12\x0bmuxserve.v1\"\xd2\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bnum_devices\x18\x03 \x01(\r\x12K\n\rfailed_models\x18\x04 \x03(\x0b\x32\x34.muxserve.v1.RegisterWorkerRequest.FailedModelsEntry\x1a\x33\n\x11\x46\x61iledModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x16RegisterWorkerResponse\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bheartbeat_s\x18\x03 \x01(\x01\"\x15\n\x13GetPlacementRequest\"~\n\x0cLLMPlacement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rprefill_share\x18\x02 \x01(\x02\x12\x14\n\x0c\x64\x65\x63ode_share\x18\x03 \x01(\x02\x12\x0c\n\x04rate\x18\x04 \x01(\x02\x12\x16\n\x0e\x65st_throughput\x18\x05 \x01(\x02\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\r\"\x8f\x01\n\x04Unit\x12\x0f\n\x07unit_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x02 \x03(\r\x12\'\n\x04llms\x18\x03 \x03(\x0b\x32\x19.muxserve.v1.LLMPlacement\x12\x16\n\x0eworker_address\x18\x04 \x01(\t\x12\x16\n\x0e\x65st_throughput\x18\x05 \x01(\x02\x12\x0c\n\x04mode\x18\x06 \x01(\t\"\xeb\x01\n\tPlacement\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x11\n\tobjective\x18\x03 \x01(\x02\x12 \n\x05units\x18\x04 \x03(\x0b\x32\x11.muxserve.v1.Unit\x12\x12\n\ntotal_rate\x18\x05 \x01(\x02\x12?\n\rfailed_models\x18\x06 \x03(\x0b\x32(.muxserve.v1.Placement.FailedModelsEntry\x1a\x33\n\x11\x46\x61iledModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xfb\x01\n\x06Placer\x12Y\n\x0eRegisterWorker\x12\".muxserve.v1.RegisterWorkerRequest\x1a#.muxserve.v1.RegisterWorkerResponse\x12H\n\x0cGetPlacement\x12 .muxserve.v1.GetPlacementRequest\x1a\x16.muxserve.v1.Placement\x12L\n\x0eWatchPlacement\x12 .muxserve.v1.GetPlacementRequest\x1a\x16.muxserve.v1.Placement0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERWORKERREQUEST_FAILEDMODELSENTRY']._serialized_start=201
   _globals['_REGISTERWORKERREQUEST_FAILEDMODELSENTRY']._serialized_end=252
   _globals['_REGISTERWORKERRESPONSE']._serialized_start=254
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=312
-  _globals['_GETPLACEMENTREQUEST']._serialized_start=314
-  _globals['_GETPLACEMENTREQUEST']._serialized_end=335
-  _globals['_LLMPLACEMENT']._serialized_start=337
-  _globals['_LLMPLACEMENT']._serialized_end=463
-  _globals['_UNIT']._serialized_start=466
-  _globals['_UNIT']._serialized_end=609
-  _globals['_PLACEMENT']._serialized_start=612
-  _globals['_PLACEMENT']._serialized_end=847
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=333
+  _globals['_GETPLACEMENTREQUEST']._serialized_start=335
+  _globals['_GETPLACEMENTREQUEST']._serialized_end=356
+  _globals['_LLMPLACEMENT']._serialized_start=358
+  _globals['_LLMPLACEMENT']._serialized_end=484
+  _globals['_UNIT']._serialized_start=487
+  _globals['_UNIT']._serialized_end=630
+  _globals['_PLACEMENT']._serialized_start=633
+  _globals['_PLACEMENT']._serialized_end=868
   _globals['_PLACEMENT_FAILEDMODELSENTRY']._serialized_start=201
   _globals['_PLACEMENT_FAILEDMODELSENTRY']._serialized_end=252
-  _globals['_PLACER']._serialized_start=850
-  _globals['_PLACER']._serialized_end=1101
+  _globals['_PLACER']._serialized_start=871
+  _globals['_PLACER']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

@@ -26,12 +26,14 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., num_devices: _Optional[int] = ..., failed_models: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("unit_id", "version")
+    __slots__ = ("unit_id", "version", "heartbeat_s")
     UNIT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     unit_id: str
     version: int
-    def __init__(self, unit_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    heartbeat_s: float
+    def __init__(self, unit_id: _Optional[str] = ..., version: _Optional[int] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
 
 class GetPlacementRequest(_message.Message):
     __slots__ = ()

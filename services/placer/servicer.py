@@ -33,7 +33,8 @@ class PlacerServicer(placer_pb2_grpc.PlacerServicer):
                                                            request.num_devices, dict(request.failed_models))
         except WorkerError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return placer_pb2.RegisterWorkerResponse(unit_id=unit_id, version=version)
+        return placer_pb2.RegisterWorkerResponse(unit_id=unit_id, version=version,
+                                                 heartbeat_s=self.service.workers.ttl_s / 3)
 
     async def GetPlacement(self, request, context):
         latest = self.service.feed.latest

@@ -51,16 +51,22 @@ def my_unit(placement: placer_pb2.Placement, unit_id: str, address: str) -> Unit
 class PlacementFollower:
     """Runs until cancelled; `apply(assignment)` is awaited for each new placement version. Every
     registration carries `failures()`: {model: why it failed to load here} (the placer logs them); an
-    apply that raises is logged and retried (with backoff), never left to end the task silently."""
+    apply that raises is logged and retried (with backoff), never left to end the task silently.
+
+    Re-registering is the worker's heartbeat: every `register_every_s`, or the placer's `heartbeat_s`
+    (its worker_ttl_s / 3) when that is shorter. A registration answered with no unit while the placer has
+    a placement makes this worker a spare: `spare()` is called (once), and the worker waits, hosting nothing,
+    until the placer hands it the unit of a worker that went silent (or a new one)."""
 
     def __init__(self, placer_address: str, worker_id: str, address: str, num_devices: int,
                  apply: Callable[[UnitAssignment], Awaitable[None]], register_every_s: float = 5.0,
-                 failures: Callable[[], dict[str, str]] = dict):
+                 failures: Callable[[], dict[str, str]] = dict, spare: Callable[[], None] = lambda: None):
         self.placer_address, self.worker_id, self.address = placer_address, worker_id, address
-        self.num_devices, self.apply, self.failures = num_devices, apply, failures
-        self.register_every_s = register_every_s  # re-registering is the worker's heartbeat to the placer
+        self.num_devices, self.apply, self.failures, self.spare = num_devices, apply, failures, spare
+        self.register_every_s = register_every_s
         self.unit_id = ""
         self.version = 0
+        self._spare_told = False
 
     async def run(self) -> None:
         backoff = 0.2
@@ -80,6 +86,13 @@ class PlacementFollower:
             worker_id=self.worker_id, address=self.address, num_devices=self.num_devices,
             failed_models=self.failures()), timeout=10)
         self.unit_id = reg.unit_id
+        if reg.heartbeat_s > 0:
+            self.register_every_s = min(self.register_every_s, reg.heartbeat_s)
+        if not reg.unit_id and reg.version > 0 and not self.version and not self._spare_told:
+            log.info("placement v%d has no unit for worker %s: a spare until a unit loses its worker",
+                     reg.version, self.worker_id)
+            self._spare_told = True
+            self.spare()
 
     async def _keep_registered(self, stub: placer_pb2_grpc.PlacerStub) -> None:
         while True:

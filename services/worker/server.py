@@ -2,7 +2,8 @@
 
 Boot: build the unit's engine (no LLM yet), start the gRPC server (NOT_SERVING), then either load the
 static `worker.models` list or follow the placer's placement; report SERVING once the first set of
-LLMs is loaded. SIGTERM: NOT_SERVING, drain in-flight streams, close the engine (job processes end).
+LLMs is loaded, or at once as a spare (the placement has no unit for it: it hosts nothing until the
+placer hands it the unit of a worker that died). SIGTERM: NOT_SERVING, drain in-flight streams, close the engine (job processes end).
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ async def serve(mesh: cfg.MeshConfig, port: int | None = None, host: str | None 
 
         follower = PlacementFollower(mesh.address("placer"), wcfg.worker_id, address,
                                      num_devices or mesh.cluster.devices_per_node, apply,
-                                     failures=lambda: dict(worker.failed))
+                                     failures=lambda: dict(worker.failed), spare=worker.ready.set)
         task = asyncio.ensure_future(follower.run())
         ready = asyncio.ensure_future(worker.ready.wait())
         await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)

@@ -36,13 +36,14 @@ _HF: dict = {}
 class MemmgrProcess:
     """A memmgr OS process on a free port; `stats()` / `check()` ask it over gRPC (sync)."""
 
-    def __init__(self, section: dict, port: int | None = None):
+    def __init__(self, section: dict, port: int | None = None, token: str | None = None):
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="memmgr-test-"))
         conf = self.dir / "memmgr.yaml"
         conf.write_text(yaml.safe_dump({"models": [{"name": "unused", "path": str(self.dir)}],
-                                        "memmgr": {**section, "host": "127.0.0.1", "port": self.port}}))
+                                        "memmgr": {**section, "host": "127.0.0.1", "port": self.port},
+                                        "internal_token": token}))
         self.proc = subprocess.Popen([sys.executable, "-m", "muxserve.cli", "memmgr", "--config", str(conf)],
                                      cwd=REPO, stdout=open(self.dir / "memmgr.log", "wb"), stderr=subprocess.STDOUT)
         self._channel = grpc.insecure_channel(self.address)
@@ -61,12 +62,12 @@ class MemmgrProcess:
         await asyncio.to_thread(self.proc.wait, 10)
 
 
-async def memmgr(port: int | None = None, **overrides) -> MemmgrProcess:
+async def memmgr(port: int | None = None, token: str | None = None, **overrides) -> MemmgrProcess:
     """A memmgr with one head_dim-16 float32 pool (block_size 4) unless overridden, on `port` (default:
-    a free one); SERVING at return."""
+    a free one), requiring the internal `token` when given; SERVING at return."""
     cfg = memmgr_section(**{"pools": POOL, **overrides})  # validated here, then written for the process
     svc = MemmgrProcess({"pools": POOL, "block_size": cfg.block_size, "heartbeat_timeout_s": cfg.heartbeat_timeout_s,
-                         "quota": {"adapt_interval_s": 0}, "integrity_interval_s": 0, **overrides}, port)
+                         "quota": {"adapt_interval_s": 0}, "integrity_interval_s": 0, **overrides}, port, token)
     try:
         await wait_serving(svc.address, 60)
     except Exception:

@@ -19,6 +19,7 @@ from muxserve.tiny import write_tiny_checkpoint
 from muxserve.v1 import placer_pb2, placer_pb2_grpc
 from services.placer.server import serve
 from services.placer.store import PlacementStore
+from services.worker.follower import PlacementFollower
 
 
 @pytest.fixture(scope="module")
@@ -97,4 +98,55 @@ async def scenario(mesh, redis_url):
             watch.cancel()
             await r.aclose()
     finally:
+        await placer.stop()
+
+
+def test_a_silent_workers_unit_goes_to_the_spare(tmp_path, redis_url, checkpoints, hand_table_file):
+    """Real placer, real PlacementFollowers (the worker's, with stub applies): one follower more than units is
+    told it is a spare; with a TTL far below the followers' own 5 s period nobody expires while alive (they
+    re-register at the placer's heartbeat_s); a holder that goes silent loses its unit to the spare."""
+    mesh = write_config(tmp_path, redis_url, checkpoints, hand_table_file)
+    mesh.settings.placer.worker_ttl_s = 0.9
+    asyncio.run(asyncio.wait_for(spare_scenario(mesh), 60))
+
+
+async def spare_scenario(mesh):
+    placer = await serve(mesh, port=0)
+    addr = f"127.0.0.1:{placer.port}"
+    applied: dict[str, list] = {}
+    spares: list[str] = []
+    tasks: dict[str, asyncio.Task] = {}
+
+    def follow(name: str) -> None:
+        async def apply(a):
+            applied.setdefault(name, []).append(a.unit_id)
+
+        f = PlacementFollower(addr, name, f"127.0.0.1:{7000 + len(tasks)}", 2, apply,
+                              spare=lambda: spares.append(name))
+        tasks[name] = asyncio.ensure_future(f.run())
+
+    async def until(pred, what: str, within: float = 10.0):
+        end = time.monotonic() + within
+        while not pred():
+            assert time.monotonic() < end, what
+            await asyncio.sleep(0.05)
+    try:
+        await wait_serving(addr, timeout=10)
+        n_units = len(placer.service.current.units)
+        for i in range(n_units):
+            follow(f"w{i}")
+            await until(lambda: f"w{i}" in applied, f"w{i} got no unit")
+        follow("spare")
+        await until(lambda: spares == ["spare"], "the extra worker was not told it is a spare")
+        await asyncio.sleep(3 * 0.9)  # three TTLs: the live followers re-register every 0.3 s
+        assert placer.service.workers.workers.keys() == {*(f"w{i}" for i in range(n_units)), "spare"}
+        assert "spare" not in applied and all(len(v) == 1 for v in applied.values()), applied
+        unit = applied["w0"][0]
+        tasks.pop("w0").cancel()  # w0 goes silent (a SIGKILL, as the placer sees it)
+        await until(lambda: applied.get("spare") == [unit], "the spare did not get the silent worker's unit")
+        assert "w0" not in placer.service.workers.workers
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
         await placer.stop()
