@@ -17,10 +17,7 @@ Model (per unit of n devices, all of its LLMs tensor-parallel over all n):
 - temporal: one job at a time on the whole unit (FCFS), so LLM i needs c_i = decode_step_i(b_i, 1)
   * output_len / b_i + prefill_i seconds of exclusive unit time per request; with load
   L = sum_i rate_i * c_i, each LLM gets x_i = rate_i / max(1, L).
-MuxServe's estimate of a unit is the better of the two. Where one job at a time is better, the unit still
-runs MuxServe's scheduler (mode spatial-temporal: prefill first, LLMs round-robin), with every job's share
-1.0, so jobs run one at a time on the whole unit: the temporal estimate's throughput without FCFS's
-head-of-line blocking of a cold LLM's requests behind a hot one's batches (docs/multiplexing.md).
+MuxServe's estimate of a unit is the better of its two modes (a unit may fall back to temporal).
 Throughputs are capped at the rate: a unit's `served` is what it serves of its demand, in req/s.
 """
 
@@ -80,7 +77,7 @@ class UnitEstimator:
         if mode in ("spatial", "spatial-temporal") or len(llms) == 1:
             return st
         tm = self._temporal(n, llms, rates, bmax)
-        return UnitEstimate(n, "spatial-temporal", tm.llms) if tm.served > st.served + 1e-9 else st
+        return tm if tm.served > st.served + 1e-9 else st
 
     def fits(self, n: int, llm: LLMSpec) -> bool:
         """Whether `llm` alone fits a unit of n devices (cost table and memory)."""

@@ -6,8 +6,7 @@ a cluster split is a multiset of node splits), LLMs are taken in descending comp
 (memory and cost table permitting; ties go to the smaller, then emptier unit). The best split wins.
 
 Policies share this code and differ in the unit estimate and in colocation:
-- muxserve: units estimated with spatial-temporal multiplexing (or one job at a time, shares 1.0, where
-  that is better);
+- muxserve: units estimated with spatial-temporal multiplexing (or temporal where that is better);
   the search is also seeded with the best spatial and temporal layouts, re-estimated, so the
   result is never worse than either baseline's layout under MuxServe's scheduling.
 - spatial: one LLM per unit, on the fewest devices that hold it (spatial.py), idle devices then
