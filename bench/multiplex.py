@@ -6,8 +6,9 @@ the router's public gRPC API of a whole mesh started with `muxserve up`, once pe
 models and cores. The SLO base of each model is its latency alone on its spatial unit, measured in the
 same run (the spatial mesh, one request at a time, before its replay). Reports per policy: completed
 requests, throughput (completed / makespan, the paper's measure), output tokens/s, TTFT and TPOT
-p50/p99, p99 latency over all requests, SLO attainment at scales 1-20, the placer's plan and estimate;
-the ratios muxserve/spatial and muxserve/temporal; with --sweep, the highest rate at which 99% of
+p50/p99, p99 latency over all requests, SLO attainment at scales 1-20, the placer's plan and estimate,
+the CPU seconds each service (router, worker, its job processes, placer, memmgr, redis) and the client
+spent per replay and per 1,000 output tokens (Linux /proc); the ratios muxserve/spatial and muxserve/temporal; with --sweep, the highest rate at which 99% of
 requests meet the scale-8 SLO. Writes results.json and multiplex.png to --out.
 
     python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from muxserve import workload  # noqa: E402
+from proctime import services_cpu_s  # noqa: E402
 from multiplex_report import build_report, draw, validation_lines  # noqa: E402
 
 MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share one pool)
@@ -173,9 +175,14 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
         asyncio.run(replay(mesh.address, lists[rates[0]][:4]))  # warm-up: every job has run once
         if need_base:
             out["base"] = alone_latency(mesh.address, lists[args.rate], args.base_requests)
+        out["cpu_s"] = {}
         for rate in rates:
             print(f"  {policy}: replaying {len(lists[rate])} requests at {rate} req/s", file=sys.stderr)
+            cpu0, client0 = services_cpu_s(mesh.proc.pid), time.process_time()
             out["runs"][rate] = asyncio.run(replay(mesh.address, lists[rate]))
+            cpu1 = services_cpu_s(mesh.proc.pid)
+            out["cpu_s"][rate] = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()} | {
+                "client": round(time.process_time() - client0, 3)}
     return out
 
 

@@ -42,6 +42,11 @@ def validation_lines(report: dict) -> list[str]:
     return lines
 
 
+def cpu_per_1k(cpu: dict[str, float], results: list[dict]) -> dict[str, float]:
+    tokens = sum(r["tokens"] for r in results) or 1
+    return {name: round(1000 * s / tokens, 4) for name, s in sorted(cpu.items())}
+
+
 def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> dict:
     base = raw["spatial"]["base"]
     rep = {"args": vars(args), "cpu": os.cpu_count(), "base": base, "policies": {}}
@@ -52,6 +57,9 @@ def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> di
              "llms": {l["name"]: {"prefill": l["prefill_share"], "decode": l["decode_share"]} for l in u["llms"]}}
             for u in r["plan"]["units"]], "runs": runs,
             "rate_at_99pct_slo8": rate_at_slo([(rate, runs[rate]["slo"][8]) for rate in rates])}
+        if "cpu_s" in r:  # CPU seconds per 1,000 output tokens, per service and offered rate
+            rep["policies"][p]["cpu_s_per_1k_tokens"] = {rate: cpu_per_1k(r["cpu_s"][rate], r["runs"][rate])
+                                                        for rate in rates if rate in r["cpu_s"]}
         if "simulated" in r:
             rep["policies"][p]["simulated"] = simulated(r["simulated"], rates, base, models)
     head = {"rate": args.rate}

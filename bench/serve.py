@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from proctime import tree_cpu_s  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over the lazy dog muxserve serves many large language models at once on "
          "shared devices with flexible spatial temporal multiplexing").split()
@@ -122,30 +123,6 @@ async def grpc_one(stub, metadata, model: str, prompt: str, n: int) -> dict:
         if chunk.finish_reason:
             tokens = chunk.usage.completion_tokens
     return result(t0, times, tokens)
-
-
-def tree_cpu_s(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) so far of each named process and all its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)], cpu[int(d)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
-    out = {}
-    for name, root in roots.items():
-        total = 0.0
-        for pid, c in cpu.items():
-            p = pid
-            while p > 1 and p != root:
-                p = parent.get(p, 1)
-            total += c if p == root else 0.0
-        out[name] = total
-    return out
 
 
 async def run_front(send, texts: list[str], starts: list[float], pids: dict[str, int] | None = None) -> dict:
