@@ -13,6 +13,7 @@ and temporal: the ceiling the end-to-end benchmark can reach on these cores.
 
     python bench/multiplex_cap.py [--requests 150] [--rounds 2] [--configs spatial,temporal,muxserve]
     python bench/multiplex_cap.py --omp-spin-count -1     # the job processes with libgomp's default spin
+    python bench/multiplex_cap.py --background 0.15       # with two processes each taking 15% of a core
 """
 
 from __future__ import annotations
@@ -35,6 +36,27 @@ from muxserve import workload  # noqa: E402
 from services.worker.engine.config import EngineConfig, LLMConfig  # noqa: E402
 from services.worker.engine.engine import UnitEngine  # noqa: E402
 from services.worker.engine.types import SamplingParams  # noqa: E402
+
+
+def _busy(fraction: float, burst_s: float = 0.001) -> None:
+    """Keep one core busy `fraction` of the time in bursts of burst_s (a stand-in for the mesh's own
+    processes: router, worker loop, client), until killed."""
+    while True:
+        end = time.perf_counter() + burst_s
+        while time.perf_counter() < end:
+            pass
+        time.sleep(burst_s * (1 - fraction) / fraction)
+
+
+def background(fraction: float, n: int = 2) -> list:
+    """n processes each busy `fraction` of a core (none when fraction is 0); terminate them when done."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("spawn").Process(target=_busy, args=(fraction,), daemon=True)
+             for _ in range(n if fraction > 0 else 0)]
+    for p in procs:
+        p.start()
+    return procs
 
 
 def saturate(eng: UnitEngine, reqs: list[workload.Request]) -> float:
@@ -108,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num-blocks", type=int, default=24000)
     ap.add_argument("--work", default="")
     ap.add_argument("--cost-table", default="")
+    ap.add_argument("--background", type=float, default=0.0,
+                    help="two processes each busy this fraction of a core in 1 ms bursts during every run "
+                         "(what the mesh's router, worker loop and client take from the jobs)")
     ap.add_argument("--omp-spin-count", type=int, default=None,
                     help="engine.omp_spin_count of the job processes (default: the engine's; -1: libgomp's)")
     args = ap.parse_args(argv)
@@ -132,10 +157,15 @@ def main(argv=None) -> int:
     got: dict[str, list[float]] = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in (configs if r % 2 == 0 else configs[::-1]):  # interleaved, alternating order
-            got[c].append(len(reqs) / runs[c]())
+            hogs = background(args.background)
+            try:
+                got[c].append(len(reqs) / runs[c]())
+            finally:
+                for h in hogs:
+                    h.terminate()
             print(f"round {r}: {c} {got[c][-1]:.2f} req/s", file=sys.stderr, flush=True)
     med = {c: statistics.median(v) for c, v in got.items()}
-    out = {"requests": len(reqs), "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count),
+    out = {"requests": len(reqs), "background": args.background, "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count),
            "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
     out["job_busy_s"] = {c: b for c, b in busy.items() if b}  # per round: seconds each job had a batch in flight
     for base in ("spatial", "temporal"):
