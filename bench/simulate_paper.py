@@ -9,7 +9,9 @@ cost table) under four placements planned with the true rates:
   muxserve       the placer's MuxServe placement (spatial-temporal units, shares, quotas)
   muxserve-sim   the same search, its final candidates chosen by the simulator (on a request list of
                  another seed, so the choice never sees the list it is judged on)
-  temporal       the same search with temporal units (FCFS, one job at a time)
+  temporal       the paper's temporal baseline: muxserve's placement (same colocation, same units) with every
+                 unit temporal (FCFS, one job at a time)
+  temporal-search  this project's stronger temporal baseline: the placement search run for temporal units
   spatial-paper  each LLM alone on the paper's GPUs for its size
   spatial        this project's load-aware spatial baseline (idle GPUs go to the busiest LLMs)
 All but spatial-paper may run an LLM that no single unit serves at its rate in up to --max-replicas
@@ -40,7 +42,8 @@ from services.placer.costmodel import CostTable  # noqa: E402
 from services.placer.simulator import SimConfig, Simulation, metrics, scenarios, sim_llms  # noqa: E402
 from services.placer.simulator.choose import alone_base, by_simulation  # noqa: E402
 
-POLICIES = ("muxserve", "muxserve-sim", "temporal", "spatial-paper", "spatial")
+POLICIES = ("muxserve", "muxserve-sim", "temporal", "temporal-search", "spatial-paper", "spatial")
+SEARCHED = {"muxserve": "muxserve", "temporal-search": "temporal", "spatial": "spatial"}  # policy -> planner policy
 
 
 def scenario(key: tuple) -> scenarios.Scenario:
@@ -59,8 +62,10 @@ def run_one(task: tuple) -> dict:
     if policy == "muxserve-sim":
         placement, _ = by_simulation(planner.candidates("muxserve"), llms, cost, SimConfig(),
                                      (sc.prompt_len, sc.output_len), min(duration, 30.0), seed + 1)
+    elif policy == "temporal":
+        placement = scenarios.same_colocation_temporal(planner.plan("muxserve"))
     else:
-        placement = paper if policy == "spatial-paper" else planner.plan(policy)
+        placement = paper if policy == "spatial-paper" else planner.plan(SEARCHED[policy])
     reqs = workload.generate_rates(sc.rates, duration, seed, sc.prompt_len, sc.output_len)
     sim = Simulation(placement, llms, cost, SimConfig())
     base = alone_base(paper, cost, llms, (sc.prompt_len, sc.output_len))  # alone on its paper-spatial GPUs
@@ -75,7 +80,7 @@ def run_one(task: tuple) -> dict:
 def tasks(args) -> list[tuple]:
     keys = [("synthetic", a, r) for a in args.alphas for r in args.max_rates]
     keys += [("chatlmsys", c) for c in args.condense]
-    out = [(k, p, args.duration, args.seed, args.max_replicas) for k in keys for p in POLICIES]
+    out = [(k, p, args.duration, args.seed, args.max_replicas) for k in keys for p in args.policies]
     if args.slo_alpha:
         out += [(("synthetic", args.slo_alpha, r), p, args.duration, args.seed, args.max_replicas)
                 for r in args.slo_ladder if r not in args.max_rates or args.slo_alpha not in args.alphas
@@ -88,7 +93,8 @@ def table(results: list[dict]) -> list[str]:
     scale-8 SLO attainment, then muxserve's and muxserve-sim's ratios: steady (makespan)."""
     by = {(tuple(r["key"]), r["policy"]): r for r in results}
     keys = sorted({tuple(r["key"]) for r in results}, key=lambda k: (k[0] != "synthetic", k[1:]))
-    pairs = [(m, o) for m in ("muxserve", "muxserve-sim") for o in ("spatial-paper", "temporal", "spatial")]
+    pairs = [(m, o) for m in ("muxserve", "muxserve-sim") for o in ("spatial-paper", "temporal", "temporal-search",
+                                                                     "spatial")]
     lines = ["| workload | offered req/s | " + " | ".join(f"{p}: req/s, steady (SLO@8)" for p in POLICIES)
              + " | " + " | ".join(f"{m} / {o}" for m, o in pairs) + " |",
              "|" + " --- |" * (2 + len(POLICIES) + len(pairs))]
@@ -179,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slo-ladder", type=floats, default=floats("5,10,15,20,30,40,50"))
     ap.add_argument("--slo-policies", type=lambda s: s.split(","),
                     default=["muxserve", "temporal", "spatial-paper", "spatial"])
+    ap.add_argument("--policies", type=lambda s: [p for p in s.split(",") if p], default=list(POLICIES),
+                    help="comma list of " + ", ".join(POLICIES))
     ap.add_argument("--max-replicas", type=int, default=4,
                     help="placer.max_replicas for every policy but spatial-paper (1: each LLM in one unit)")
     ap.add_argument("--jobs", type=int, default=2)

@@ -186,3 +186,20 @@ def test_plan_command_with_the_simulator_in_the_loop(capsys, tmp_path, hand_tabl
     assert plan_main(["--config", str(path), "--simulate", "3", "--capacity", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert sorted(m["name"] for u in d["units"] for m in u["llms"]) == ["a", "b"] and d["capacity_scale"] > 0
+
+
+def test_the_papers_temporal_baseline_keeps_muxserves_colocation():
+    """same_colocation_temporal: the same units, devices and LLMs per unit as the MuxServe placement,
+    every unit temporal with shares 1.0; served, it runs one dispatch at a time (the hand-checked
+    temporal makespan above), where the MuxServe unit overlaps the two LLMs."""
+    from services.placer.simulator.scenarios import same_colocation_temporal
+
+    mux = unit("spatial-temporal", (0.5, 0.5))
+    tm = same_colocation_temporal(mux)
+    assert [(u.unit_id, u.devices, u.llm_names) for u in tm.units] == \
+        [(u.unit_id, u.devices, u.llm_names) for u in mux.units]
+    assert {u.mode for u in tm.units} == {"temporal"} and mux.units[0].mode == "spatial-temporal"
+    assert all(m.prefill_share == m.decode_share == 1.0 for u in tm.units for m in u.llms)
+    reqs = [req("A", "a", 0.0, out=3), req("B", "b", 0.001, out=2)]
+    a, b = simulate(tm, LLMS, reqs, flat_table(), cfg())
+    assert b["end"] == pytest.approx((2 * P100 + 3 * D100) / 1000)  # one job at a time, FCFS

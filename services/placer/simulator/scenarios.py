@@ -83,3 +83,15 @@ def paper_spatial(sc: Scenario, cost: CostTable) -> Placement:
             raise ValueError(f"{sc.name}: the paper's spatial units do not fit {sc.nodes}x{sc.devices_per_node}")
         units[name] //= 2
     return planner.place("spatial", pack(units, sc.nodes, sc.devices_per_node))
+
+
+def same_colocation_temporal(placement: Placement) -> Placement:
+    """The paper's temporal multiplexing baseline: `placement`'s units and colocation unchanged, every unit
+    run one job at a time (mode temporal, FCFS across its LLMs, every share 1.0)."""
+    d = placement.to_dict()
+    d["policy"] = "temporal"
+    for u in d["units"]:
+        u["mode"] = "temporal"
+        for llm in u["llms"]:
+            llm["prefill_share"] = llm["decode_share"] = 1.0
+    return Placement.from_dict(d)
