@@ -99,14 +99,15 @@ def table(results: list[dict]) -> list[str]:
              + " | " + " | ".join(f"{m} / {o}" for m, o in pairs) + " |",
              "|" + " --- |" * (2 + len(POLICIES) + len(pairs))]
     for k in keys:
-        got = {p: by.get((k, p)) for p in POLICIES}
-        if any(v is None for v in got.values()):
+        got = {p: by.get((k, p)) for p in POLICIES}  # a policy not run on this workload shows "-"
+        if got["muxserve"] is None:
             continue
         name = f"alpha {k[1]:g}, max {k[2]:g}" if k[0] == "synthetic" else f"chatlmsys x{k[1]}"
-        cells = [f"{v['throughput_rps']:.1f}, {v['steady_throughput_rps']:.1f} ({v['slo'][8]:.2f})"
+        cells = [f"{v['throughput_rps']:.1f}, {v['steady_throughput_rps']:.1f} ({v['slo'][8]:.2f})" if v else "-"
                  for v in got.values()]
         ratios = [f"{got[m]['steady_throughput_rps'] / got[o]['steady_throughput_rps']:.2f}x "
-                  f"({got[m]['throughput_rps'] / got[o]['throughput_rps']:.2f}x)" for m, o in pairs]
+                  f"({got[m]['throughput_rps'] / got[o]['throughput_rps']:.2f}x)" if got[m] and got[o] else "-"
+                  for m, o in pairs]
         lines.append(f"| {name} | {got['muxserve']['offered_rps']:.1f} | " + " | ".join(cells + ratios) + " |")
     return lines
 
