@@ -48,6 +48,7 @@ class PlacerConfig:
     max_replicas: int = 1  # > 1: an LLM no single unit can serve at its rate runs in up to this many units
     host: str = "127.0.0.1"
     port: int = 50052
+    device: str = "cuda"  # the cluster's (not a key of the section): "cpu" units are work-conserving
 
     @property
     def workload(self) -> Workload:
@@ -70,7 +71,7 @@ class PlacerConfig:
             values["device_memory_gb"] = _default_memory_gb(mesh)
         if values["cost_table"] and base is not None:
             values["cost_table"] = str(Path(base) / os.path.expanduser(values["cost_table"]))
-        return cls(**values)
+        return cls(**values, device=mesh.cluster.device if mesh is not None else "cuda")
 
 
 def _default_memory_gb(mesh: MeshConfig | None) -> float:

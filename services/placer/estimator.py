@@ -17,13 +17,16 @@ Model (per unit of n devices, all of its LLMs tensor-parallel over all n):
 - temporal: one job at a time on the whole unit (FCFS), so LLM i needs c_i = decode_step_i(b_i, 1)
   * output_len / b_i + prefill_i seconds of exclusive unit time per request; with load
   L = sum_i rate_i * c_i, each LLM gets x_i = rate_i / max(1, L).
-MuxServe's estimate of a unit is the better of its two modes (a unit may fall back to temporal).
+MuxServe's estimate of a unit is the better of its two modes (a unit may fall back to temporal), except on
+work-conserving units (CPU process jobs: a dispatch gets every core the others leave free, compute.py
+`spread`), where spatial-temporal serves at least what temporal does; there the unit keeps MuxServe's mode and
+shares (each decode job keeps its cores beside the others') with the temporal estimate's throughput.
 Throughputs are capped at the rate: a unit's `served` is what it serves of its demand, in req/s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import Workload
 from .costmodel import CostTable  # or analytic.CostModel: the same lookups
@@ -60,8 +63,9 @@ class UnitEstimator:
     """estimate(n, llms, rates, mode) -> UnitEstimate, or None when the LLMs do not fit the unit."""
 
     def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int = MAX_BATCH, work_conserving: bool = False):
         self.cost, self.w = cost, workload
+        self.work_conserving = work_conserving
         self.capacity_per_device = device_bytes * mem_util
         self.max_batch = max_batch
 
@@ -77,7 +81,12 @@ class UnitEstimator:
         if mode in ("spatial", "spatial-temporal") or len(llms) == 1:
             return st
         tm = self._temporal(n, llms, rates, bmax)
-        return tm if tm.served > st.served + 1e-9 else st
+        if tm.served <= st.served + 1e-9:
+            return st
+        if not self.work_conserving:
+            return tm
+        return UnitEstimate(n, "spatial-temporal", [replace(e, throughput=t.throughput)
+                                                    for e, t in zip(st.llms, tm.llms)])
 
     def fits(self, n: int, llm: LLMSpec) -> bool:
         """Whether `llm` alone fits a unit of n devices (cost table and memory)."""

@@ -124,3 +124,28 @@ def test_capacity_scale_is_the_largest_load_the_layout_serves():
     assert cap > 1  # the offered load is served with room to spare: the capped objective cannot say how much
     assert serves(at(cap), p, 0.99) and not serves(at(cap * 1.05), p, 0.99)
     assert capacity_scale(at, p, lo=cap * 2) == 0.0
+
+
+def test_work_conserving_units_keep_muxserves_mode_where_temporal_estimates_better():
+    """Compute-bound decode (half the share, twice the time): one job at a time on the whole unit
+    estimates better than decode jobs side by side. A GPU unit then falls back to temporal (FCFS); a
+    work-conserving one (CPU process jobs: a lone dispatch gets every free core) keeps spatial-temporal,
+    its decode shares (the jobs' own cores) and the temporal estimate's throughput."""
+    from services.placer.costmodel import CostTable
+    from services.placer.estimator import UnitEstimator
+    from tests.placer.conftest import WORKLOAD
+
+    table = hand_table()
+    for cells in table["m"]["1"]["50"].values():
+        for cell in cells.values():
+            cell["decoding"] = 20.0
+    llms, rates = (spec("a", 6), spec("b", 2)), (6.0, 2.0)
+    gpu, cpu = (UnitEstimator(CostTable(table), WORKLOAD, 2000, 1.0, work_conserving=w) for w in (False, True))
+    st, tm = gpu.estimate(1, llms, rates, "spatial-temporal"), gpu.estimate(1, llms, rates, "temporal")
+    assert tm.served > st.served
+    on_gpu, on_cpu = gpu.estimate(1, llms, rates, "muxserve"), cpu.estimate(1, llms, rates, "muxserve")
+    assert on_gpu.mode == "temporal" and on_gpu.served == pytest.approx(tm.served)
+    assert on_cpu.mode == "spatial-temporal" and on_cpu.served == pytest.approx(tm.served)
+    assert [e.decode_share for e in on_cpu.llms] == [e.decode_share for e in st.llms]
+    assert sum(e.decode_share for e in on_cpu.llms) <= 1.0 + 1e-9
+    assert cpu.estimate(1, llms, rates, "temporal").mode == "temporal"  # the temporal policy is unchanged
