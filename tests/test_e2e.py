@@ -10,12 +10,10 @@ import grpc
 import pytest
 import redis
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from muxserve.launcher import Mesh
 from muxserve.v1 import router_pb2, router_pb2_grpc
-from muxserve.netutil import free_port
+from tests.meshconf import mesh_of, two_llm_conf
 
 PROMPTS = ["Hello, world! The quick brown fox", "MuxServe serves", "日本語 €"]
 
@@ -23,20 +21,9 @@ PROMPTS = ["Hello, world! The quick brown fox", "MuxServe serves", "日本語 �
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table):
     root = tmp_path_factory.mktemp("mesh")
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
-    conf = {
-        "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
-        "models": [{"name": "llama", "path": str(tiny_llama), "rate": 2.0, "cost_key": "tiny-llama"},
-                   {"name": "qwen", "path": str(tiny_qwen2), "rate": 1.0, "cost_key": "tiny-qwen2"}],
-        "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
-        **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr")},
-        "worker": {"host": "127.0.0.1", "port": ports["worker"],
-                   "engine": {"block_size": 8, "num_blocks": 2048}},
-    }
-    conf["placer"]["cost_table"] = str(cpu_cost_table)  # costs of these models on this machine
-    path = root / "mesh.yaml"
-    path.write_text(yaml.safe_dump(conf))
-    m = Mesh(str(path), log_dir=str(root / "logs"), http_port=0)  # HTTP on a free port (unused here)
+    conf = two_llm_conf(tiny_llama, tiny_qwen2, cpu_cost_table)
+    conf["worker"]["engine"] = {"block_size": 8, "num_blocks": 2048}
+    m = mesh_of(conf, root, http_port=0)  # HTTP on a free port (unused here)
     with m.running(timeout=240):
         yield m
 

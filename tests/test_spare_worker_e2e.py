@@ -13,10 +13,9 @@ import time
 
 import grpc
 import pytest
-import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import free_port
+from tests.meshconf import mesh_of, two_llm_conf
 from muxserve.v1 import placer_pb2, placer_pb2_grpc, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.test_faults_e2e import _all_blocks_free, _complete, _failed_with_status, _kill, _stream, _worker_of
 
@@ -26,21 +25,12 @@ TTL_S = 3.0
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table):
     root = tmp_path_factory.mktemp("spare")
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
-    conf = {
-        "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
-        "models": [{"name": "llama", "path": str(tiny_llama), "rate": 2.0, "cost_key": "tiny-llama"},
-                   {"name": "qwen", "path": str(tiny_qwen2), "rate": 1.0, "cost_key": "tiny-qwen2"}],
-        "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
-        **{s: {"host": "127.0.0.1", "port": ports[s]} for s in ("router", "placer", "memmgr", "worker")},
-    }
-    conf["placer"].update(cost_table=str(cpu_cost_table), policy="spatial", worker_ttl_s=TTL_S, interval_s=0.5)
+    conf = two_llm_conf(tiny_llama, tiny_qwen2, cpu_cost_table)
+    conf["placer"].update(policy="spatial", worker_ttl_s=TTL_S, interval_s=0.5)
     conf["memmgr"].update(heartbeat_timeout_s=TTL_S, block_size=8,
                           pools=[{"head_dim": 16, "dtype": "float32", "num_blocks": 4096}])
     conf["worker"].update(metrics_port=-1, spares=1, leases={"idle_release_s": 0.5, "sync_interval_s": 0.2})
-    path = root / "mesh.yaml"
-    path.write_text(yaml.safe_dump(conf))
-    m = Mesh(str(path), log_dir=str(root / "logs"), http_port=-1)
+    m = mesh_of(conf, root)
     with m.running(timeout=240):
         yield m
 
