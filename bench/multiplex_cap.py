@@ -19,6 +19,7 @@ and temporal: the ceiling the end-to-end benchmark can reach on these cores.
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 import json
 import statistics
 import sys
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     spin = {} if args.omp_spin_count is None else {"omp_spin_count": args.omp_spin_count}
     configs = [c for c in args.configs.split(",") if c]
-    busy: dict[str, list] = {c: [] for c in ("temporal", "muxserve", "muxserve-1c", "muxserve-thread", "muxserve-all")}
+    busy: dict[str, list] = defaultdict(list)  # config -> per round: seconds each job had a batch in flight
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-cap-"))
     work.mkdir(parents=True, exist_ok=True)
     cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None)
@@ -165,9 +166,9 @@ def main(argv=None) -> int:
                     h.terminate()
             print(f"round {r}: {c} {got[c][-1]:.2f} req/s", file=sys.stderr, flush=True)
     med = {c: statistics.median(v) for c, v in got.items()}
-    out = {"requests": len(reqs), "background": args.background, "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count),
-           "placer_shares": shares, "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}}
-    out["job_busy_s"] = {c: b for c, b in busy.items() if b}  # per round: seconds each job had a batch in flight
+    out = {"requests": len(reqs), "background": args.background,
+           "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count), "placer_shares": shares,
+           "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}, "job_busy_s": dict(busy)}
     for base in ("spatial", "temporal"):
         if base in med:
             out[f"vs_{base}"] = {c: round(med[c] / med[base], 3) for c in med}

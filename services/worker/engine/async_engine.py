@@ -72,9 +72,6 @@ class AsyncUnitEngine:
                 for rid, _, _ in items:
                     self._queues.pop(rid, None)
 
-    def _deliver(self, rid: str, ch: Chunk) -> None:
-        self._deliver_all({rid: ch})
-
     # ---- requests ---------------------------------------------------------------------------
     async def generate(self, request_id: str, llm: str, prompt: str | list[dict] | None = None,
                        prompt_token_ids: list[int] | None = None, sampling: SamplingParams | None = None,
@@ -137,7 +134,7 @@ class AsyncUnitEngine:
         await asyncio.to_thread(self._thread.join)
         for rid in list(self._queues):  # wake streams still waiting: they end with "abort"
             self.engine.abort(rid)
-            self._deliver(rid, Chunk(finish_reason="abort"))
+        self._deliver_all({rid: Chunk(finish_reason="abort") for rid in list(self._queues)})
         await asyncio.to_thread(self.engine.close)
 
 

@@ -1,8 +1,8 @@
 """Job processes: a prefill or decode job of one LLM in its own OS process (types.Job).
 
-`ProcessJob(spec, weights, pool, block_size, device, share, omp_spin_count=...)` spawns a child (torch.multiprocessing,
-spawn context) that builds a ModelRunner over the parent's weight tensors and pool tensor, passed
-as shared memory (CPU) or CUDA IPC handles (or, with `pool_attach`, a picklable callable the child
+`ProcessJob(spec, weights, pool, block_size, device, share, omp_spin_count=...)` spawns a child
+(torch.multiprocessing, spawn context) that builds a ModelRunner over the parent's weight tensors and
+pool tensor, passed as shared memory (CPU) or CUDA IPC handles (or, with `pool_attach`, a picklable callable the child
 calls to map the pool itself: memmgr's segment): nothing is reloaded from disk or copied, so the
 prefill job's K/V writes are what the decode job reads. Steps go over a pipe; a reader thread
 resolves the futures in order. If the child dies, its pending futures fail with JobCrashedError,
