@@ -80,9 +80,11 @@ def test_missing_and_malformed_files(tmp_path):
 def test_every_service_config_comes_from_the_one_model():
     """Per-service objects take the validated sections; dicts given to them are validated the same way."""
     mesh = cfg.from_dict({"models": MODELS, "placer": {"policy": "spatial"}, "memmgr": {"block_size": 8},
-                          "router": {"http_port": -1}, "worker": {"kv": "local", "engine": {"dtype": "bfloat16"}}},
+                          "router": {"http_port": -1},
+                          "worker": {"kv": "local", "engine": {"dtype": "bfloat16", "overload_allowance": 0.3}}},
                          env={})
-    assert PlacerConfig.from_section(mesh.section("placer"), mesh).policy == "spatial"
+    placer = PlacerConfig.from_section(mesh.section("placer"), mesh)
+    assert (placer.policy, placer.overload_allowance) == ("spatial", 0.3)  # the engine's margin, for the estimate
     assert MemmgrConfig.from_section(mesh.section("memmgr")).block_size == 8
     assert from_mesh(mesh).http_port == -1
     wcfg = WorkerConfig.from_section(mesh.section("worker"))

@@ -49,6 +49,7 @@ class PlacerConfig:
     host: str = "127.0.0.1"
     port: int = 50052
     device: str = "cuda"  # the cluster's (not a key of the section): "cpu" units are work-conserving
+    overload_allowance: float = 0.2  # the engine's (worker.engine, not a key of the section): admission's margin
 
     @property
     def workload(self) -> Workload:
@@ -71,7 +72,10 @@ class PlacerConfig:
             values["device_memory_gb"] = _default_memory_gb(mesh)
         if values["cost_table"] and base is not None:
             values["cost_table"] = str(Path(base) / os.path.expanduser(values["cost_table"]))
-        return cls(**values, device=mesh.cluster.device if mesh is not None else "cuda")
+        if mesh is None:
+            return cls(**values)
+        return cls(**values, device=mesh.cluster.device,
+                   overload_allowance=mesh.section("worker").engine.overload_allowance)
 
 
 def _default_memory_gb(mesh: MeshConfig | None) -> float:

@@ -14,6 +14,15 @@ Model (per unit of n devices, all of its LLMs tensor-parallel over all n):
   never below the smallest share the cost table measured (below it the table only extrapolates
   latency as 1/share: a 5% decode share would "serve" a cold LLM at 6x the latency); shares are
   scaled down together when they do not fit in 100%; its batch is then the smallest that meets the rate.
+- spatial-temporal with prefill beside decode (GPU units: MPS shares that cannot spread): with a prefill share p
+  such that p + sum_i d_i <= 1 + overload allowance, the engine admits a prefill while every decode job runs,
+  so decode is never held back and LLM i serves min(rate_i, b_i / (decode_step_i(b_i, d_i) * output_len)); the
+  unit's prefills (at share p, one at a time) must fit: sum_j x_j * prefill_j(p) <= MAX_RHO. The decode shares
+  are the smallest that meet the rates, scaled up to use what p leaves (a decode job cannot use compute it was
+  not given). Every p on the share grid is a candidate beside the held-back layout above; the unit keeps the
+  one that serves the most and, among those that serve as much, the one with the most headroom: the least,
+  over its LLMs and its prefill, of capacity at the largest batch over the rate (a layout that only just
+  serves its rate queues at the first burst).
 - temporal: one job at a time on the whole unit (FCFS), so LLM i needs c_i = decode_step_i(b_i, 1)
   * output_len / b_i + prefill_i seconds of exclusive unit time per request; with load
   L = sum_i rate_i * c_i, each LLM gets x_i = rate_i / max(1, L).
@@ -53,6 +62,7 @@ class UnitEstimate:
     n_devices: int
     mode: str  # "spatial-temporal" | "temporal"
     llms: list[LLMEstimate]
+    headroom: float = 0.0  # least capacity / rate over the LLMs' decode and the unit's prefill (module docstring)
 
     @property
     def served(self) -> float:
@@ -63,9 +73,10 @@ class UnitEstimator:
     """estimate(n, llms, rates, mode) -> UnitEstimate, or None when the LLMs do not fit the unit."""
 
     def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9,
-                 max_batch: int = MAX_BATCH, work_conserving: bool = False):
+                 max_batch: int = MAX_BATCH, work_conserving: bool = False, overload_allowance: float = 0.2):
         self.cost, self.w = cost, workload
         self.work_conserving = work_conserving
+        self.allowance = overload_allowance  # the engine's: admitted shares may add up to 1 + this
         self.capacity_per_device = device_bytes * mem_util
         self.max_batch = max_batch
 
@@ -111,11 +122,15 @@ class UnitEstimator:
 
     def _prefill(self, n: int, m: LLMSpec, bmax: int) -> tuple[float, float]:
         """(prefill share, seconds of prefill per request)."""
+        full = self._prefill_at(n, m, bmax, 1.0)
+        share = next(s for s in self._shares(n, m) if self._prefill_at(n, m, bmax, s) <= PREFILL_SLACK * full)
+        return share, self._prefill_at(n, m, bmax, share)
+
+    def _prefill_at(self, n: int, m: LLMSpec, bmax: int, share: float) -> float:
+        """Seconds of prefill per request at `share`, prompts batched under the token budget."""
         p = self.w.prompt_len
         c = max(1, min(bmax, self.w.prefill_token_budget // p))
-        full = self.cost.prefill_ms(m.cost_key, n, 1.0, c, p)
-        share = next(s for s in self._shares(n, m) if self.cost.prefill_ms(m.cost_key, n, s, c, p) <= PREFILL_SLACK * full)
-        return share, self.cost.prefill_ms(m.cost_key, n, share, c, p) / 1000 / c
+        return self.cost.prefill_ms(m.cost_key, n, share, c, p) / 1000 / c
 
     def _capacity(self, n: int, m: LLMSpec, b: int, share: float) -> float:
         """Decode-limited req/s of LLM m at batch b and decode share `share`."""
@@ -123,6 +138,18 @@ class UnitEstimator:
         return b / (self.cost.decode_ms(m.cost_key, n, share, b, ctx) / 1000 * self.w.output_len)
 
     def _spatial_temporal(self, n, llms, rates, bmax) -> UnitEstimate:
+        best = self._held_back(n, llms, rates, bmax)
+        if self.work_conserving:  # CPU cores spread to whatever job runs: the held-back estimate stands
+            return best
+        for p in SHARES:
+            e = self._beside(n, llms, rates, bmax, p)
+            if e is not None and (e.served > best.served + 1e-6 or
+                                  (e.served > best.served - 1e-6 and e.headroom > best.headroom)):
+                best = e
+        return best
+
+    def _held_back(self, n, llms, rates, bmax) -> UnitEstimate:
+        """Prefill at the share PREFILL_SLACK allows, decode held back while it runs (module docstring)."""
         pre = [self._prefill(n, m, b) for m, b in zip(llms, bmax)]
         rho = min(sum(r * p[1] for r, p in zip(rates, pre)), MAX_RHO)
         need = [r / (1 - rho) for r in rates]
@@ -134,7 +161,29 @@ class UnitEstimator:
         served = _fixed_point(rates, caps, [p[1] for p in pre])
         ests = [LLMEstimate(m.name, r, b, max(p[0], s), s, x)
                 for m, r, b, p, s, x in zip(llms, rates, batches, pre, shares, served)]
-        return UnitEstimate(n, "spatial-temporal", ests)
+        load = sum(x * p[1] for x, p in zip(served, pre))
+        room = [(1 - load) * self._capacity(n, m, b, s) / max(r, 1e-9) for m, b, s, r in zip(llms, bmax, shares, rates)]
+        return UnitEstimate(n, "spatial-temporal", ests, min(room + [MAX_RHO / max(load, 1e-9)]))
+
+    def _beside(self, n, llms, rates, bmax, p: float) -> UnitEstimate | None:
+        """Prefill at share p beside every decode job (module docstring), or None where p leaves the decode
+        jobs less than they need or is below a table's smallest measured share."""
+        room = min(1.0, 1 + self.allowance - p)
+        if room <= 0 or any(p < self.cost.min_share(m.cost_key, n) - 1e-9 for m in llms):
+            return None
+        shares = [self._min_share(n, m, b, r) for m, b, r in zip(llms, bmax, rates)]
+        if sum(shares) > room + 1e-9:
+            return None
+        shares = [s * room / sum(shares) for s in shares]  # what p leaves, to the decode jobs
+        batches = [self._min_batch(n, m, b, s, r) for m, b, s, r in zip(llms, bmax, shares, rates)]
+        served = [min(r, self._capacity(n, m, b, s)) for m, b, s, r in zip(llms, batches, shares, rates)]
+        pre = [self._prefill_at(n, m, b, p) for m, b in zip(llms, bmax)]
+        load = sum(x * t for x, t in zip(served, pre))
+        if load > MAX_RHO:
+            served = [x * MAX_RHO / load for x in served]
+        ests = [LLMEstimate(m.name, r, b, p, s, x) for m, r, b, s, x in zip(llms, rates, batches, shares, served)]
+        room_llm = [self._capacity(n, m, b, s) / max(r, 1e-9) for m, b, s, r in zip(llms, bmax, shares, rates)]
+        return UnitEstimate(n, "spatial-temporal", ests, min(room_llm + [MAX_RHO / max(load, 1e-9)]))
 
     def _min_share(self, n, m, bmax, need) -> float:
         return next((s for s in self._shares(n, m) if self._capacity(n, m, bmax, s) >= need), 1.0)

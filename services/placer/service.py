@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def make_planner(specs: list[LLMSpec], rates: dict[str, float], nodes: int, devices_per_node: int,
                  cfg: PlacerConfig, cost: CostTable, units: list[tuple[int, int]] | None = None) -> Planner:
     est = UnitEstimator(cost, cfg.workload, cfg.device_memory_gb * 2**30, cfg.memory_utilization,
-                        work_conserving=cfg.device == "cpu")
+                        work_conserving=cfg.device == "cpu", overload_allowance=cfg.overload_allowance)
     return Planner(specs, rates, nodes, devices_per_node, est, units, cfg.max_replicas)
 
 

@@ -34,8 +34,8 @@ def spec(name: str, rate: float, weight: int = 400, kv: int = 1, key: str = "m")
 WORKLOAD = Workload(prompt_len=10, output_len=100, prefill_token_budget=2048)
 
 
-def estimator(device_bytes: float = 1000, table: dict | None = None) -> UnitEstimator:
-    return UnitEstimator(CostTable(table or hand_table()), WORKLOAD, device_bytes, 1.0)
+def estimator(device_bytes: float = 1000, table: dict | None = None, **kw) -> UnitEstimator:
+    return UnitEstimator(CostTable(table or hand_table()), WORKLOAD, device_bytes, 1.0, **kw)
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_plan_json(capsys, tmp_path, hand_table_file, policy):
     for u in d["units"]:
         assert u["devices"]
         for m in u["llms"]:
-            assert 0 < m["decode_share"] <= m["prefill_share"] <= 1
+            assert 0 < m["decode_share"] <= 1 and 0 < m["prefill_share"] <= 1
 
 
 def test_plan_text(capsys, tmp_path, hand_table_file):

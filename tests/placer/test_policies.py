@@ -41,16 +41,53 @@ def test_spatial_temporal_colocation_beats_temporal_by_hand():
     assert est.estimate(1, llms, rates, "muxserve").mode == "spatial-temporal"
 
 
-def test_decode_share_is_smallest_that_meets_rate_and_not_above_prefill():
-    est = estimator(device_bytes=1000)
-    u = est.estimate(1, (spec("a", 2),), (2.0,), "spatial")
-    # batch cap 5: need 5 / (t * 0.1) >= 2 -> t <= 25 ms: 6/s <= 25 would allow 0.25, but the table
-    # measured nothing below 50% (latency there is only extrapolated), so the share stops at 0.5
+def test_decode_share_is_smallest_that_meets_rate_when_prefill_holds_decode_back():
+    # work-conserving (CPU) units keep the held-back layout: batch cap 5: need 5 / (t * 0.1) >= 2 -> t <= 25
+    # ms: 6/s <= 25 would allow 0.25, but the table measured nothing below 50% (latency there is only
+    # extrapolated), so the share stops at 0.5
+    u = estimator(device_bytes=1000, work_conserving=True).estimate(1, (spec("a", 2),), (2.0,), "spatial")
     assert u.llms[0].decode_share == 0.5
     assert u.llms[0].prefill_share >= u.llms[0].decode_share
     assert u.served == pytest.approx(2.0)
-    # rate 4.5: t <= 11.1 ms -> 12 - 4 (s - 0.5) <= 11.1 -> s >= 0.7225 -> 0.75 on the 5% grid
-    assert est.estimate(1, (spec("a", 4.5),), (4.5,), "spatial").llms[0].decode_share == 0.75
+    # rate 4.5: t <= 11.1 ms -> 12 - 4 (s - 0.5) <= 11.1 -> s >= 0.7225 -> 0.75 on the 5% grid; beside a
+    # prefill job (at 50% at least, the table's smallest share) only 1.2 - 0.5 = 0.7 is left: held back
+    u = estimator(device_bytes=1000).estimate(1, (spec("a", 4.5),), (4.5,), "spatial")
+    assert u.llms[0].decode_share == 0.75 and u.llms[0].prefill_share >= 0.75
+
+
+def test_lone_llm_decode_takes_what_its_prefill_leaves():
+    # rate 2 as above: prefill at the table's smallest share (50%) beside decode, which gets the rest of
+    # 100% + the 20% allowance (0.7) rather than the 0.5 it needs: same service, more headroom
+    u = estimator(device_bytes=1000).estimate(1, (spec("a", 2),), (2.0,), "spatial")
+    assert (u.llms[0].prefill_share, u.llms[0].decode_share) == (0.5, pytest.approx(0.7))
+    assert u.served == pytest.approx(2.0)
+
+
+def prefill_table() -> dict:
+    """hand_table with prefill that costs: 100 ms a batch at 100% share, 120 ms at 50%."""
+    t = hand_table()
+    for share, ms in (("100", 100.0), ("50", 120.0)):
+        for cells in t["m"]["1"][share].values():
+            for cell in cells.values():
+                cell["prefill"] = ms
+    return t
+
+
+def test_prefill_beside_decode_when_the_allowance_admits_both():
+    # batch cap 32 (the table's largest); a prefill batch of 32 prompts: 100 ms at 100%, 3.125 ms a request.
+    # Held back (allowance 0: a prefill beside decode would leave it 50%, 26.7 req/s): prefill at 75% (the
+    # smallest share within 1.1 x 100 ms: 110 ms on the table's line from 50% to 100%, 3.4375 ms a request),
+    # decode at 100% (32 / 1.0 s = 32 req/s) but only while no prefill runs: x = (1 - 0.0034375 x) 32 ->
+    # x = 32 / 1.11 = 28.83 of 30.
+    held = estimator(device_bytes=1e6, table=prefill_table(), overload_allowance=0.0)
+    u = held.estimate(1, (spec("a", 30),), (30.0,), "spatial")
+    assert u.served == pytest.approx(32 / 1.11, rel=1e-3)
+    assert (u.llms[0].prefill_share, u.llms[0].decode_share) == (1.0, 1.0)
+    # allowance 0.5: prefill at 50% (3.75 ms a request, 11% of the time) beside decode at 100% -> all 30
+    beside = estimator(device_bytes=1e6, table=prefill_table(), overload_allowance=0.5)
+    u = beside.estimate(1, (spec("a", 30),), (30.0,), "spatial")
+    assert u.served == pytest.approx(30.0)
+    assert (u.llms[0].prefill_share, u.llms[0].decode_share) == (0.5, pytest.approx(1.0))
 
 
 def plan(llms, nodes, dpn, policy, device_bytes=2000, table=None):
