@@ -73,6 +73,7 @@ def run_engine_nn_linear(path: str, reqs, args) -> dict:
 
 def run_engine(path: str, reqs, args) -> dict:
     from services.worker.engine.engine import UnitEngine
+    from services.worker.engine.runner import freeze_heap
     from services.worker.engine.types import SamplingParams
 
     cfg = EngineConfig(block_size=args.block_size, num_blocks=args.num_blocks * 16 // args.block_size,
@@ -81,6 +82,7 @@ def run_engine(path: str, reqs, args) -> dict:
     eng = UnitEngine([LLMConfig("m", path)], cfg)
     engine_path = eng.llms["m"].spec.engine
     eng.generate("m", [reqs[0][0]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+    freeze_heap()  # as the worker and its job processes do once loaded
     t0 = time.perf_counter()
     for i, (ids, n) in enumerate(reqs):
         eng.add_request(f"r{i}", "m", prompt_token_ids=ids, sampling=SamplingParams(max_tokens=n, ignore_eos=True))

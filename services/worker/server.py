@@ -19,6 +19,7 @@ from services.worker.config import WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
 from services.worker.metrics import serve_metrics
+from services.worker.engine.runner import freeze_heap
 from services.worker.engine.types import (CapacityError, InvalidRequestError, ModelLoadError, ModelNotReadyError,
                                           PoolLostError, UnknownModelError)
 from services.worker.failures import failure_reason
@@ -242,6 +243,7 @@ def main(config_path: str, port: int | None = None, host: str | None = None,
     async def run() -> None:
         running, worker, task = await serve(mesh, port, host, worker_id or os.environ.get("MUXSERVE_WORKER_ID"),
                                             num_devices)
+        freeze_heap()  # the loaded worker: full collections skip it from now on
 
         async def on_stop() -> None:
             if task is not None:

@@ -47,11 +47,12 @@ def _child_main(spec, weights, pool, block_size, device, share, conn, pool_attac
     """Job process body: build a runner over the shared tensors, then serve steps until EOF/None."""
     try:
         apply_in_child(share)
-        from .runner import ModelRunner
+        from .runner import ModelRunner, freeze_heap
 
         if pool_attach is not None:
             pool = pool_attach()  # [num_blocks, 2, block_size, head_dim], the parent's memory
         runner = ModelRunner(spec, weights, pool, block_size, device)
+        freeze_heap()
     except BaseException as exc:  # noqa: BLE001 - tell the parent why, as text (exc may not pickle)
         conn.send(("failed", os.getpid(), f"{type(exc).__name__}: {exc}"))
         conn.close()

@@ -10,6 +10,7 @@ for job processes.
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,15 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (modules, weights' wrappers, the loaded engine) out of the garbage
+    collector's reach, as vLLM's engine core does after start-up: the objects a serving process keeps
+    for its whole life are no longer traversed by each full collection that its per-step objects
+    trigger. Call once a process has loaded what it serves; objects created later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 class ModelRunner:
