@@ -14,6 +14,8 @@ muxserve/temporal; with --sweep, the highest rate at which 99% of requests meet 
     python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
     python bench/multiplex.py --rate 16 --requests 200 --alpha 1.9
     python bench/multiplex.py --sweep 4,8,12,16 --requests 240   # + the rate at 99% SLO (scale 8)
+    python bench/multiplex.py --resimulate docs/results/multiplex-2026-12-01-s9.json --out /tmp/resim
+                                                       # the simulator again on a saved run (no mesh)
 """
 
 from __future__ import annotations
@@ -186,10 +188,23 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
     return out
 
 
-def simulate_runs(r: dict, lists: dict, base: dict) -> dict:
-    """The simulator on the same plan and request lists. The one mesh term it needs, the overhead of
-    a dispatch, is calibrated on the alone runs (measured TPOT alone - the cost table's batch-1 decode
-    step on that model's spatial unit, the smaller of the two models), never on the loaded runs."""
+def host_cpu_per_token(spatial: dict) -> float:
+    """CPU seconds per output token of every process but the jobs (router, worker, placer, memmgr, redis,
+    client), in the spatial mesh's run at its lowest rate (below every policy's knee): the simulator's host
+    term, calibrated once and used for every policy and rate. 0 when the run has no CPU accounting."""
+    cpu = spatial.get("cpu_s") or {}
+    if not cpu:
+        return 0.0
+    rate = min(cpu, key=float)
+    tokens = sum(x["tokens"] for x in spatial["runs"][rate]) or 1
+    return sum(v for k, v in cpu[rate].items() if k != "jobs") / tokens
+
+
+def simulate_runs(r: dict, lists: dict, base: dict, host: float = 0.0) -> dict:
+    """The simulator on the same plan and request lists. Its mesh terms: the overhead of a dispatch,
+    calibrated on the alone runs (measured TPOT alone - the cost table's batch-1 decode step on that
+    model's spatial unit, the smaller of the two models), and the host CPU per token (host_cpu_per_token,
+    from spatial's lowest rate); never on the runs being compared."""
     from services.placer.cli import load_plan_inputs
     from services.placer.placement import Placement
     from services.placer.simulator import SimConfig, simulate, sim_llms
@@ -200,9 +215,10 @@ def simulate_runs(r: dict, lists: dict, base: dict) -> dict:
     over = min(max(base[m]["tpot"] - cost.decode_ms(m, 1, 1.0, 1, pcfg.avg_prompt_len) / 1000, 0.0) for m in MODELS)
     head_block = 2 * 32 * 64 * 4  # bytes of one head-wise block (block_size 32, head_dim 64, fp32)
     cfg = SimConfig(device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block,
-                    dispatch_overhead_s=over, quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
+                    dispatch_overhead_s=over, host_cpu_s_per_token=host,
+                    quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
     return {rate: simulate(placement, sim_llms(specs), reqs, cost, cfg) for rate, reqs in lists.items()} | {
-        "dispatch_overhead_s": over}
+        "dispatch_overhead_s": over, "host_cpu_s_per_token": host}
 
 
 def main(argv=None) -> int:
@@ -223,22 +239,55 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results/multiplex")
     ap.add_argument("--simulate", action="store_true",
                     help="also serve each request list in the simulator (same plan, cost table, engine keys)")
+    ap.add_argument("--resimulate", default="", metavar="RESULTS_JSON",
+                    help="no mesh: simulate a saved run again (its request lists, plans and --work), report to --out")
+    ap.add_argument("--no-host-term", action="store_true", help="simulate without the host CPU term")
     args = ap.parse_args(argv)
+    if args.resimulate:
+        return resimulate(Path(args.resimulate), args)
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cost = prepare_models(work, Path(args.cost_table) if args.cost_table else None)
     rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})
-    vocab = 384
-    lists = {r: workload.generate(list(MODELS), args.alpha, r, args.requests, args.seed, args.prompt_mean,
-                                  args.output_mean, vocab) for r in rates}
+    lists = make_lists(args, rates)
     policies = [p for p in args.policies.split(",") if p]
     if "spatial" not in policies:
         raise SystemExit("the SLO base is measured on the spatial units: keep spatial in --policies")
     raw = {p: run_policy(p, args, work, cost, rates, lists, p == "spatial") for p in ["spatial"] + [
         p for p in policies if p != "spatial"]}
     if args.simulate:
-        for p, r in raw.items():
-            r["simulated"] = simulate_runs(r, lists, raw["spatial"]["base"])
+        add_simulated(raw, lists, args)
+    return write_report(raw, lists, rates, args)
+
+
+def make_lists(args, rates: list[float]) -> dict:
+    return {r: workload.generate(list(MODELS), args.alpha, r, args.requests, args.seed, args.prompt_mean,
+                                 args.output_mean, 384) for r in rates}
+
+
+def add_simulated(raw: dict, lists: dict, args) -> None:
+    host = 0.0 if args.no_host_term else host_cpu_per_token(raw["spatial"])
+    for r in raw.values():
+        r["simulated"] = simulate_runs(r, lists, raw["spatial"]["base"], host)
+
+
+def resimulate(path: Path, args) -> int:
+    """The simulator on a saved run: the same request lists (regenerated from its arguments), plans and
+    cost table (its --work folder must still hold the configs); the measured side is the saved one."""
+    saved = json.loads(path.read_text())
+    raw, old = saved["raw"], saved["report"]["args"]
+    for key in ("rate", "sweep", "alpha", "requests", "prompt_mean", "output_mean", "seed", "policies", "work"):
+        setattr(args, key, old[key])
+    rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})
+    for r in raw.values():  # JSON keys are strings
+        r["runs"] = {float(k): v for k, v in r["runs"].items()}
+        r["cpu_s"] = {float(k): v for k, v in r.get("cpu_s", {}).items()}
+    args.simulate = True
+    add_simulated(raw, make_lists(args, rates), args)
+    return write_report(raw, make_lists(args, rates), rates, args)
+
+
+def write_report(raw: dict, lists: dict, rates: list[float], args) -> int:
     report = build_report(raw, lists, rates, args, list(MODELS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,27 @@ def test_cpu_unit_one_dispatch_per_core():
     assert r["end"] == pytest.approx((P100 + D100) / 1000)  # alone, each job got both cores
 
 
+def test_cpu_host_work_per_token_by_hand():
+    # h CPU seconds of host work per sampled token land on the busy cores: a dispatch of c cores sampling
+    # s tokens while a fraction f of the machine's cores is busy lasts h * s * f / c longer
+    h = 0.004
+    table = CostTable({"a": {"2": flat_table(("a",))._raw["a"]["1"]}})
+    place = Placement("t", 0.0, [Unit("u0x2", [0, 1], [LLMPlacement("a", 0.5, 0.5)])])
+    (r,) = simulate(place, LLMS, [req("A", "a", 0.0, out=2)], table, cfg(device="cpu", host_cpu_s_per_token=h))
+    assert r["end"] == pytest.approx((P100 + D100) / 1000 + 2 * h / 2)  # both cores busy, 2 dispatches of 1 token
+    # two 1-core units on one machine: alone, half its cores are idle and take half the host work ...
+    two = Placement("t", 0.0, [Unit("u0x1", [0], [LLMPlacement("a", 1.0, 1.0)]),
+                               Unit("u1x1", [1], [LLMPlacement("b", 1.0, 1.0)])])
+    (r,) = simulate(two, LLMS, [req("A", "a", 0.0, out=2)], flat_table(), cfg(device="cpu", host_cpu_s_per_token=h))
+    assert r["end"] == pytest.approx((P100 + D100) / 1000 + 2 * h / 2)
+    # ... while the other unit is busy (B, 1 us ahead, keeps its core through both of A's dispatches: its
+    # prefill ends at P + h/2, its decode starts then and lasts D + h), A's core takes all its host work
+    b, a = simulate(two, LLMS, [req("B", "b", 0.0, out=2), req("A", "a", 1e-6, out=2)], flat_table(),
+                    cfg(device="cpu", host_cpu_s_per_token=h))
+    assert a["end"] == pytest.approx(1e-6 + (P100 + D100) / 1000 + 2 * h)
+    assert b["end"] == pytest.approx((P100 + D100) / 1000 + h / 2 + h)
+
+
 def test_metrics_of_simulated_records():
     recs = simulate(unit("temporal"), LLMS, [req("A", "a", 0.0, out=3), req("B", "b", 0.001, out=2)],
                     flat_table(), cfg())

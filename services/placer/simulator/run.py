@@ -69,6 +69,9 @@ class Simulation:
                  cfg: SimConfig | None = None):
         self.cfg = cfg or SimConfig()
         self.units = [SimUnit(u, llms, cost, self.cfg) for u in placement.units]
+        if self.cfg.device == "cpu":  # one machine: the mesh's host work takes whichever cores are free
+            for u in self.units:
+                u.peers = self.units
 
     def run(self, requests: list) -> list[dict]:
         hosts = {name: [u for u in self.units if name in u.llms] for name in {r.model for r in requests}}

@@ -8,7 +8,11 @@ compute.py does). A prefill dispatch (recompute after preemption included) looks
 sequences, seq = mean tokens computed); a decode dispatch (batch, seq = mean context). Each dispatch
 also costs `dispatch_overhead_s`, and each sampled token `token_overhead_s` (what the engine, its job
 pipes and the mesh spend beside the forward pass; 0 for the A100 table, whose entries were measured
-around the whole step).
+around the whole step). On CPU, `host_cpu_s_per_token` is the CPU time the mesh's own processes (router,
+worker loop, job pipes, a local client) spend per streamed token on the cores the jobs run on: a dispatch
+of c cores sampling s tokens while a fraction f of the host's cores is busy lasts h x s x f / c longer (its
+tokens' host work lands on its own cores when no core is idle, on the idle ones when they are). The host is
+every unit in `peers` (Simulation sets all of a CPU placement's units: one machine, as the CPU mesh runs).
 
 KV: the unit's pool (devices x device bytes x memory utilization - weights) in coarse blocks of
 `sim_block_bytes`; a token block of an LLM costs ceil(KV bytes per token x block_size / sim_block_bytes)
@@ -48,6 +52,7 @@ class SimConfig:
     quota: quotas.QuotaPolicy = field(default_factory=quotas.QuotaPolicy)
     dispatch_overhead_s: float = 0.0
     token_overhead_s: float = 0.0
+    host_cpu_s_per_token: float = 0.0  # CPU units: the mesh's CPU per streamed token on the jobs' cores
     sim_block_bytes: int = 1 << 20
     num_blocks: int = 0  # blocks of each unit's pool (0: from the memory model); the CPU mesh sets it
 
@@ -77,6 +82,7 @@ class SimUnit:
             capacity, {n: m.rate for n, m in self.llms.items()}, self.per_token))
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode)
         self.num_finished = 0  # sequences this unit completed
+        self.peers: list[SimUnit] = [self]  # the units whose cores the host's processes share (module docstring)
         for name in self.llms:
             self.scheduler.add_llm(name)
         shares = {f"{m.name}/{k}": s for m in unit.llms
@@ -132,7 +138,15 @@ class SimUnit:
         else:  # decode: every sequence computes its last token and samples the next
             ms = self.cost.decode_ms(key, self.n, share, batch, sum(s.num_computed_tokens for s in d.plan) / batch + 1)
             sampled = batch
-        return ms / 1000 + self.cfg.dispatch_overhead_s + self.cfg.token_overhead_s * sampled
+        return ms / 1000 + self.cfg.dispatch_overhead_s + self.cfg.token_overhead_s * sampled + self._host(d, sampled)
+
+    def _host(self, d: Dispatch, sampled: int) -> float:
+        """Seconds the mesh's host work for `sampled` tokens adds to dispatch d (CPU units; module docstring)."""
+        cores = self.budget.cores_of(d.llm, d.kind)
+        if not cores or not self.cfg.host_cpu_s_per_token:
+            return 0.0
+        busy = 1 - sum(len(u.budget.free_cores()) for u in self.peers) / sum(u.n for u in self.peers)
+        return self.cfg.host_cpu_s_per_token * sampled * busy / len(cores)
 
     # ---- ADBS ---------------------------------------------------------------------------------
     def adapt_quotas(self) -> None:
