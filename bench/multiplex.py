@@ -69,7 +69,7 @@ def prepare_models(work: Path, cost: Path | None) -> Path:
 
 
 def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, num_blocks: int,
-                 lens: tuple[float, float]) -> Path:
+                 lens: tuple[float, float], host_ms: float = 0.0) -> Path:
     import yaml
 
     ports = {s: free_port() for s in ("router", "placer", "memmgr", "worker", "redis")}
@@ -78,7 +78,8 @@ def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, n
            "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
            "router": {"host": "127.0.0.1", "port": ports["router"], "http_port": -1},
            "placer": {"host": "127.0.0.1", "port": ports["placer"], "cost_table": str(cost), "policy": policy,
-                      "interval_s": 3600, "avg_prompt_len": lens[0], "avg_output_len": lens[1]},
+                      "interval_s": 3600, "avg_prompt_len": lens[0], "avg_output_len": lens[1],
+                      "host_cpu_ms_per_token": host_ms},
            "memmgr": {"host": "127.0.0.1", "port": ports["memmgr"]},
            "worker": {"host": "127.0.0.1", "port": ports["worker"], "kv": "local",
                       "engine": {"num_blocks": num_blocks, "job_mode": "process"}}}
@@ -170,7 +171,7 @@ def alone_latency(address: str, reqs: list[workload.Request], per_model: int) ->
 def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], lists: dict, need_base: bool):
     prior = dict(zip(MODELS, workload.popularity(len(MODELS), args.alpha)))
     config = write_config(work, policy, {m: p * args.rate for m, p in prior.items()}, cost, args.num_blocks,
-                          (args.prompt_mean, args.output_mean))
+                          (args.prompt_mean, args.output_mean), args.host_cpu_ms)
     planned = plan(config)
     out = {"plan": planned, "runs": {}, "config": str(config), "num_blocks": args.num_blocks}
     with Mesh(config, work / f"{policy}.log") as mesh:
@@ -242,6 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resimulate", default="", metavar="RESULTS_JSON",
                     help="no mesh: simulate a saved run again (its request lists, plans and --work), report to --out")
     ap.add_argument("--no-host-term", action="store_true", help="simulate without the host CPU term")
+    ap.add_argument("--host-cpu-ms", type=float, default=1.2,
+                    help="the placer's placer.host_cpu_ms_per_token (the mesh's CPU per streamed token; 1.17 ms "
+                         "measured by this script's accounting, docs/benchmarks.md); 0 leaves it out")
     args = ap.parse_args(argv)
     if args.resimulate:
         return resimulate(Path(args.resimulate), args)

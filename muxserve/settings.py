@@ -120,6 +120,8 @@ class Placer(Service):
                                                         "every worker_ttl_s / 3 at most)")
     max_replicas: int = Field(1, ge=1, description="> 1: an LLM that no single unit serves at its rate runs in "
                                                    "up to this many units, its rate split among them")
+    host_cpu_ms_per_token: float = Field(0.0, ge=0, description="CPU clusters: CPU ms the mesh's own processes "
+                                         "spend per streamed token on the jobs' cores (bench/multiplex.py measures it)")
 
 
 class Pool(Section):

@@ -46,6 +46,7 @@ class PlacerConfig:
     load_time_s: float = 30.0
     worker_ttl_s: float = 30.0
     max_replicas: int = 1  # > 1: an LLM no single unit can serve at its rate runs in up to this many units
+    host_cpu_ms_per_token: float = 0.0  # CPU clusters: the mesh's own CPU per streamed token (estimator.py)
     host: str = "127.0.0.1"
     port: int = 50052
     device: str = "cuda"  # the cluster's (not a key of the section): "cpu" units are work-conserving

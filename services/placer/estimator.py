@@ -31,6 +31,10 @@ work-conserving units (CPU process jobs: a dispatch gets every core the others l
 `spread`), where spatial-temporal serves at least what temporal does; there the unit keeps MuxServe's mode and
 shares (each decode job keeps its cores beside the others') with the temporal estimate's throughput.
 Throughputs are capped at the rate: a unit's `served` is what it serves of its demand, in req/s.
+Host work (CPU units, `host_cpu_s_per_token` h > 0): the mesh's own processes spend h CPU seconds per streamed
+token on the unit's cores, so a unit streaming T tokens/s keeps n - h T of its n cores for its jobs; the
+served rates are scaled by f = min(1, c s) / min(1, c), c the headroom (capacity / rate), s = 1 - h T f / n
+(T at f = 1), solved in closed form.
 """
 
 from __future__ import annotations
@@ -73,9 +77,11 @@ class UnitEstimator:
     """estimate(n, llms, rates, mode) -> UnitEstimate, or None when the LLMs do not fit the unit."""
 
     def __init__(self, cost: CostTable, workload: Workload, device_bytes: float, mem_util: float = 0.9,
-                 max_batch: int = MAX_BATCH, work_conserving: bool = False, overload_allowance: float = 0.2):
+                 max_batch: int = MAX_BATCH, work_conserving: bool = False, overload_allowance: float = 0.2,
+                 host_cpu_s_per_token: float = 0.0):
         self.cost, self.w = cost, workload
         self.work_conserving = work_conserving
+        self.host = host_cpu_s_per_token  # CPU units: the mesh's CPU seconds per streamed token (docstring)
         self.allowance = overload_allowance  # the engine's: admitted shares may add up to 1 + this
         self.capacity_per_device = device_bytes * mem_util
         self.max_batch = max_batch
@@ -83,6 +89,17 @@ class UnitEstimator:
     def estimate(self, n: int, llms: tuple[LLMSpec, ...], rates: tuple[float, ...],
                  mode: str = "muxserve") -> UnitEstimate | None:
         """mode: "muxserve" (best of both), "spatial-temporal", "temporal" or "spatial" (= s-t)."""
+        e = self._estimate(n, llms, rates, mode)
+        return e if e is None or self.host <= 0 else self._with_host(e)
+
+    def _with_host(self, e: UnitEstimate) -> UnitEstimate:
+        """The estimate with the host's share of the unit's cores taken out (module docstring)."""
+        a = self.host * sum(x.throughput for x in e.llms) * self.w.output_len / e.n_devices  # cores lost at f = 1
+        c = max(e.headroom, 1e-9)  # capacity / rate without host work
+        f = min(1.0, c / (1 + a * c)) if c >= 1 else 1 / (1 + a)  # f = min(1, c s) / min(1, c), s = 1 - a f
+        return replace(e, llms=[replace(x, throughput=x.throughput * f) for x in e.llms], headroom=e.headroom * f)
+
+    def _estimate(self, n, llms, rates, mode) -> UnitEstimate | None:
         bmax = self.max_batches(n, llms, rates)
         if bmax is None:
             return None
@@ -97,7 +114,7 @@ class UnitEstimator:
         if not self.work_conserving:
             return tm
         return UnitEstimate(n, "spatial-temporal", [replace(e, throughput=t.throughput)
-                                                    for e, t in zip(st.llms, tm.llms)])
+                                                    for e, t in zip(st.llms, tm.llms)], tm.headroom)
 
     def fits(self, n: int, llm: LLMSpec) -> bool:
         """Whether `llm` alone fits a unit of n devices (cost table and memory)."""
@@ -206,9 +223,10 @@ class UnitEstimator:
     def _temporal(self, n, llms, rates, bmax) -> UnitEstimate:
         pre = [self._prefill(n, m, b)[1] for m, b in zip(llms, bmax)]
         per_req = [1 / self._capacity(n, m, b, 1.0) + p for m, b, p in zip(llms, bmax, pre)]
-        load = max(1.0, sum(r * c for r, c in zip(rates, per_req)))
+        need = sum(r * c for r, c in zip(rates, per_req))  # seconds of exclusive unit time per second
+        load = max(1.0, need)
         ests = [LLMEstimate(m.name, r, b, 1.0, 1.0, r / load) for m, r, b in zip(llms, rates, bmax)]
-        return UnitEstimate(n, "temporal", ests)
+        return UnitEstimate(n, "temporal", ests, 1 / max(need, 1e-9))
 
 
 def _fixed_point(rates, caps, pre, iters: int = 60) -> list[float]:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def make_planner(specs: list[LLMSpec], rates: dict[str, float], nodes: int, devices_per_node: int,
                  cfg: PlacerConfig, cost: CostTable, units: list[tuple[int, int]] | None = None) -> Planner:
     est = UnitEstimator(cost, cfg.workload, cfg.device_memory_gb * 2**30, cfg.memory_utilization,
-                        work_conserving=cfg.device == "cpu", overload_allowance=cfg.overload_allowance)
+                        work_conserving=cfg.device == "cpu", overload_allowance=cfg.overload_allowance,
+                        host_cpu_s_per_token=cfg.host_cpu_ms_per_token / 1000 if cfg.device == "cpu" else 0.0)
     return Planner(specs, rates, nodes, devices_per_node, est, units, cfg.max_replicas)
 
 

@@ -186,3 +186,26 @@ def test_work_conserving_units_keep_muxserves_mode_where_temporal_estimates_bett
     assert [e.decode_share for e in on_cpu.llms] == [e.decode_share for e in st.llms]
     assert sum(e.decode_share for e in on_cpu.llms) <= 1.0 + 1e-9
     assert cpu.estimate(1, llms, rates, "temporal").mode == "temporal"  # the temporal policy is unchanged
+
+
+def test_host_work_takes_cores_from_a_cpu_unit():
+    # rate 2, 100 output tokens: 200 tokens/s; h = 4 ms a token of host work leaves 1 - 0.8 f of the core
+    # (f the fraction still served); with c = capacity / rate of the estimate without host work,
+    # f = min(1, c (1 - 0.8 f)) -> f = c / (1 + 0.8 c)
+    plain = estimator(device_bytes=1000, work_conserving=True).estimate(1, (spec("a", 2),), (2.0,), "spatial")
+    c = plain.headroom
+    assert c > 1 and plain.served == pytest.approx(2.0)
+    host = estimator(device_bytes=1000, work_conserving=True, host_cpu_s_per_token=0.004)
+    u = host.estimate(1, (spec("a", 2),), (2.0,), "spatial")
+    assert u.served == pytest.approx(2 * c / (1 + 0.8 * c), rel=1e-6)
+    assert u.llms[0].decode_share == plain.llms[0].decode_share  # the layout stays; only what it serves drops
+
+
+def test_host_work_is_a_cpu_cluster_term():
+    from services.placer.config import PlacerConfig
+    from services.placer.service import make_planner
+
+    specs = [spec("a", 2)]
+    for device, want in (("cpu", 0.004), ("cuda", 0.0)):
+        cfg = PlacerConfig(device=device, host_cpu_ms_per_token=4.0)
+        assert make_planner(specs, {}, 1, 1, cfg, CostTable(hand_table())).est.host == want
