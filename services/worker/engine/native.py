@@ -117,22 +117,23 @@ def _cpu_id() -> str:
     return platform.machine() + model + " ".join(sorted(_cpu_flags()))
 
 
-def _key(cc: str, gomp: str, isa: str) -> str:
-    text = [p.read_bytes() for p in sorted(CSRC.glob("*.[ch]"))]
+def _key(cc: str, gomp: str, isa: str, src: Path = CSRC) -> str:
+    text = [p.read_bytes() for p in sorted(src.glob("*.[ch]"))]
     return hashlib.sha256(b"\0".join([*text, cc.encode(), gomp.encode(), _cpu_id().encode(), isa.encode()])
                           ).hexdigest()[:16]
 
 
-def _build(cc: str, gomp: str, isa: str, key: str) -> Path:
-    """Compile csrc/*.c for one ISA into one library in the cache (atomically: several job processes may race)."""
+def _build(cc: str, gomp: str, isa: str, key: str, src: Path = CSRC) -> Path:
+    """Compile src/*.c (default csrc/) for one ISA into one library in the cache (atomically: several job
+    processes may race)."""
     out = cache_dir() / f"kernels-{isa}-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        objs = [str(Path(tmp) / f"{src.stem}.o") for src in sorted(CSRC.glob("*.c"))]
-        for src, obj in zip(sorted(CSRC.glob("*.c")), objs):
-            subprocess.run([cc, "-O3", *FLAGS[isa], "-fopenmp", "-fPIC", "-c", str(src), "-o", obj],
+        objs = [str(Path(tmp) / f"{c.stem}.o") for c in sorted(src.glob("*.c"))]
+        for c, obj in zip(sorted(src.glob("*.c")), objs):
+            subprocess.run([cc, "-O3", *FLAGS[isa], "-fopenmp", "-fPIC", "-c", str(c), "-o", obj],
                            check=True, capture_output=True, timeout=120)
         lib = Path(tmp) / "kernels.so"
         subprocess.run([cc, "-shared", *objs, gomp, f"-Wl,-rpath,{Path(gomp).parent}", "-o", str(lib)],
@@ -163,7 +164,7 @@ def _bind(lib: ctypes.CDLL, isa: str, key: str, path: Path) -> Kernels:
                    (decode, bad_row))
 
 
-def _load(isa: str) -> Kernels | None:
+def _load(isa: str, src: Path = CSRC) -> Kernels | None:
     if not sys.platform.startswith("linux"):
         return None
     cc = shutil.which(os.environ.get("CC", "cc"))
@@ -173,8 +174,8 @@ def _load(isa: str) -> Kernels | None:
                  else "torch is not on GNU OpenMP")
         return None
     try:
-        key = _key(cc, gomp, isa)
-        path = _build(cc, gomp, isa, key)
+        key = _key(cc, gomp, isa, src)
+        path = _build(cc, gomp, isa, key, src)
         kernels = _bind(ctypes.CDLL(str(path)), isa, key, path)
     except (OSError, subprocess.SubprocessError) as exc:
         err = getattr(exc, "stderr", b"") or b""
@@ -184,6 +185,14 @@ def _load(isa: str) -> Kernels | None:
     log.info("native CPU kernels: %s build (panels %s wide, tiles of %s rows), CPU runs %s", isa,
              "/".join(map(str, kernels.widths)), "/".join(map(str, kernels.tile_rows)), ", ".join(cpu_isas()))
     return kernels
+
+
+def build_from(src: str | Path, isa: str) -> Kernels | None:
+    """A library built from another copy of csrc/ (a kernel variant to compare; bench/kernel_ab.py), cached
+    like the engine's own by the hash of its sources. Never the one the engine uses."""
+    if isa not in cpu_isas():
+        raise ValueError(f"this CPU does not run {isa!r} code (it runs {', '.join(cpu_isas())})")
+    return _load(isa, Path(src))
 
 
 def kernels(isa: str | None = None) -> Kernels | None:
