@@ -102,3 +102,22 @@ def test_without_a_c_compiler_the_engine_keeps_torch_matmuls(tmp_path, checkpoin
                          cwd=os.getcwd())
     assert out.returncode == 0, out.stderr
     assert "no C compiler" in out.stderr
+
+
+@pytest.mark.skipif(GEMV is None, reason="no C compiler / GNU OpenMP here")
+def test_a_kernel_variant_builds_as_its_own_library(tmp_path):
+    # bench/kernel_ab.py's variants: a copy of csrc/ builds apart from the engine's library (its own key),
+    # the unchanged copy is the engine's own
+    isa = native.cpu_isas()[0]
+    own = native.kernels(isa)
+    assert native.build_from(native.CSRC, isa).key == own.key
+    src = tmp_path / "csrc"
+    src.mkdir()
+    for f in native.CSRC.glob("*.[ch]"):
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / "gemv.c").write_text((src / "gemv.c").read_text() + "\n/* a variant */\n")
+    variant = native.build_from(src, isa)
+    assert variant.key != own.key and variant.path != own.path
+    w, x = torch.randn(64, 128), torch.randn(3, 64)
+    p = to_panels(w, variant.widths)
+    assert torch.allclose(variant.gemv(x, p), x @ w, atol=1e-4, rtol=1e-4)
