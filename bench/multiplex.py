@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from muxserve import workload  # noqa: E402
 from proctime import services_cpu_s  # noqa: E402
 from multiplex_report import build_report, draw, validation_lines  # noqa: E402
+from multiplex_sim import add_simulated  # noqa: E402
 
 MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share one pool)
     "big": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8, intermediate_size=1408, seed=1),
@@ -189,39 +190,6 @@ def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], li
     return out
 
 
-def host_cpu_per_token(spatial: dict) -> float:
-    """CPU seconds per output token of every process but the jobs (router, worker, placer, memmgr, redis,
-    client), in the spatial mesh's run at its lowest rate (below every policy's knee): the simulator's host
-    term, calibrated once and used for every policy and rate. 0 when the run has no CPU accounting."""
-    cpu = spatial.get("cpu_s") or {}
-    if not cpu:
-        return 0.0
-    rate = min(cpu, key=float)
-    tokens = sum(x["tokens"] for x in spatial["runs"][rate]) or 1
-    return sum(v for k, v in cpu[rate].items() if k != "jobs") / tokens
-
-
-def simulate_runs(r: dict, lists: dict, base: dict, host: float = 0.0) -> dict:
-    """The simulator on the same plan and request lists. Its mesh terms: the overhead of a dispatch,
-    calibrated on the alone runs (measured TPOT alone - the cost table's batch-1 decode step on that
-    model's spatial unit, the smaller of the two models), and the host CPU per token (host_cpu_per_token,
-    from spatial's lowest rate); never on the runs being compared."""
-    from services.placer.cli import load_plan_inputs
-    from services.placer.placement import Placement
-    from services.placer.simulator import SimConfig, simulate, sim_llms
-    from services.memmgr.quotas import QuotaPolicy
-
-    specs, _, _, pcfg, cost = load_plan_inputs(r["config"], None, None)
-    placement = Placement.from_dict(r["plan"])
-    over = min(max(base[m]["tpot"] - cost.decode_ms(m, 1, 1.0, 1, pcfg.avg_prompt_len) / 1000, 0.0) for m in MODELS)
-    head_block = 2 * 32 * 64 * 4  # bytes of one head-wise block (block_size 32, head_dim 64, fp32)
-    cfg = SimConfig(device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block,
-                    dispatch_overhead_s=over, host_cpu_s_per_token=host,
-                    quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
-    return {rate: simulate(placement, sim_llms(specs), reqs, cost, cfg) for rate, reqs in lists.items()} | {
-        "dispatch_overhead_s": over, "host_cpu_s_per_token": host}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=24.0,
@@ -260,19 +228,13 @@ def main(argv=None) -> int:
     raw = {p: run_policy(p, args, work, cost, rates, lists, p == "spatial") for p in ["spatial"] + [
         p for p in policies if p != "spatial"]}
     if args.simulate:
-        add_simulated(raw, lists, args)
+        add_simulated(raw, lists, args, list(MODELS))
     return write_report(raw, lists, rates, args)
 
 
 def make_lists(args, rates: list[float]) -> dict:
     return {r: workload.generate(list(MODELS), args.alpha, r, args.requests, args.seed, args.prompt_mean,
                                  args.output_mean, 384) for r in rates}
-
-
-def add_simulated(raw: dict, lists: dict, args) -> None:
-    host = 0.0 if args.no_host_term else host_cpu_per_token(raw["spatial"])
-    for r in raw.values():
-        r["simulated"] = simulate_runs(r, lists, raw["spatial"]["base"], host)
 
 
 def resimulate(path: Path, args) -> int:
@@ -287,7 +249,7 @@ def resimulate(path: Path, args) -> int:
         r["runs"] = {float(k): v for k, v in r["runs"].items()}
         r["cpu_s"] = {float(k): v for k, v in r.get("cpu_s", {}).items()}
     args.simulate = True
-    add_simulated(raw, make_lists(args, rates), args)
+    add_simulated(raw, make_lists(args, rates), args, list(MODELS))
     return write_report(raw, make_lists(args, rates), rates, args)
 
 

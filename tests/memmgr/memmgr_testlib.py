@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grpc
+
 from services.memmgr.config import MemmgrConfig
 from services.memmgr.server import MemmgrService, start
 
@@ -18,3 +20,13 @@ def config(**overrides) -> MemmgrConfig:
 
 async def start_memmgr(**overrides) -> MemmgrService:
     return await start(config(**overrides), port=0)
+
+
+async def status_code(call) -> grpc.StatusCode:
+    """The status an RPC ends with (OK when it succeeds); a refusal must say why in its details."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as e:
+        assert e.details(), "a refusal says why"
+        return e.code()
+    return grpc.StatusCode.OK

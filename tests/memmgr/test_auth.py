@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from memmgr_testlib import config
+from memmgr_testlib import config, status_code
 from muxserve.v1 import memmgr_pb2 as pb
 from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
 from services.memmgr.auth import SESSION_KEY, TOKEN_KEY
@@ -20,13 +20,6 @@ TOKEN = "t0ken"
 LLM = pb.LLMSpec(name="m", num_layers=2, num_kv_heads=2, head_dim=16, dtype="float32", rate=1.0)
 
 
-async def _code(call) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as e:
-        assert e.details(), "an auth refusal says why"
-        return e.code()
-    return grpc.StatusCode.OK
 
 
 async def _used(stub) -> int:
@@ -48,14 +41,14 @@ async def test_without_the_token_nothing_leases_or_sets_quotas():
             for call in (stub.OpenSession(pb.OpenSessionRequest(worker_id="x")), stub.Lease(lease, metadata=own_key),
                          stub.SetQuota(pb.SetQuotaRequest(llm="m", quota_blocks=10**6)),
                          stub.AdaptQuotas(pb.AdaptQuotasRequest())):
-                assert await _code(call) == grpc.StatusCode.UNAUTHENTICATED
+                assert await status_code(call) == grpc.StatusCode.UNAUTHENTICATED
             wrong = ((TOKEN_KEY, "guess"),)
-            assert await _code(stub.SetQuota(pb.SetQuotaRequest(llm="m", quota_blocks=1), metadata=wrong)) == \
+            assert await status_code(stub.SetQuota(pb.SetQuotaRequest(llm="m", quota_blocks=1), metadata=wrong)) == \
                 grpc.StatusCode.PERMISSION_DENIED
-            assert await _code(stub.Stats(pb.StatsRequest())) == grpc.StatusCode.OK  # read-only stays open
+            assert await status_code(stub.Stats(pb.StatsRequest())) == grpc.StatusCode.OK  # read-only stays open
             assert await _used(stub) == 8  # nothing moved
             # the operator (token alone) sets quotas
-            assert await _code(stub.SetQuota(pb.SetQuotaRequest(llm="m", quota_blocks=64),
+            assert await status_code(stub.SetQuota(pb.SetQuotaRequest(llm="m", quota_blocks=64),
                                              metadata=((TOKEN_KEY, TOKEN),))) == grpc.StatusCode.OK
             assert next(u.quota_blocks for u in (await stub.Stats(pb.StatsRequest())).llms if u.name == "m") == 64
         await owner.release("m", held)

@@ -18,6 +18,7 @@ from muxserve.v1 import memmgr_pb2 as pb
 from muxserve.v1 import memmgr_pb2_grpc as pb_grpc
 from services.memmgr.auth import SESSION_KEY, TOKEN_KEY
 from services.memmgr.client import MemmgrClient
+from memmgr_testlib import status_code
 from worker_testlib import generate, llm_usage, memmgr, mesh_dict, request, spawn_worker
 
 TOKEN = "close-session-token"
@@ -53,13 +54,6 @@ async def test_sigterm_returns_every_block_at_once(tiny_llama, tmp_path):
         await svc.stop()
 
 
-async def _code(call) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as e:
-        assert e.details(), "a refusal says why"
-        return e.code()
-    return grpc.StatusCode.OK
 
 
 async def test_close_session_needs_the_token_and_the_sessions_own_key():
@@ -78,7 +72,7 @@ async def test_close_session_needs_the_token_and_the_sessions_own_key():
         async with grpc.aio.insecure_channel(svc.address) as ch:
             stub = pb_grpc.MemmgrStub(ch)
             for metadata, code in refused:
-                assert await _code(stub.CloseSession(ref, metadata=metadata)) == code, metadata
+                assert await status_code(stub.CloseSession(ref, metadata=metadata)) == code, metadata
                 stats = svc.stats()
                 assert (stats.sessions, llm_usage(stats, "m").used_blocks) == (2, 8), "a refused call changed nothing"
             closed = await stub.CloseSession(ref, metadata=((TOKEN_KEY, TOKEN), (SESSION_KEY, owner.session_key)))
