@@ -248,9 +248,9 @@ def resimulate(path: Path, args) -> int:
     for r in raw.values():  # JSON keys are strings
         r["runs"] = {float(k): v for k, v in r["runs"].items()}
         r["cpu_s"] = {float(k): v for k, v in r.get("cpu_s", {}).items()}
-    args.simulate = True
-    add_simulated(raw, make_lists(args, rates), args, list(MODELS))
-    return write_report(raw, make_lists(args, rates), rates, args)
+    args.simulate, lists = True, make_lists(args, rates)
+    add_simulated(raw, lists, args, list(MODELS))
+    return write_report(raw, lists, rates, args)
 
 
 def write_report(raw: dict, lists: dict, rates: list[float], args) -> int:

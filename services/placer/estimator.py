@@ -158,8 +158,9 @@ class UnitEstimator:
         best = self._held_back(n, llms, rates, bmax)
         if self.work_conserving:  # CPU cores spread to whatever job runs: the held-back estimate stands
             return best
+        need = [self._min_share(n, m, b, r) for m, b, r in zip(llms, bmax, rates)]  # decode, never held back
         for p in SHARES:
-            e = self._beside(n, llms, rates, bmax, p)
+            e = self._beside(n, llms, rates, bmax, p, need)
             if e is not None and (e.served > best.served + 1e-6 or
                                   (e.served > best.served - 1e-6 and e.headroom > best.headroom)):
                 best = e
@@ -182,16 +183,13 @@ class UnitEstimator:
         room = [(1 - load) * self._capacity(n, m, b, s) / max(r, 1e-9) for m, b, s, r in zip(llms, bmax, shares, rates)]
         return UnitEstimate(n, "spatial-temporal", ests, min(room + [MAX_RHO / max(load, 1e-9)]))
 
-    def _beside(self, n, llms, rates, bmax, p: float) -> UnitEstimate | None:
+    def _beside(self, n, llms, rates, bmax, p: float, need: list[float]) -> UnitEstimate | None:
         """Prefill at share p beside every decode job (module docstring), or None where p leaves the decode
-        jobs less than they need or is below a table's smallest measured share."""
+        jobs less than the shares they need (`need`) or is below a table's smallest measured share."""
         room = min(1.0, 1 + self.allowance - p)
-        if room <= 0 or any(p < self.cost.min_share(m.cost_key, n) - 1e-9 for m in llms):
+        if room <= 0 or sum(need) > room + 1e-9 or any(p < self.cost.min_share(m.cost_key, n) - 1e-9 for m in llms):
             return None
-        shares = [self._min_share(n, m, b, r) for m, b, r in zip(llms, bmax, rates)]
-        if sum(shares) > room + 1e-9:
-            return None
-        shares = [s * room / sum(shares) for s in shares]  # what p leaves, to the decode jobs
+        shares = [s * room / sum(need) for s in need]  # what p leaves, to the decode jobs
         batches = [self._min_batch(n, m, b, s, r) for m, b, s, r in zip(llms, bmax, shares, rates)]
         served = [min(r, self._capacity(n, m, b, s)) for m, b, s, r in zip(llms, batches, shares, rates)]
         pre = [self._prefill_at(n, m, b, p) for m, b in zip(llms, bmax)]

@@ -190,9 +190,13 @@ def _load(isa: str, src: Path = CSRC) -> Kernels | None:
 def build_from(src: str | Path, isa: str) -> Kernels | None:
     """A library built from another copy of csrc/ (a kernel variant to compare; bench/kernel_ab.py), cached
     like the engine's own by the hash of its sources. Never the one the engine uses."""
+    _require(isa)
+    return _load(isa, Path(src))
+
+
+def _require(isa: str) -> None:
     if isa not in cpu_isas():
         raise ValueError(f"this CPU does not run {isa!r} code (it runs {', '.join(cpu_isas())})")
-    return _load(isa, Path(src))
 
 
 def kernels(isa: str | None = None) -> Kernels | None:
@@ -201,8 +205,7 @@ def kernels(isa: str | None = None) -> Kernels | None:
         if mode() == "off":
             return None
         isa = chosen_isa()
-    if isa not in cpu_isas():
-        raise ValueError(f"this CPU does not run {isa!r} code (it runs {', '.join(cpu_isas())})")
+    _require(isa)
     with _lock:
         if isa not in _loaded:
             _loaded[isa] = _load(isa)
