@@ -4,7 +4,7 @@ Each --variants entry is a folder holding a copy of services/worker/engine/csrc 
 `current` (the checkout's own). Every variant is built as its own library (native.build_from) for --isa and
 runs the same decode steps of engine_throughput.py's default model (random weights, hidden 512, 8 layers,
 8 heads, 4 KV heads, intermediate 1408) over the same pool: each case (rows x context tokens, every sequence
-on its own blocks) in every round, variants in alternating order, min of --rounds. Outputs must agree across
+on its own blocks) in every round, variants in alternating order, min and median of --rounds. Outputs must agree across
 variants (allclose 1e-4): a faster variant that computes something else is reported as an error. Prints ms per
 step, each variant's speed over the first one, and one JSON line. --peak also times a one-thread FMA loop
 (12 independent accumulators, the build's vector width) compiled with the same compiler: the ceiling the
@@ -13,6 +13,11 @@ matrix products are measured against.
     cp -r services/worker/engine/csrc /tmp/v1 && $EDITOR /tmp/v1/gemv.c
     python bench/kernel_ab.py --variants current,/tmp/v1
     python bench/kernel_ab.py --variants current --peak --rows 1,32 --contexts 16
+    python bench/kernel_ab.py --variants current,/tmp/v1 --spread   # unequal contexts, as in a real batch
+
+--spread gives row i of M the context max(1, round(2 * ctx * (i + 1) / (M + 1))) instead of ctx (the same mean,
+from ~0 to ~2 ctx: work per (sequence, head) differs, as in engine_throughput's batches). --block-size is the
+pool's tokens per block (default: the engine's, EngineConfig.block_size).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from services.worker.engine import fused, native  # noqa: E402
+from services.worker.engine.config import EngineConfig  # noqa: E402
 
 PEAK_C = r"""
 #include <stdio.h>
@@ -70,7 +77,7 @@ def fma_peak(isa: str) -> float:
         return float(subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()[0])
 
 
-def build_model(tmp: Path, max_rows: int, max_context: int):
+def build_model(tmp: Path, max_rows: int, max_context: int, bs: int):
     """(spec, Transformer) of engine_throughput's default shape over a pool with room for every case."""
     from muxserve.tiny import write_tiny_checkpoint
     from services.worker.engine.loader import load_weights
@@ -79,7 +86,6 @@ def build_model(tmp: Path, max_rows: int, max_context: int):
     write_tiny_checkpoint(tmp, arch="llama", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4,
                           intermediate_size=1408)
     spec, weights = load_weights(tmp)
-    bs = 16
     per_seq = -(-max_context // bs) * spec.num_layers * spec.num_kv_heads  # blocks of one sequence
     pool = torch.zeros(max_rows * per_seq, 2, bs, spec.head_dim)  # [blocks, 2, bs, hd]
     return spec, Transformer(spec, weights, pool, calibrate_fused=False), per_seq
@@ -95,6 +101,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per case and round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak", action="store_true", help="also time the one-thread FMA loop")
+    ap.add_argument("--spread", action="store_true", help="unequal contexts: from ~0 to ~2x --contexts")
+    ap.add_argument("--block-size", type=int, default=EngineConfig.block_size, help="pool tokens per block")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     isa = args.isa or native.cpu_isas()[0]
@@ -104,21 +112,27 @@ def main(argv=None) -> dict:
         raise SystemExit(f"a variant did not build: {[v for v, k in libs.items() if k is None]}")
     rows, contexts = [int(x) for x in args.rows.split(",")], [int(x) for x in args.contexts.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        spec, m, per_seq = build_model(Path(tmp), max(rows), max(contexts))
+        spec, m, per_seq = build_model(Path(tmp), max(rows), 2 * max(contexts) + 1, args.block_size)
         steps = {v: fused.FusedLayers(spec, m.layers, m.pool, m.embed, m.norm, None if m.tied else m.lm_head,
                                       m.inv_freq, k) for v, k in libs.items()}
-        best: dict[tuple, float] = {}
+        best: dict[tuple, list[float]] = {}  # (variant, rows, context): seconds per step, one per round
         for r in range(args.rounds):
             for M in rows:
                 for ctx in contexts:
-                    run_case(steps, names if r % 2 == 0 else names[::-1], spec, per_seq, M, ctx, args.steps, best)
-    out = {"isa": isa, "threads": args.threads, "variants": names,
-           "ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in best.items()}}
+                    run_case(steps, names if r % 2 == 0 else names[::-1], spec, per_seq, M, ctx, args.steps, best,
+                             args.spread)
+    low = {k: min(ts) for k, ts in best.items()}
+    mid = {k: statistics.median(ts) for k, ts in best.items()}
+    out = {"isa": isa, "threads": args.threads, "variants": names, "spread": args.spread, "block_size": args.block_size,
+           "ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in low.items()},
+           "median_ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in mid.items()}}
+    print("ms per step: min of rounds (speed over the first variant), then median of rounds (speed)")
     for M in rows:
         for c in contexts:
-            t0 = best[names[0], M, c]
+            a, b = low[names[0], M, c], mid[names[0], M, c]
             print(f"rows {M:3d} context {c:4d}: " + "  ".join(
-                f"{v} {best[v, M, c] * 1e3:7.2f} ms ({t0 / best[v, M, c]:.3f}x)" for v in names), flush=True)
+                f"{v} {low[v, M, c] * 1e3:7.2f} ({a / low[v, M, c]:.3f}x) {mid[v, M, c] * 1e3:7.2f} "
+                f"({b / mid[v, M, c]:.3f}x)" for v in names), flush=True)
     if args.peak:
         out["fma_peak_gflops_one_thread"] = fma_peak(isa)
         print(f"one-thread FMA peak ({isa}): {out['fma_peak_gflops_one_thread']:.1f} GFLOP/s")
@@ -127,9 +141,15 @@ def main(argv=None) -> dict:
     return out
 
 
-def run_case(steps: dict, order: list[str], spec, per_seq: int, M: int, ctx: int, n: int, best: dict) -> None:
+def contexts_of(M: int, ctx: int, spread: bool) -> list[int]:
+    """Each row's context tokens: ctx, or with spread max(1, round(2 ctx (i + 1) / (M + 1))) (mean ~ctx)."""
+    return [max(1, round(2 * ctx * (i + 1) / (M + 1))) if spread else ctx for i in range(M)]
+
+
+def run_case(steps: dict, order: list[str], spec, per_seq: int, M: int, ctx: int, n: int, best: dict,
+             spread: bool = False) -> None:
     """One case through every variant in `order`: time n steps, keep the best, check the outputs agree."""
-    pos = torch.full((M,), ctx - 1)  # [M] each row's new position
+    pos = torch.tensor(contexts_of(M, ctx, spread)) - 1  # [M] each row's new position
     tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(M)]
     t = steps[order[0]].tables(pos, tables, list(range(M)))  # [M, S] int32
     tokens = torch.arange(M) % spec.vocab_size  # [M]
@@ -140,7 +160,7 @@ def run_case(steps: dict, order: list[str], spec, per_seq: int, M: int, ctx: int
         t0 = time.perf_counter()
         for _ in range(n):
             f(tokens, pos, t)
-        best[v, M, ctx] = min(best.get((v, M, ctx), float("inf")), (time.perf_counter() - t0) / n)
+        best.setdefault((v, M, ctx), []).append((time.perf_counter() - t0) / n)
     ref = outs[order[0]]
     for v, o in outs.items():
         if not torch.allclose(o, ref, atol=1e-4, rtol=1e-4):

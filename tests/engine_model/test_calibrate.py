@@ -89,7 +89,7 @@ def test_native_forced_on_plans_native_without_measuring(monkeypatch):
 
 
 @pytest.mark.parametrize("isa", native.cpu_isas())
-@pytest.mark.parametrize("rows", [1, 3, 6, 7, 12, 13, 40])
+@pytest.mark.parametrize("rows", [1, 3, 6, 7, 12, 13, 40, 150])  # 150: several row blocks of gemv_panels
 def test_every_isa_build_matches_matmul(isa, rows):
     k = native.kernels(isa)
     for width in k.widths:

@@ -190,7 +190,7 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
         const int64_t t0 = b * bs, lo = start > t0 ? start - t0 : 0, hi = pos - t0 + 1 < bs ? pos - t0 + 1 : bs;
         float acc[bs];
         scores(q, kv_block(d, pool, table, b, l, h), hd, bs, acc);
-        for (int64_t t = lo; t < hi; t++) s[t0 + t - start] = acc[t], mx = fmaxf(mx, acc[t]);
+        for (int64_t t = lo; t < hi; t++) s[t0 + t - start] = acc[t], mx = acc[t] > mx ? acc[t] : mx;
     }
     const int64_t n = pos + 1 - start;
     float sum = 0.f;
@@ -248,7 +248,7 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
     const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
     rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
     gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  /* one (sequence, kv head) at a time: contexts differ in length */
     for (int64_t i = 0; i < M * d->H; i++) {
         const int64_t m = i / d->H;
         attend_group(d, lw, l, m, i % d->H, qkv, pool, tables + m * tstride, pos[m], cos + m * hd, sin + m * hd, s,
