@@ -14,6 +14,7 @@ matrix products are measured against.
     python bench/kernel_ab.py --variants current,/tmp/v1
     python bench/kernel_ab.py --variants current --peak --rows 1,32 --contexts 16
     python bench/kernel_ab.py --variants current,/tmp/v1 --spread   # unequal contexts, as in a real batch
+    python bench/kernel_ab.py --variants current,/tmp/v1 --gemm --rows 64,256,1024,4096   # the products alone
 
 --spread gives row i of M the context max(1, round(2 * ctx * (i + 1) / (M + 1))) instead of ctx (the same mean,
 from ~0 to ~2 ctx: work per (sequence, head) differs, as in engine_throughput's batches). --block-size is the
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from services.worker.engine import fused, native  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
+from services.worker.engine.panels import to_panels  # noqa: E402
 
 PEAK_C = r"""
 #include <stdio.h>
@@ -103,6 +105,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak", action="store_true", help="also time the one-thread FMA loop")
     ap.add_argument("--spread", action="store_true", help="unequal contexts: from ~0 to ~2x --contexts")
     ap.add_argument("--block-size", type=int, default=EngineConfig.block_size, help="pool tokens per block")
+    ap.add_argument("--gemm", action="store_true", help="time the products x @ W alone (GEMM_SHAPES, --rows rows)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     isa = args.isa or native.cpu_isas()[0]
@@ -111,6 +114,8 @@ def main(argv=None) -> dict:
     if any(k is None for k in libs.values()):
         raise SystemExit(f"a variant did not build: {[v for v, k in libs.items() if k is None]}")
     rows, contexts = [int(x) for x in args.rows.split(",")], [int(x) for x in args.contexts.split(",")]
+    if args.gemm:
+        return gemm_ab(libs, names, rows, args.rounds, isa)
     with tempfile.TemporaryDirectory() as tmp:
         spec, m, per_seq = build_model(Path(tmp), max(rows), 2 * max(contexts) + 1, args.block_size)
         steps = {v: fused.FusedLayers(spec, m.layers, m.pool, m.embed, m.norm, None if m.tied else m.lm_head,
@@ -139,6 +144,41 @@ def main(argv=None) -> dict:
     print(native.describe())
     print(json.dumps(out))
     return out
+
+
+GEMM_SHAPES = ((512, 1024), (512, 2816), (1408, 512))  # [K, N] of the model's QKV, gate+up and down matrices
+
+
+def gemm_ab(libs: dict, names: list[str], rows: list[int], rounds: int, isa: str) -> dict:
+    """--gemm: GFLOP/s of each variant's gemv over column panels (and torch's x @ w) per shape and row count:
+    best of `rounds` timings of >= 10 ms of calls each, after a warm-up (the weight stays in cache: the
+    products' own speed)."""
+    def best(fn) -> float:
+        calls = max(1, int(0.01 / timed(fn)))
+        return min(timed(lambda: [fn() for _ in range(calls)]) / calls for _ in range(rounds))
+    out = {"isa": isa, "variants": names, "gflops": {}}
+    for K, N in GEMM_SHAPES:
+        w = torch.randn(K, N)  # [K, N]
+        panels = {v: to_panels(w, k.widths) for v, k in libs.items()}  # [P, K, width]
+        for M in rows:
+            x, flop = torch.randn(M, K), 2 * M * K * N  # [M, K]
+            ref = x @ w
+            for v, k in libs.items():
+                if not torch.allclose(k.gemv(x, panels[v]), ref, rtol=1e-4, atol=1e-4 * K ** 0.5):
+                    raise SystemExit(f"variant {v} computes another product at {M} x {K} x {N}")
+            g = {v: flop / best(lambda: k.gemv(x, panels[v])) / 1e9 for v, k in libs.items()}
+            g["torch"] = flop / best(lambda: x @ w) / 1e9
+            out["gflops"][f"{K}x{N} M={M}"] = {v: round(t, 1) for v, t in g.items()}
+            print(f"{K}x{N} rows {M:5d} GFLOP/s: " + "  ".join(f"{v} {t:6.1f}" for v, t in g.items()), flush=True)
+    print(native.describe())
+    print(json.dumps(out))
+    return out
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def contexts_of(M: int, ctx: int, spread: bool) -> list[int]:

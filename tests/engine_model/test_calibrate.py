@@ -89,7 +89,7 @@ def test_native_forced_on_plans_native_without_measuring(monkeypatch):
 
 
 @pytest.mark.parametrize("isa", native.cpu_isas())
-@pytest.mark.parametrize("rows", [1, 3, 6, 7, 12, 13, 40, 150])  # 150: several row blocks of gemv_panels
+@pytest.mark.parametrize("rows", [1, 3, 6, 7, 12, 13, 40, 150])
 def test_every_isa_build_matches_matmul(isa, rows):
     k = native.kernels(isa)
     for width in k.widths:
@@ -98,6 +98,17 @@ def test_every_isa_build_matches_matmul(isa, rows):
             y = k.gemv(x, to_panels(w, (width,)))
             ref = (x.double() @ w.double()).float()
             assert torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * K**0.5), (isa, width, K, N)
+
+
+@pytest.mark.parametrize("isa", native.cpu_isas())
+def test_a_large_product_in_row_blocks_matches_matmul(isa):
+    # x of 1,601 x 1,024 floats (6.25 MiB): over gemv.c's X_BLOCK_MIN_BYTES, so its rows go in blocks, the
+    # last one short
+    k = native.kernels(isa)
+    for width in k.widths:
+        w, x = torch.randn(1024, 2 * width), torch.randn(1601, 1024)
+        y = k.gemv(x, to_panels(w, (width,)))
+        assert torch.allclose(y, (x.double() @ w.double()).float(), rtol=1e-4, atol=1e-4 * 32), (isa, width)
 
 
 def test_the_isa_can_be_forced(monkeypatch):

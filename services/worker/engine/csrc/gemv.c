@@ -29,6 +29,9 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
 #ifndef ROW_BLOCK_BYTES
 #define ROW_BLOCK_BYTES (256 * 1024)  /* x rows per block of gemv_panels: half an L2 of 512 KiB */
 #endif
+#ifndef X_BLOCK_MIN_BYTES
+#define X_BLOCK_MIN_BYTES (6 * 1024 * 1024)  /* gemv_panels blocks the rows of an x larger than this */
+#endif
 
 /* One panel (VW * NV columns) times M rows of x, M and NV compile-time constants so the M x NV accumulators
    live in registers: one pass over the panel, front to back, each weight vector loaded once for all M rows.
@@ -138,10 +141,11 @@ int kernel_info(int64_t *out) {
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
     if (gemv_check(M, w)) return -1;
-    /* Rows in blocks whose x (MB rows of K floats) stays in L2 while every panel passes over it: x is read
-       from memory once, each panel once per block. */
+    /* An x of over X_BLOCK_MIN_BYTES in rows blocks of ROW_BLOCK_BYTES, which stay in L2 while every panel
+       passes over them: x is read from memory once, each panel once per block. A smaller x stays in cache
+       over the panels as it is. */
     const int64_t R = ROWS_OF[width_index(w)], fit = (ROW_BLOCK_BYTES / (4 * K)) / R * R;
-    const int64_t MB = fit < R ? R : fit;
+    const int64_t MB = 4 * M * K <= X_BLOCK_MIN_BYTES ? M : fit < R ? R : fit;
 #pragma omp parallel num_threads(nthreads)
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const int64_t mb = M - m0 < MB ? M - m0 : MB;
