@@ -4,8 +4,8 @@
  * (services/worker/engine/panels.py; w one of the build's WIDTHS, kernels.h). Each panel is one contiguous
  * stream of K * w floats and each thread streams whole panels, with its R x w outputs in registers (R: the
  * width's TILE_ROWS): the weight is read once, front to back, at the memory's streaming rate, and each weight
- * vector serves all R rows. More rows go through the panel R at a time, in chunks of K that stay in L1 over the
- * tiles (gemv_panel); gemv_panels takes the rows in blocks that stay in L2 while all panels pass over them.
+ * vector serves all R rows. More rows go through the panel R at a time while it sits in L2; gemv_panels takes
+ * the rows of a large x in blocks that stay in L2 while all panels pass over them.
  *
  * The tiles must fit the register file: 8 x 64 floats fill AVX-512's 32 zmm registers but would spill 64 ymm
  * registers on AVX2 to the stack (16 ymm), so the AVX2 build takes 6 x 16 or 12 x 8 tiles instead (kernels.h).
@@ -22,10 +22,6 @@ typedef float vf __attribute__((vector_size(VW * 4)));
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 
 static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
-#ifndef K_CHUNK_BYTES
-#define K_CHUNK_BYTES (16 * 1024)  /* panel rows per K chunk: half of a 32 KiB L1 */
-#endif
-#define MIN_CHUNK 128
 #ifndef ROW_BLOCK_BYTES
 #define ROW_BLOCK_BYTES (256 * 1024)  /* x rows per block of gemv_panels: half an L2 of 512 KiB */
 #endif
@@ -38,14 +34,14 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
    out [M][VW * NV]. */
 #define PANEL(M, NV)                                                                                        \
     static void panel_##M##_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,   \
-                                 int64_t K, int64_t ldx) {                                                  \
+                                 int64_t K) {                                                               \
         vf a[M][NV];                                                                                        \
         memset(a, 0, sizeof a);                                                                             \
         for (int64_t k = 0; k < K; k++) {                                                                   \
             vf wv[NV];                                                                                      \
             for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * VW * NV + VW * v);                          \
             for (int m = 0; m < M; m++) {                                                                   \
-                const float xm = x[m * ldx + k];                                                            \
+                const float xm = x[m * K + k];                                                              \
                 for (int v = 0; v < NV; v++) a[m][v] += xm * wv[v];                                         \
             }                                                                                               \
         }                                                                                                   \
@@ -56,8 +52,7 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
    units busy where NV alone is too few (a batch-1 decode step). */
 #define PANEL_ROW(NV)                                                                                       \
     static void panel_1_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,       \
-                             int64_t K, int64_t ldx) {                                                      \
-        (void)ldx;                                                                                          \
+                             int64_t K) {                                                                   \
         vf a[NV], b[NV];                                                                                    \
         memset(a, 0, sizeof a), memset(b, 0, sizeof b);                                                     \
         int64_t k = 0;                                                                                      \
@@ -72,7 +67,7 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
         memcpy(out, a, sizeof a);                                                                           \
     }
 
-typedef void (*panel_fn)(const float *, const float *, float *, int64_t, int64_t);
+typedef void (*panel_fn)(const float *, const float *, float *, int64_t);
 
 /* TABLE(NV) lists panel_1_NV .. panel_12_NV (rows beyond the width's TILE_ROWS are never called). */
 #define ROWS_2_TO_12(NV) PANEL(2, NV) PANEL(3, NV) PANEL(4, NV) PANEL(5, NV) PANEL(6, NV) PANEL(7, NV) \
@@ -105,25 +100,16 @@ void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, fl
     float acc[MAX_M * MAX_W] __attribute__((aligned(64)));
     const int wi = width_index(w);
     const int64_t R = ROWS_OF[wi];
-    /* More than one tile: K in chunks of KC panel rows (KC * w floats, K_CHUNK_BYTES, stay in L1 over the
-       tiles; each chunk adds its partial sums to y). Only where a chunk keeps >= MIN_CHUNK rows, so that the
-       sums' stores stay small next to a chunk's products: not for AVX-512's 64-wide panels. */
-    const int64_t kc_rows = K_CHUNK_BYTES / (4 * w);
-    const int64_t KC = M > R && kc_rows >= MIN_CHUNK && K > 2 * kc_rows ? kc_rows : K;
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int64_t kc = K - k0 < KC ? K - k0 : KC;
-        const int sum = add || k0 > 0;
-        for (int64_t m0 = 0; m0 < M; m0 += R) {  /* rows in tiles of R */
-            const int64_t mc = M - m0 < R ? M - m0 : R;
-            PANEL_FNS[wi][mc - 1](x + m0 * K + k0, Wp + k0 * w, acc, kc, K);
-            for (int64_t m = 0; m < mc; m++) {
-                const float *a = acc + m * w;
-                float *ym = y + (m0 + m) * ldy;
-                if (sum)
-                    for (int64_t j = 0; j < w; j++) ym[j] += a[j];
-                else
-                    memcpy(ym, a, sizeof(float) * w);
-            }
+    for (int64_t m0 = 0; m0 < M; m0 += R) {  /* rows in tiles of R: the panel stays in L2 between them */
+        const int64_t mc = M - m0 < R ? M - m0 : R;
+        PANEL_FNS[wi][mc - 1](x + m0 * K, Wp, acc, K);
+        for (int64_t m = 0; m < mc; m++) {
+            const float *a = acc + m * w;
+            float *ym = y + (m0 + m) * ldy;
+            if (add)
+                for (int64_t j = 0; j < w; j++) ym[j] += a[j];
+            else
+                memcpy(ym, a, sizeof(float) * w);
         }
     }
 }
@@ -141,7 +127,7 @@ int kernel_info(int64_t *out) {
 int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, int64_t w, int64_t P,
                 int nthreads) {
     if (gemv_check(M, w)) return -1;
-    /* An x of over X_BLOCK_MIN_BYTES in rows blocks of ROW_BLOCK_BYTES, which stay in L2 while every panel
+    /* An x of over X_BLOCK_MIN_BYTES in row blocks of ROW_BLOCK_BYTES, which stay in L2 while every panel
        passes over them: x is read from memory once, each panel once per block. A smaller x stays in cache
        over the panels as it is. */
     const int64_t R = ROWS_OF[width_index(w)], fit = (ROW_BLOCK_BYTES / (4 * K)) / R * R;
