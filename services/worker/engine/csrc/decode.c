@@ -84,10 +84,12 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
     }
 }
 
-/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). */
+/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). The
+   panels go out in chunks of about an eighth of a thread's share, so a thread that lost its core for a while
+   holds the others up at the next barrier by a chunk, not by its whole share. */
 static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add) {
-    const int64_t P = N / w;
-#pragma omp for schedule(static)
+    const int64_t P = N / w, chunk = P / (8 * omp_get_num_threads()) > 1 ? P / (8 * omp_get_num_threads()) : 1;
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add);
 }
 
