@@ -4,11 +4,11 @@ Each --variants entry is a folder holding a copy of services/worker/engine/csrc 
 `current` (the checkout's own). Every variant is built as its own library (native.build_from) for --isa and
 runs the same decode steps of engine_throughput.py's default model (random weights, hidden 512, 8 layers,
 8 heads, 4 KV heads, intermediate 1408) over the same pool: each case (rows x context tokens, every sequence
-on its own blocks) in every round, variants in alternating order, min and median of --rounds. Outputs must agree across
-variants (allclose 1e-4): a faster variant that computes something else is reported as an error. Prints ms per
-step, each variant's speed over the first one, and one JSON line. --peak also times a one-thread FMA loop
-(12 independent accumulators, the build's vector width) compiled with the same compiler: the ceiling the
-matrix products are measured against.
+on its own blocks) in every round, variants in alternating order, min and median of --rounds. Outputs must
+agree across variants (allclose 1e-4): a faster variant that computes something else is reported as an error.
+Prints ms per step, each variant's speed over the first one, and one JSON line. --peak also times a one-thread
+FMA loop (12 independent accumulators, the build's vector width) compiled with the same compiler: the ceiling
+the matrix products are measured against.
 
     cp -r services/worker/engine/csrc /tmp/v1 && $EDITOR /tmp/v1/gemv.c
     python bench/kernel_ab.py --variants current,/tmp/v1
@@ -126,11 +126,20 @@ def main(argv=None) -> dict:
                 for ctx in contexts:
                     run_case(steps, names if r % 2 == 0 else names[::-1], spec, per_seq, M, ctx, args.steps, best,
                              args.spread)
+    out = {"isa": isa, "threads": args.threads, "variants": names, "spread": args.spread,
+           "block_size": args.block_size, **report(best, names, rows, contexts)}
+    if args.peak:
+        out["fma_peak_gflops_one_thread"] = fma_peak(isa)
+        print(f"one-thread FMA peak ({isa}): {out['fma_peak_gflops_one_thread']:.1f} GFLOP/s")
+    print(native.describe())
+    print(json.dumps(out))
+    return out
+
+
+def report(best: dict, names: list[str], rows: list[int], contexts: list[int]) -> dict:
+    """Print each case's min and median of rounds per variant (and its speed over the first); return both."""
     low = {k: min(ts) for k, ts in best.items()}
     mid = {k: statistics.median(ts) for k, ts in best.items()}
-    out = {"isa": isa, "threads": args.threads, "variants": names, "spread": args.spread, "block_size": args.block_size,
-           "ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in low.items()},
-           "median_ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in mid.items()}}
     print("ms per step: min of rounds (speed over the first variant), then median of rounds (speed)")
     for M in rows:
         for c in contexts:
@@ -138,12 +147,8 @@ def main(argv=None) -> dict:
             print(f"rows {M:3d} context {c:4d}: " + "  ".join(
                 f"{v} {low[v, M, c] * 1e3:7.2f} ({a / low[v, M, c]:.3f}x) {mid[v, M, c] * 1e3:7.2f} "
                 f"({b / mid[v, M, c]:.3f}x)" for v in names), flush=True)
-    if args.peak:
-        out["fma_peak_gflops_one_thread"] = fma_peak(isa)
-        print(f"one-thread FMA peak ({isa}): {out['fma_peak_gflops_one_thread']:.1f} GFLOP/s")
-    print(native.describe())
-    print(json.dumps(out))
-    return out
+    return {"ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in low.items()},
+            "median_ms": {f"{v} M={M} ctx={c}": round(t * 1e3, 3) for (v, M, c), t in mid.items()}}
 
 
 GEMM_SHAPES = ((512, 1024), (512, 2816), (1408, 512))  # [K, N] of the model's QKV, gate+up and down matrices
