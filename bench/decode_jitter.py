@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode_bandwidth as db  # noqa: E402
+from sidebyside.models import DECODE  # noqa: E402  (decode_bandwidth.py's ~350M shape)
 
 
 def spread(ms: list[float]) -> dict:
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     from services.worker.engine import native
 
     print(native.describe(), flush=True)
-    shape = SimpleNamespace(layers=24, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=32000)
+    shape = SimpleNamespace(**DECODE)
     out = {"steps": a.steps, "context": a.context, "threads": a.threads, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         e = db.EngineDecode(db.write_random_llama(Path(tmp) / "llama", shape), a.context, a.steps + 1)

@@ -20,8 +20,6 @@ TOKEN = "t0ken"
 LLM = pb.LLMSpec(name="m", num_layers=2, num_kv_heads=2, head_dim=16, dtype="float32", rate=1.0)
 
 
-
-
 async def _used(stub) -> int:
     return (await stub.Stats(pb.StatsRequest())).capacity_blocks - (await stub.Stats(pb.StatsRequest())).free_blocks
 

@@ -54,8 +54,6 @@ async def test_sigterm_returns_every_block_at_once(tiny_llama, tmp_path):
         await svc.stop()
 
 
-
-
 async def test_close_session_needs_the_token_and_the_sessions_own_key():
     svc = await memmgr(token=TOKEN, heartbeat_timeout_s=TTL_S)
     owner, other = MemmgrClient(svc.address, "owner", token=TOKEN), MemmgrClient(svc.address, "other", token=TOKEN)

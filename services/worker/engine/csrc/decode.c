@@ -88,7 +88,7 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
    panels go out in chunks of about an eighth of a thread's share, so a thread that lost its core for a while
    holds the others up at the next barrier by a chunk, not by its whole share. */
 static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add) {
-    const int64_t P = N / w, chunk = P / (8 * omp_get_num_threads()) > 1 ? P / (8 * omp_get_num_threads()) : 1;
+    const int64_t P = N / w, eighth = P / (8 * omp_get_num_threads()), chunk = eighth > 1 ? eighth : 1;
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add);
 }
