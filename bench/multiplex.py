@@ -70,7 +70,7 @@ def prepare_models(work: Path, cost: Path | None) -> Path:
 
 
 def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, num_blocks: int,
-                 lens: tuple[float, float], host_ms: float = 0.0) -> Path:
+                 lens: tuple[float, float], host_ms: float = 0.0, engine: dict | None = None) -> Path:
     import yaml
 
     ports = {s: free_port() for s in ("router", "placer", "memmgr", "worker", "redis")}
@@ -78,12 +78,13 @@ def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, n
            "models": [{"name": n, "path": str(work / n), "rate": round(r, 4)} for n, r in rates.items()],
            "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
            "router": {"host": "127.0.0.1", "port": ports["router"], "http_port": -1},
-           "placer": {"host": "127.0.0.1", "port": ports["placer"], "cost_table": str(cost), "policy": policy,
+           "placer": {"host": "127.0.0.1", "port": ports["placer"], "cost_table": str(cost),
+                      "policy": policy.split("#")[0],
                       "interval_s": 3600, "avg_prompt_len": lens[0], "avg_output_len": lens[1],
                       "host_cpu_ms_per_token": host_ms},
            "memmgr": {"host": "127.0.0.1", "port": ports["memmgr"]},
            "worker": {"host": "127.0.0.1", "port": ports["worker"], "kv": "local",
-                      "engine": {"num_blocks": num_blocks, "job_mode": "process"}}}
+                      "engine": {"num_blocks": num_blocks, "job_mode": "process", **(engine or {})}}}
     path = work / f"{policy}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -172,7 +173,7 @@ def alone_latency(address: str, reqs: list[workload.Request], per_model: int) ->
 def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], lists: dict, need_base: bool):
     prior = dict(zip(MODELS, workload.popularity(len(MODELS), args.alpha)))
     config = write_config(work, policy, {m: p * args.rate for m, p in prior.items()}, cost, args.num_blocks,
-                          (args.prompt_mean, args.output_mean), args.host_cpu_ms)
+                          (args.prompt_mean, args.output_mean), args.host_cpu_ms, engine_keys(args.engine, policy))
     planned = plan(config)
     out = {"plan": planned, "runs": {}, "config": str(config), "num_blocks": args.num_blocks}
     with Mesh(config, work / f"{policy}.log") as mesh:
@@ -200,7 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-mean", type=float, default=64)
     ap.add_argument("--output-mean", type=float, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policies", default="spatial,muxserve,temporal")
+    ap.add_argument("--policies", default="spatial,muxserve,temporal",
+                    help="placer policies; NAME#LABEL runs NAME again as its own mesh (with --engine NAME#LABEL:...)")
     ap.add_argument("--base-requests", type=int, default=6, help="alone requests per model for the SLO base")
     ap.add_argument("--num-blocks", type=int, default=24000, help="head-wise blocks of each worker's pool")
     ap.add_argument("--work", default="", help="folder for models, cost table, configs and logs (default: temp)")
@@ -214,6 +216,9 @@ def main(argv=None) -> int:
     ap.add_argument("--host-cpu-ms", type=float, default=1.2,
                     help="the placer's placer.host_cpu_ms_per_token (the mesh's CPU per streamed token; 1.17 ms "
                          "measured by this script's accounting, docs/benchmarks.md); 0 leaves it out")
+    ap.add_argument("--engine", action="append", default=[], metavar="[POLICY:]KEY=VALUE",
+                    help="a worker.engine key for every policy's mesh, or for POLICY's only (repeatable), "
+                         "e.g. muxserve#spin0:omp_spin_count=0")
     args = ap.parse_args(argv)
     if args.resimulate:
         return resimulate(Path(args.resimulate), args)
@@ -230,6 +235,21 @@ def main(argv=None) -> int:
     if args.simulate:
         add_simulated(raw, lists, args, list(MODELS))
     return write_report(raw, lists, rates, args)
+
+
+def engine_keys(items: list[str], policy: str) -> dict:
+    """The --engine items that apply to `policy`, as {key: YAML value}."""
+    import yaml
+
+    keys = {}
+    for item in items:
+        scope, _, kv = item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--engine {item!r}: expected [POLICY:]KEY=VALUE")
+        if scope in ("", policy):
+            keys[key] = yaml.safe_load(value)
+    return keys
 
 
 def make_lists(args, rates: list[float]) -> dict:

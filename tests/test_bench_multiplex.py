@@ -1,0 +1,32 @@
+"""bench/multiplex.py's per-policy engine keys and policy labels reach a config the mesh accepts."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import multiplex  # noqa: E402
+
+from muxserve import config as cfg  # noqa: E402
+from services.worker.engine.config import EngineConfig  # noqa: E402
+
+
+def test_engine_keys_apply_to_every_policy_or_to_the_one_named():
+    items = ["omp_spin_count=0", "muxserve#a:overload_allowance=0.5", "temporal:max_num_seqs=8"]
+    assert multiplex.engine_keys(items, "muxserve#a") == {"omp_spin_count": 0, "overload_allowance": 0.5}
+    assert multiplex.engine_keys(items, "muxserve") == {"omp_spin_count": 0}
+    assert multiplex.engine_keys(items, "temporal") == {"omp_spin_count": 0, "max_num_seqs": 8}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        multiplex.engine_keys(["muxserve:omp_spin_count"], "muxserve")
+
+
+def test_a_labelled_policy_plans_as_its_policy_with_its_own_keys(tmp_path):
+    keys = multiplex.engine_keys(["muxserve#a:omp_spin_count=0"], "muxserve#a")
+    path = multiplex.write_config(tmp_path, "muxserve#a", {"big": 1.0, "small": 0.5}, tmp_path / "cost.json",
+                                  1000, (64, 32), engine=keys)
+    mesh = cfg.load(str(path))
+    assert mesh.section("placer").policy == "muxserve"
+    engine = EngineConfig.from_section(mesh.section("worker").engine.model_dump(exclude_none=True))
+    assert engine.omp_spin_count == 0 and engine.num_blocks == 1000 and engine.job_mode == "process"
