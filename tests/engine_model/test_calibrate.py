@@ -80,6 +80,53 @@ def test_the_fused_decode_step_only_where_it_measured_faster(tmp_path, checkpoin
     assert (m.fused is None) == (slow == "fused")
 
 
+def test_the_fused_choice_follows_the_thread_count_of_the_step(tmp_path, checkpoints):
+    # a job that started on one core may run a later dispatch on two: each count gets its own choice
+    def timer(path, fn, rows):
+        slow = path == "fused" and torch.get_num_threads() == 1
+        return 1.0 if slow or path in ("bmm", "torch") else 1e-3
+    cal = Calibration(KERNELS, timer, cache=tmp_path / "cal.json")
+    spec, w = load_weights(checkpoints["llama"], calibration=cal)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        m = Transformer(spec, w, allocate_pool(64, 4, spec.head_dim, torch.float32, "cpu"), cal)
+        assert m.fused is not None and m.can_fuse()
+        torch.set_num_threads(1)
+        assert m.fused is None and not m.can_fuse(), "at one thread the torch step measured faster"
+        torch.set_num_threads(2)
+        assert m.fused is not None
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(k.split("/t")[1].split("/")[0] for k in calibrate._read(tmp_path / "cal.json")
+                  if k.startswith("fused/")) == ["1", "2"], "one cached entry per thread count"
+
+
+def test_calibrations_that_start_together_measure_one_at_a_time(tmp_path):
+    import threading
+    import time
+
+    spans: list = []
+
+    def timer(path, fn, rows):
+        t0 = time.monotonic()
+        time.sleep(0.01)
+        spans.append((t0, time.monotonic()))
+        return 1e-3 if path == "native" else 1.0
+    # two processes' calibrations of one machine (own objects, one cache file) asked for the same shape at once
+    cals = [Calibration(KERNELS, timer, cache=tmp_path / "cal.json") for _ in range(2)]
+    plans: list = []
+    threads = [threading.Thread(target=lambda c=c: plans.append(c.plan(128, 4 * KERNELS.widths[0]))) for c in cals]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert plans[0] == plans[1] and plans[0].uses_native(1)
+    assert len(spans) == 3 * len(BUCKETS), "the second read what the first measured"
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "no two timings overlap"
+
+
 def test_native_forced_on_plans_native_without_measuring(monkeypatch):
     monkeypatch.setenv("MUXSERVE_NATIVE", "1")
     plan = calibrate.default().plan(64, 4096)

@@ -17,7 +17,9 @@ measured choice), so a calibration stays well under a second per shape. Results 
 the compiled library (native.cache_dir()), in a file named by the library's key (sources, compiler, CPU,
 ISA), per shape and torch version (a matrix's plan: measured at the thread count of the process that first
 loads it, usually the worker that then hands the weights to its job processes; a fused step's: per thread
-count, measured where the model is built): later processes on the machine read them. MUXSERVE_NATIVE=1
+count, measured where the model is built and again at the first step with another count): later processes on
+the machine read them. Processes measure one at a time (a file lock beside the cache): jobs that start
+together would otherwise time each other's work and cache what they measured. MUXSERVE_NATIVE=1
 plans native everywhere without measuring, MUXSERVE_NATIVE=0 builds no library (no panels). Every choice is
 logged with its times.
 
@@ -27,6 +29,8 @@ Tests and benchmarks inject `timer(path, fn, rows) -> seconds` (path: "native", 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -115,11 +119,11 @@ class Calibration:
             return Plan(K, N, None, none, f"no panel width of {self.kernels.widths} divides {N}")
         if self.force_native:
             return Plan(K, N, width, len(BUCKETS) * (True,), "MUXSERVE_NATIVE=1")
-        entry = self._cached(f"gemv/{K}x{N}")
-        if entry is not None:
-            return Plan(K, N, entry["width"], tuple(entry["native"]), entry["why"])
-        plan = self._measure(K, N, width)
-        self._store(f"gemv/{K}x{N}", {k: v for k, v in asdict(plan).items() if k in ("width", "native", "why")})
+        with self._measuring(f"gemv/{K}x{N}") as entry:
+            if entry is not None:
+                return Plan(K, N, entry["width"], tuple(entry["native"]), entry["why"])
+            plan = self._measure(K, N, width)
+            self._store(f"gemv/{K}x{N}", {k: v for k, v in asdict(plan).items() if k in ("width", "native", "why")})
         log.info("calibration (%s) of a %d x %d matrix: %s", self.kernels.isa, K, N, plan.why)
         return plan
 
@@ -151,15 +155,16 @@ class Calibration:
             return False
         if self.force_native:
             return True
-        entry = self._cached(f"fused/{key}")
-        if entry is None:
-            t_f = [self.timer("fused", fused_step(r), r) for r in FUSED_ROWS]
-            t_t = [self.timer("torch-step", torch_step(r), r) for r in FUSED_ROWS]
-            win = sum(t_f) <= sum(t_t)
-            entry = {"fused": win, "why": f"fused {_ms(t_f)} vs torch {_ms(t_t)} ms at {_rows(FUSED_ROWS)} rows"}
-            self._store(f"fused/{key}", entry)
-            log.info("calibration (%s) of the fused decode step of %s: %s -> %s", self.kernels.isa, key,
-                     entry["why"], "fused" if win else "torch")
+        with self._measuring(f"fused/{key}") as entry:
+            if entry is None:
+                t_f = [self.timer("fused", fused_step(r), r) for r in FUSED_ROWS]
+                t_t = [self.timer("torch-step", torch_step(r), r) for r in FUSED_ROWS]
+                win = sum(t_f) <= sum(t_t)
+                entry = {"fused": win, "why": f"fused {_ms(t_f)} vs torch {_ms(t_t)} ms at {_rows(FUSED_ROWS)} "
+                                              f"rows, {torch.get_num_threads()} threads"}
+                self._store(f"fused/{key}", entry)
+                log.info("calibration (%s) of the fused decode step of %s: %s -> %s", self.kernels.isa, key,
+                         entry["why"], "fused" if win else "torch")
         _record(f"fused step {key}", "fused" if entry["fused"] else "torch", entry["why"])
         return bool(entry["fused"])
 
@@ -167,6 +172,27 @@ class Calibration:
         how = (f"/t{torch.get_num_threads()}/r{_rows(FUSED_ROWS)}c{FUSED_CONTEXT_BLOCKS}" if name.startswith("fused/")
                else f"/r{_rows(BUCKETS)}m{TIE_MARGIN}")  # what was measured, and how
         return f"{name}{how}/torch{torch.__version__}"
+
+    @contextlib.contextmanager
+    def _measuring(self, name: str):
+        """The cached entry of `name`, or None while this process holds the machine's calibration lock (a file
+        lock beside the cache): job processes that start together measure one at a time, not each other, and
+        one that waited reads what the other stored."""
+        entry = self._cached(name)
+        if entry is not None or self.cache is None:
+            yield entry
+            return
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.cache.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # an unwritable cache folder: measure unlocked (nothing is stored either)
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._cached(name)
+        finally:
+            os.close(fd)  # releases the lock
 
     def _cached(self, name: str) -> dict | None:
         return _read(self.cache).get(self._entry_key(name)) if self.cache else None

@@ -123,7 +123,8 @@ class Layer:
 class Transformer:
     """The model over its weights and pool. Products with panel matrices follow `calibration`'s plans
     (calibrate.py; default: the process's); decode-only steps go through fused.FusedLayers where it runs and,
-    unless calibrate_fused=False, where the calibration measured it faster than the torch step."""
+    unless calibrate_fused=False, where the calibration measured it faster than the torch step at the torch
+    thread count the step runs with (`fused`: a job's dispatches may get different numbers of cores)."""
 
     def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], pool: torch.Tensor,
                  calibration: calibrate.Calibration | None = None, calibrate_fused: bool = True):
@@ -145,16 +146,28 @@ class Transformer:
         self.calibration = calibration or calibrate.default()
         self.plans = {(m.shape[1], m.shape[0] * m.shape[2]): self.calibration.plan(m.shape[1], m.shape[0] * m.shape[2])
                       for m in weights.values() if m.dim() == 3}  # (K, N) -> Plan of every panel matrix
-        self.fused = self._build_fused(weights, calibrate_fused)  # None: torch path only
+        self._weights, self._calibrate_fused = weights, calibrate_fused
+        self._fused = fused_layers.build(spec, self.layers, pool, self.embed, self.norm,
+                                         None if self.tied else self.lm_head, self.inv_freq)  # None: cannot run
+        self._fused_at: dict[int, bool] = {}  # torch thread count -> the calibration prefers the fused step
+        self._fused_lock = threading.Lock()
+        _ = self.fused  # decided now for this thread count, not in the first step
 
-    def _build_fused(self, weights: dict[str, torch.Tensor], calibrate_fused: bool) -> fused_layers.FusedLayers | None:
-        fused = fused_layers.build(self.spec, self.layers, self.pool, self.embed, self.norm,
-                                   None if self.tied else self.lm_head, self.inv_freq)
-        if fused is None or not calibrate_fused:
-            return fused
-        wins = self.calibration.prefer_fused(fused.key, lambda rows: self._scratch_step(weights, rows, True),
-                                             lambda rows: self._scratch_step(weights, rows, False))
-        return fused if wins else None
+    @property
+    def fused(self) -> fused_layers.FusedLayers | None:
+        """The fused decode step for a step run now, or None (the torch path): decided once per torch thread
+        count (calibrate.prefer_fused, cached on disk per count), since a job that started on one core may
+        later run a dispatch on several, where the other path may win."""
+        if self._fused is None or not self._calibrate_fused:
+            return self._fused
+        threads = torch.get_num_threads()
+        with self._fused_lock:
+            if threads not in self._fused_at:
+                w = self._weights
+                self._fused_at[threads] = self.calibration.prefer_fused(
+                    self._fused.key, lambda rows: self._scratch_step(w, rows, True),
+                    lambda rows: self._scratch_step(w, rows, False))
+        return self._fused if self._fused_at[threads] else None
 
     def _scratch_step(self, weights: dict[str, torch.Tensor], rows: int, fused: bool):
         """A decode step of `rows` sequences at the last position of calibrate.FUSED_CONTEXT_BLOCKS token blocks,
