@@ -171,7 +171,7 @@ class Calibration:
     def _entry_key(self, name: str) -> str:
         how = (f"/t{torch.get_num_threads()}/r{_rows(FUSED_ROWS)}c{FUSED_CONTEXT_BLOCKS}" if name.startswith("fused/")
                else f"/r{_rows(BUCKETS)}m{TIE_MARGIN}")  # what was measured, and how
-        return f"{name}{how}/torch{torch.__version__}"
+        return f"{name}{how}/torch{torch.__version__}/locked"  # entries measured one process at a time
 
     @contextlib.contextmanager
     def _measuring(self, name: str):
