@@ -102,14 +102,16 @@ def run_spatial(work: Path, reqs, num_blocks: int, **kw) -> float:
 
 
 def run_shared(work: Path, reqs, num_blocks: int, busy: list | None = None, **kw) -> float:
-    """One unit of both LLMs on both cores; appends each job's seconds with a batch in flight to `busy`."""
+    """One unit of both LLMs on both cores; appends [busy seconds, dispatches, ms per dispatch] per job to `busy`."""
     eng = unit(work, list(multiplex.MODELS), [0, 1], num_blocks, **kw)
     eng.busy_s.clear()  # not the warm-up's
+    eng.dispatches.clear()
     try:
         return saturate(eng, reqs)
     finally:
         if busy is not None:
-            busy.append({f"{llm}/{kind}": round(s, 3) for (llm, kind), s in sorted(eng.busy_s.items())})
+            busy.append({f"{llm}/{kind}": [round(s, 3), eng.dispatches[llm, kind], round(1e3 * s / eng.dispatches[llm, kind], 2)]
+                         for (llm, kind), s in sorted(eng.busy_s.items())})
         eng.close()
 
 
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     med = {c: statistics.median(v) for c, v in got.items()}
     out = {"requests": len(reqs), "background": args.background,
            "omp_spin_count": spin.get("omp_spin_count", EngineConfig.omp_spin_count), "placer_shares": shares,
-           "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}, "job_busy_s": dict(busy)}
+           "req_per_s": {c: [round(x, 2) for x in v] for c, v in got.items()}, "job_busy_s_dispatches_ms": dict(busy)}
     for base in ("spatial", "temporal"):
         if base in med:
             out[f"vs_{base}"] = {c: round(med[c] / med[base], 3) for c in med}

@@ -269,4 +269,5 @@ def test_metrics_after_traffic(mesh, client):
                  "job_compute_share"):
         assert f"muxserve:{name}{{" in worker, name
     assert _series(worker, "muxserve:job_busy_seconds_total", model_name="qwen", job="decode") > 0
+    assert _series(worker, "muxserve:job_dispatches_total", model_name="qwen", job="decode") >= 3, "one per token"
     assert "muxserve:num_preemptions_total" in worker

@@ -7,7 +7,8 @@ fraction 0-1 as in vLLM; the sum over a unit's LLMs is the pool's use) and `num_
 `kv_used_blocks` (head-wise blocks per LLM), `kv_pool_blocks`, `adbs_quota_moves_total` (quota changes
 from memmgr's ADBS), `lease_waits_total` (block acquisitions that found the local lease list short),
 `placement_version`, and per job (`job` = prefill | decode) `job_busy_seconds_total` (rate() of it
-is the busy fraction) and `job_compute_share`. Request counts and latencies are the router's
+is the busy fraction), `job_dispatches_total` (busy seconds over dispatches: the mean dispatch) and
+`job_compute_share`. Request counts and latencies are the router's
 (services/router/metrics.py). Served on its own port (worker.metrics_port, default gRPC port + 1000).
 """
 
@@ -68,12 +69,15 @@ class WorkerCollector:
     def _jobs(self, eng, names):
         busy = CounterMetricFamily("muxserve:job_busy_seconds", "Seconds the job had a batch in flight.",
                                    labels=["model_name", "job"])
+        runs = CounterMetricFamily("muxserve:job_dispatches", "Dispatches (batches) the job ran.",
+                                   labels=["model_name", "job"])
         share = _gauge("job_compute_share", "The job's compute share of the unit (0-1).", ("model_name", "job"))
         for name in names:
             for kind in JOBS:
                 busy.add_metric([name, kind], eng.busy_s.get((name, kind), 0.0))
+                runs.add_metric([name, kind], float(eng.dispatches.get((name, kind), 0)))
                 share.add_metric([name, kind], float(eng.budget.share(name, kind)))
-        yield from (busy, share)
+        yield from (busy, runs, share)
 
     def _leases(self):
         kv = self.worker.kv

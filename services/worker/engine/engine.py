@@ -90,6 +90,7 @@ class UnitEngine:
         self._step_lock = threading.Lock()  # one step at a time
         self._carry: dict[str, Chunk] = {}  # chunks produced by remove_llm's own steps
         self.busy_s: dict[tuple[str, str], float] = {}  # (llm, kind) -> seconds its job had a batch in flight
+        self.dispatches: dict[tuple[str, str], int] = {}  # (llm, kind) -> dispatches its job ran
         for c in llms:
             self.add_llm(c)
 
@@ -294,6 +295,7 @@ class UnitEngine:
 
     def _busy(self, key: tuple[str, str], t0: float) -> None:
         self.busy_s[key] = self.busy_s.get(key, 0.0) + time.monotonic() - t0
+        self.dispatches[key] = self.dispatches.get(key, 0) + 1
 
     def _collect(self) -> dict[str, Chunk]:
         """Apply every dispatch that has returned; their jobs become idle."""
