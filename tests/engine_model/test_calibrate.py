@@ -102,6 +102,22 @@ def test_the_fused_choice_follows_the_thread_count_of_the_step(tmp_path, checkpo
                   if k.startswith("fused/")) == ["1", "2"], "one cached entry per thread count"
 
 
+def test_a_burst_during_the_fused_timing_is_measured_again(tmp_path, checkpoints):
+    # one timing of the 1-row fused step is inflated (another process ran): fewer rows cannot take longer
+    calls: list = []
+
+    def timer(path, fn, rows):
+        calls.append((path, rows))
+        if path == "fused":
+            return 0.5 if calls.count(("fused", 1)) == 1 and rows == 1 else 1e-3 * rows
+        return 1.0 if path in ("bmm", "torch") else 2e-3 * rows
+    cal = Calibration(KERNELS, timer, cache=tmp_path / "cal.json")
+    spec, w = load_weights(checkpoints["llama"], calibration=cal)
+    m = Transformer(spec, w, allocate_pool(64, 4, spec.head_dim, torch.float32, "cpu"), cal)
+    assert calls.count(("fused", 1)) == 2 and calls.count(("torch-step", 32)) == 2, "measured twice"
+    assert m.fused is not None, "the burst did not decide"
+
+
 def test_calibrations_that_start_together_measure_one_at_a_time(tmp_path):
     import threading
     import time
