@@ -58,8 +58,8 @@ class RouterCore:
             last = 0.0
             async for resp in stream:
                 now = time.monotonic()
-                if resp.token_ids and last:
-                    self.metrics.tokens(req.model, len(resp.token_ids), now - last)
+                if resp.token_ids:
+                    self.metrics.tokens(req.model, len(resp.token_ids), now - last if last else None)
                 last = now if resp.token_ids else last
                 if resp.finish_reason:
                     u = resp.usage

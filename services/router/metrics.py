@@ -58,11 +58,13 @@ class RouterMetrics:
         self.e2e.labels(model).observe(e2e_s)
         self.queue.labels(model).observe(queue_s)
 
-    def tokens(self, model: str, n: int, gap_s: float) -> None:
-        """n tokens arrived gap_s after the previous ones: n inter-token intervals of gap_s / n."""
+    def tokens(self, model: str, n: int, gap_s: float | None) -> None:
+        """n tokens arrived in one chunk gap_s after the previous ones: n inter-token intervals of gap_s / n;
+        gap_s None: the request's first chunk, whose tokens after the first (merged into it) are 0 s apart.
+        So a request of k tokens counts k - 1 intervals however its chunks were merged."""
         child = self.itl.labels(model)
-        for _ in range(n):
-            child.observe(gap_s / n)
+        for _ in range(n if gap_s is not None else n - 1):
+            child.observe(gap_s / n if gap_s is not None else 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -143,6 +143,22 @@ def test_calibrations_that_start_together_measure_one_at_a_time(tmp_path):
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "no two timings overlap"
 
 
+def test_a_plan_measured_inside_a_fused_calibration_does_not_wait_for_itself(tmp_path):
+    import threading
+
+    cal = Calibration(KERNELS, timer_where({"bmm", "torch"}), cache=tmp_path / "cal.json")
+    w = 4 * KERNELS.widths[0]
+
+    def step(rows):  # a step whose building plans a matrix not measured yet (under the same lock)
+        cal.plan(96, w + rows * KERNELS.widths[0])
+        return lambda: None
+    done = []
+    t = threading.Thread(target=lambda: done.append(cal.prefer_fused("k", step, step)), daemon=True)
+    t.start()
+    t.join(20)
+    assert done, "the calibration deadlocked on its own lock"
+
+
 def test_native_forced_on_plans_native_without_measuring(monkeypatch):
     monkeypatch.setenv("MUXSERVE_NATIVE", "1")
     plan = calibrate.default().plan(64, 4096)

@@ -193,8 +193,8 @@ class Calibration:
         lock beside the cache): job processes that start together measure one at a time, not each other, and
         one that waited reads what the other stored."""
         entry = self._cached(name)
-        if entry is not None or self.cache is None:
-            yield entry
+        if entry is not None or self.cache is None or getattr(_held, "lock", False):
+            yield entry  # held already by this thread (a fused step's scratch model planning its matrices)
             return
         try:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +204,10 @@ class Calibration:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            _held.lock = True
             yield self._cached(name)
         finally:
+            _held.lock = False
             os.close(fd)  # releases the lock
 
     def _cached(self, name: str) -> dict | None:
@@ -262,6 +264,7 @@ def _read(path: Path) -> dict:
         return {}
 
 
+_held = threading.local()  # .lock: this thread holds the machine's calibration lock (Calibration._measuring)
 _decisions: list[dict] = []  # this process's choices, for benchmarks and logs (decisions())
 
 
