@@ -170,7 +170,8 @@ async def test_expired_session_fails_requests_then_recovers_with_a_new_one(tiny_
         kv.client.heartbeat = silent  # this worker goes quiet (a stall): memmgr expires its session
         await wait_until(lambda: svc.stats().expired_sessions == 1, 10, "memmgr to expire the silent session")
         del kv.client.heartbeat  # the next heartbeat learns it expired
-        await wait_until(lambda: kv.client.session_id != old and kv.client.expired is None, 10, "a new session")
+        await wait_until(lambda: kv.client.session_id not in ("", old) and kv.client.expired is None
+                         and not kv.recovering, 10, "a new session")  # "": the new client, not opened yet
         assert svc.stats().sessions == 1 and not kv.broken
         assert await collect(aeng, "after", "a", ps[1]) == hf_greedy(tiny_llama, ps[1], 12)
         assert llm_usage(svc.stats(), "a").used_blocks > 0  # leased in the new session
