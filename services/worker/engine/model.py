@@ -161,13 +161,16 @@ class Transformer:
         if self._fused is None or not self._calibrate_fused:
             return self._fused
         threads = torch.get_num_threads()
-        with self._fused_lock:
-            if threads not in self._fused_at:
-                w = self._weights
-                self._fused_at[threads] = self.calibration.prefer_fused(
-                    self._fused.key, lambda rows: self._scratch_step(w, rows, True),
-                    lambda rows: self._scratch_step(w, rows, False))
-        return self._fused if self._fused_at[threads] else None
+        wins = self._fused_at.get(threads)  # every step asks: no lock once the count is decided
+        if wins is None:
+            with self._fused_lock:
+                if threads not in self._fused_at:
+                    w = self._weights
+                    self._fused_at[threads] = self.calibration.prefer_fused(
+                        self._fused.key, lambda rows: self._scratch_step(w, rows, True),
+                        lambda rows: self._scratch_step(w, rows, False))
+                wins = self._fused_at[threads]
+        return self._fused if wins else None
 
     def _scratch_step(self, weights: dict[str, torch.Tensor], rows: int, fused: bool):
         """A decode step of `rows` sequences at the last position of calibrate.FUSED_CONTEXT_BLOCKS token blocks,
