@@ -10,6 +10,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import multiplex  # noqa: E402
 
 from muxserve import config as cfg  # noqa: E402
+from services.worker.config import WorkerConfig  # noqa: E402
 from services.worker.engine.config import EngineConfig  # noqa: E402
 
 
@@ -28,5 +29,6 @@ def test_a_labelled_policy_plans_as_its_policy_with_its_own_keys(tmp_path):
                                   1000, (64, 32), engine=keys)
     mesh = cfg.load(str(path))
     assert mesh.section("placer").policy == "muxserve"
-    engine = EngineConfig.from_section(mesh.section("worker").engine.model_dump(exclude_none=True))
+    wcfg = WorkerConfig.from_section(mesh.section("worker"), "w0")  # what the worker builds its engine from
+    engine = EngineConfig.from_section(wcfg.engine_section(mesh.cluster.device))
     assert engine.omp_spin_count == 0 and engine.num_blocks == 1000 and engine.job_mode == "process"

@@ -172,15 +172,13 @@ class Calibration:
         """Seconds per step of each of FUSED_ROWS, fused and torch, interleaved (a burst of other work hits both
         paths, not one); measured again, keeping the best of each, where a path took longer at fewer rows than
         at more (at least MONOTONE_SLACK x): a step of fewer rows does less work, so that was a burst."""
-        def once():
-            times = [(self.timer("fused", fused_step(r), r), self.timer("torch-step", torch_step(r), r))
-                     for r in FUSED_ROWS]
-            return [t[0] for t in times], [t[1] for t in times]
-        t_f, t_t = once()
-        if not (_monotone(t_f) and _monotone(t_t)):
-            again = once()
-            t_f, t_t = [min(a, b) for a, b in zip(t_f, again[0])], [min(a, b) for a, b in zip(t_t, again[1])]
-        return t_f, t_t
+        def once() -> list[tuple[float, float]]:  # (fused, torch) per row count
+            return [(self.timer("fused", fused_step(r), r), self.timer("torch-step", torch_step(r), r))
+                    for r in FUSED_ROWS]
+        times = once()
+        if not all(_monotone(list(path)) for path in zip(*times)):
+            times = [(min(a[0], b[0]), min(a[1], b[1])) for a, b in zip(times, once())]
+        return [t[0] for t in times], [t[1] for t in times]
 
     def _entry_key(self, name: str) -> str:
         how = (f"/t{torch.get_num_threads()}/r{_rows(FUSED_ROWS)}c{FUSED_CONTEXT_BLOCKS}" if name.startswith("fused/")
