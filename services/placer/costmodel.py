@@ -38,8 +38,13 @@ class _Grid:
     prefill: np.ndarray   # [shares, batches, seqs] ms
     decode: np.ndarray    # [shares, batches, seqs] ms
 
+    def __post_init__(self) -> None:
+        # nested lists for lookup: indexing a Python list is several times cheaper than a numpy element,
+        # and the products and sums below are the same float64 operations either way
+        self._lists = {"prefill": self.prefill.tolist(), "decode": self.decode.tolist()}
+
     def lookup(self, which: str, share: float, batch: float, seq: float) -> float:
-        vals = self.prefill if which == "prefill" else self.decode
+        vals = self._lists["prefill" if which == "prefill" else "decode"]
         scale = 1.0
         if share < self.shares[0]:
             scale, share = self.shares[0] / max(share, 1e-3), self.shares[0]
@@ -48,7 +53,7 @@ class _Grid:
         for i, wi in _axis(self.shares, share):
             for j, wj in _axis(self.batches, batch):
                 for k, wk in _axis(self.seqs, seq):
-                    out += wi * wj * wk * vals[i, j, k]
+                    out += wi * wj * wk * vals[i][j][k]
         return float(max(out, 1e-3) * scale)
 
 

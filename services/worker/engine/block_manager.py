@@ -58,7 +58,8 @@ class LLMBlocks:
     def needed(self, seq: Sequence, n_new: int) -> int:
         """Extra head-wise blocks for seq to hold its computed tokens plus n_new more."""
         tokens, bs = seq.num_computed_tokens + n_new, self.block_size  # blocks_for, inlined (hot path)
-        return max(-(-tokens // bs) * self.num_layers * self.num_kv_heads - len(seq.block_table), 0)
+        need = -(-tokens // bs) * self.num_layers * self.num_kv_heads - len(seq.block_table)
+        return need if need > 0 else 0
 
     @property
     def refilling(self) -> bool:

@@ -126,7 +126,10 @@ class LocalBlockSource:
         with self._lock:
             if n > len(self._free):
                 return None
-            ids = [self._free.pop() for _ in range(n)]
+            cut = len(self._free) - n
+            ids = self._free[cut:]
+            ids.reverse()  # as n pops would give them: low ids first
+            del self._free[cut:]
             self._used.update(ids)
             return ids
 
@@ -137,8 +140,11 @@ class LocalBlockSource:
             self._free.extend(reversed(ids))
 
     def _check_release(self, ids: list[int]) -> None:
-        if len(set(ids)) != len(ids):
+        once = set(ids)
+        if len(once) != len(ids):
             raise ValueError(f"release lists a block twice: {sorted(ids)}")
+        if once <= self._used:  # (the common case, checked at once; _used holds only this source's ids)
+            return
         for i in ids:
             if not self.first <= i < self.first + self.capacity:
                 raise ValueError(f"block {i} is not from this source [{self.first}, {self.first + self.capacity})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
 from services.worker.engine.compute import ComputeBudget
@@ -29,6 +30,7 @@ from services.worker.engine.types import CapacityError, EngineError, PoolLostErr
 
 
 MODES = ("spatial-temporal", "temporal")
+_arrival = attrgetter("arrival")
 
 
 @dataclass
@@ -162,7 +164,10 @@ class Scheduler:
 
     @staticmethod
     def _wants_decode(seq: Sequence, planned: set[Sequence]) -> bool:
-        return not seq.in_flight and seq not in planned and not seq.is_prefill and seq.status is SeqStatus.RUNNING
+        if seq.in_flight or seq.status is not SeqStatus.RUNNING or seq in planned:
+            return False
+        done = seq.num_computed_tokens  # not seq.is_prefill, inlined (per sequence per pass)
+        return done != 0 and len(seq.prompt_token_ids) + len(seq.output_token_ids) - done <= 1
 
     def _stamp(self, out: list[Dispatch]) -> list[Dispatch]:
         for d in out:
@@ -192,7 +197,7 @@ class Scheduler:
         running = self.running[name]
         if name in self.wait_for_cache and running:
             return False
-        seq = next((s for s in running if not s.in_flight and s.is_prefill), None)
+        seq = _prompt_work(running)
         if seq is None and not self.waiting[name]:
             return False
         seq = seq or self.waiting[name][0]
@@ -226,11 +231,11 @@ class Scheduler:
 
     def _decode(self, name: str, planned: set[Sequence]) -> Dispatch:
         """One decode token for each running sequence of the LLM (oldest first); adds to planned."""
-        d = Dispatch(name, "decode")
-        for seq in sorted(self.running[name], key=lambda s: s.arrival):
+        d, view = Dispatch(name, "decode"), self.blocks[name]
+        for seq in sorted(self.running[name], key=_arrival):
             if not self._wants_decode(seq, planned):
                 continue
-            if self._grow(seq, planned):
+            if not view.needed(seq, 1) or self._grow(seq, planned):  # most steps: its blocks hold the token
                 d.plan[seq] = 1
                 planned.add(seq)
         return d
@@ -275,15 +280,16 @@ class Scheduler:
     # ---- results ----------------------------------------------------------------------------
     def complete(self, d: Dispatch, token_ids: list[int | None]) -> list[Sequence]:
         """Apply a returned dispatch; returns the live sequences that sampled a new token."""
-        sampled = []
-        for (seq, n), tok in zip(d.plan.items(), token_ids):
+        sampled, finished = [], SeqStatus.FINISHED
+        for (seq, n), tok in zip(d.plan.items(), token_ids):  # (per sequence per step: properties inlined)
             seq.in_flight = False
-            if seq.is_finished:  # aborted while in flight: its blocks return only now
+            if seq.status is finished:  # aborted while in flight: its blocks return only now
                 self._drop(seq)
                 continue
             seq.num_computed_tokens += n
-            if seq.num_computed_tokens == seq.num_tokens and tok is not None:
-                seq.output_token_ids.append(tok)
+            out = seq.output_token_ids
+            if tok is not None and seq.num_computed_tokens == len(seq.prompt_token_ids) + len(out):
+                out.append(tok)
                 sampled.append(seq)
         return sampled
 
@@ -295,6 +301,15 @@ class Scheduler:
                 self._drop(seq)
             else:
                 self.finish(seq, "error", error)
+
+
+def _prompt_work(running: list[Sequence]) -> Sequence | None:
+    """The first running sequence not in flight with prompt (or recompute) work: is_prefill, inlined."""
+    for s in running:
+        done = s.num_computed_tokens
+        if not s.in_flight and (done == 0 or len(s.prompt_token_ids) + len(s.output_token_ids) - done > 1):
+            return s
+    return None
 
 
 def _no_blocks(view) -> Exception:
