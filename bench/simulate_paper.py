@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rates", type=floats, default=floats("20,30,40,50"))
     ap.add_argument("--condense", type=lambda s: [int(x) for x in s.split(",") if x.strip()],
                     default=[500, 800, 1200, 1600, 2000])
-    ap.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per workload")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per workload (docs/benchmarks.md: why 60)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slo-alpha", type=float, default=2.1, help="alpha of the rate-at-99%%-SLO ladder (0: none)")
     ap.add_argument("--slo-ladder", type=floats, default=floats("5,10,15,20,30,40,50"))
