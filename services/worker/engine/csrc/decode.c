@@ -86,11 +86,17 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
 
 /* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). The
    panels go out in chunks of about an eighth of a thread's share, so a thread that lost its core for a while
-   holds the others up at the next barrier by a chunk, not by its whole share. */
+   holds the others up at the next barrier by a chunk, not by its whole share. While a panel is computed, its
+   tiles fetch the panel this thread likely takes next (the chunk's next one, else the first of the chunk one
+   round of the threads later, as dynamic chunks go out while the threads keep pace) into L2. */
 static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add) {
-    const int64_t P = N / w, eighth = P / (8 * omp_get_num_threads()), chunk = eighth > 1 ? eighth : 1;
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t p = 0; p < P; p++) gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add);
+    const int64_t P = N / w, nt = omp_get_num_threads(), eighth = P / (8 * nt), chunk = eighth > 1 ? eighth : 1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < (P + chunk - 1) / chunk; c++)
+        for (int64_t p = c * chunk; p < P && p < (c + 1) * chunk; p++) {
+            const int64_t q = p + 1 < (c + 1) * chunk ? p + 1 : (c + nt) * chunk;  /* likely this thread's next */
+            gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add, q < P ? W + q * K * w : NULL);
+        }
 }
 
 /* The block holding token block b of (layer l, kv head h) in one sequence's table: K^T [hd][bs], then V [bs][hd]. */

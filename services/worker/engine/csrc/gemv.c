@@ -31,14 +31,15 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
 
 /* One panel (VW * NV columns) times M rows of x, M and NV compile-time constants so the M x NV accumulators
    live in registers: one pass over the panel, front to back, each weight vector loaded once for all M rows.
-   out [M][VW * NV]. */
+   out [M][VW * NV]. pf: K cache lines to fetch into L2 meanwhile, one per k (part of the next panel), or NULL. */
 #define PANEL(M, NV)                                                                                        \
     static void panel_##M##_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,   \
-                                 int64_t K) {                                                               \
+                                 int64_t K, const char *pf) {                                               \
         vf a[M][NV];                                                                                        \
         memset(a, 0, sizeof a);                                                                             \
         for (int64_t k = 0; k < K; k++) {                                                                   \
             vf wv[NV];                                                                                      \
+            if (pf) __builtin_prefetch(pf + 64 * k, 0, 2);                                                  \
             for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * VW * NV + VW * v);                          \
             for (int m = 0; m < M; m++) {                                                                   \
                 const float xm = x[m * K + k];                                                              \
@@ -52,7 +53,8 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
    units busy where NV alone is too few (a batch-1 decode step). */
 #define PANEL_ROW(NV)                                                                                       \
     static void panel_1_##NV(const float *restrict x, const float *restrict Wp, float *restrict out,       \
-                             int64_t K) {                                                                   \
+                             int64_t K, const char *pf) {                                                   \
+        (void)pf;                                                                                           \
         vf a[NV], b[NV];                                                                                    \
         memset(a, 0, sizeof a), memset(b, 0, sizeof b);                                                     \
         int64_t k = 0;                                                                                      \
@@ -67,7 +69,7 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
         memcpy(out, a, sizeof a);                                                                           \
     }
 
-typedef void (*panel_fn)(const float *, const float *, float *, int64_t);
+typedef void (*panel_fn)(const float *, const float *, float *, int64_t, const char *);
 
 /* TABLE(NV) lists panel_1_NV .. panel_12_NV (rows beyond the width's TILE_ROWS are never called). */
 #define ROWS_2_TO_12(NV) PANEL(2, NV) PANEL(3, NV) PANEL(4, NV) PANEL(5, NV) PANEL(6, NV) PANEL(7, NV) \
@@ -96,13 +98,15 @@ static int width_index(int64_t w) {
 }
 
 void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, float *restrict y, int64_t ldy,
-                int64_t K, int64_t w, int add) {
+                int64_t K, int64_t w, int add, const float *next) {
     float acc[MAX_M * MAX_W] __attribute__((aligned(64)));
     const int wi = width_index(w);
-    const int64_t R = ROWS_OF[wi];
+    const int64_t R = ROWS_OF[wi], lines = w / 16;  /* 64-byte lines per k of a panel */
     for (int64_t m0 = 0; m0 < M; m0 += R) {  /* rows in tiles of R: the panel stays in L2 between them */
-        const int64_t mc = M - m0 < R ? M - m0 : R;
-        PANEL_FNS[wi][mc - 1](x + m0 * K, Wp, acc, K);
+        const int64_t mc = M - m0 < R ? M - m0 : R, t = m0 / R;
+        /* tile t fetches lines t K .. (t + 1) K - 1 of the next panel into L2, one per k (a multi-row tile only) */
+        const char *pf = next && mc > 1 && t < lines ? (const char *)next + t * K * 64 : NULL;
+        PANEL_FNS[wi][mc - 1](x + m0 * K, Wp, acc, K, pf);
         for (int64_t m = 0; m < mc; m++) {
             const float *a = acc + m * w;
             float *ym = y + (m0 + m) * ldy;
@@ -136,7 +140,7 @@ int gemv_panels(const float *x, const float *W, float *y, int64_t M, int64_t K, 
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const int64_t mb = M - m0 < MB ? M - m0 : MB;
 #pragma omp for schedule(static) nowait
-        for (int64_t p = 0; p < P; p++) gemv_panel(x + m0 * K, mb, W + p * K * w, y + m0 * P * w + p * w, P * w, K, w, 0);
+        for (int64_t p = 0; p < P; p++) gemv_panel(x + m0 * K, mb, W + p * K * w, y + m0 * P * w + p * w, P * w, K, w, 0, NULL);
     }
     return 0;
 }

@@ -2,7 +2,8 @@
    instruction set: avx512, avx2 or generic, chosen by the compiler flags native.py passes).
 
    The tile shapes follow the vector registers of the build:
-     avx512 (__AVX512F__): 16-float vectors, 32 registers: panels 64, 32 or 16 wide, tiles of 8 rows;
+     avx512 (__AVX512F__): 16-float vectors, 32 registers: panels 64, 32 or 16 wide, tiles of 6, 12 or 12 rows
+       (24 accumulators and the weight vectors in the 32 registers: 8 x 64 tiles spilled 5 accumulators);
      avx2 (__AVX2__ + __FMA__): 8-float vectors, 16 registers: panels 16 or 8 wide, tiles of 6 or 12 rows
        (at most 12 accumulators, the weight vectors and a broadcast in the 16 registers);
      generic: 4-float vectors (SSE2 on x86-64, NEON on aarch64), panels 16 or 8 wide, tiles of 3 or 6 rows.
@@ -16,7 +17,7 @@
 #define VW 16           /* floats per vector register */
 #define NWIDTHS 3
 #define WIDTHS {64, 32, 16}
-#define TILE_ROWS {8, 8, 8}
+#define TILE_ROWS {6, 12, 12}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define ISA_CODE 1
 #define VW 8
@@ -35,8 +36,11 @@
 #define MAX_M 12   /* most rows of x in one register tile of any build */
 
 /* One column panel: y[m][0:w] (+)= x[m][0:K] @ Wp (K rows of w floats) for M rows; y rows are ldy floats
-   apart. add != 0 adds to y (a residual), else overwrites it. w must pass gemv_check. */
-void gemv_panel(const float *x, int64_t M, const float *Wp, float *y, int64_t ldy, int64_t K, int64_t w, int add);
+   apart. add != 0 adds to y (a residual), else overwrites it. w must pass gemv_check. next: the panel (K rows
+   of w floats) the caller takes after this one, or NULL: its tiles of several rows fetch it into L2 while they
+   compute, so the next panel's memory read overlaps this one's arithmetic. */
+void gemv_panel(const float *x, int64_t M, const float *Wp, float *y, int64_t ldy, int64_t K, int64_t w, int add,
+                const float *next);
 
 /* 0 if a panel width (one of this build's WIDTHS) and row count (>= 1) are ones gemv_panel takes, else -1. */
 int gemv_check(int64_t M, int64_t w);
