@@ -84,19 +84,35 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
     }
 }
 
-/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). The
-   panels go out in chunks of about an eighth of a thread's share, so a thread that lost its core for a while
-   holds the others up at the next barrier by a chunk, not by its whole share. While a panel is computed, its
-   tiles fetch the panel this thread likely takes next (the chunk's next one, else the first of the chunk one
-   round of the threads later, as dynamic chunks go out while the threads keep pace) into L2. */
-static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add) {
-    const int64_t P = N / w, nt = omp_get_num_threads(), eighth = P / (8 * nt), chunk = eighth > 1 ? eighth : 1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < (P + chunk - 1) / chunk; c++)
-        for (int64_t p = c * chunk; p < P && p < (c + 1) * chunk; p++) {
-            const int64_t q = p + 1 < (c + 1) * chunk ? p + 1 : (c + nt) * chunk;  /* likely this thread's next */
-            gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add, q < P ? W + q * K * w : NULL);
+/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). Thread t
+   owns panels [P t / nt, P (t + 1) / nt) and takes them front to back; a thread done with its own takes the
+   rest of the others' ranges the same way (one shared counter per range, ctr: nt counters, zero before the
+   matrix), so a thread that lost its core for a while holds the others up at the barrier by a panel, not by
+   its whole range. While a panel is computed its tiles fetch the next one of the range into L2 (after the
+   range's last, `next`: the first panel of this thread's range in the matrix that follows, or NULL), so
+   memory reads overlap the arithmetic. */
+static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add,
+                     int64_t *ctr, const float *next) {
+    const int64_t P = N / w, nt = omp_get_num_threads(), t = omp_get_thread_num();
+    for (int64_t r = 0; r < nt; r++) {  /* its own range first, then the others' */
+        const int64_t u = (t + r) % nt, lo = P * u / nt, hi = P * (u + 1) / nt;
+        for (;;) {
+            int64_t i;
+#pragma omp atomic capture
+            i = ctr[u]++;
+            const int64_t p = lo + i;
+            if (p >= hi) break;
+            gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add,
+                       p + 1 < hi ? W + (p + 1) * K * w : r == 0 ? next : NULL);
         }
+    }
+#pragma omp barrier
+}
+
+/* The first panel of this thread's range (gemv_for) in a [K, N] matrix of w-wide panels; NULL for no matrix. */
+static const float *first_panel(const float *W, int64_t K, int64_t w, int64_t N) {
+    if (!W) return NULL;
+    return W + (N / w) * omp_get_thread_num() / omp_get_num_threads() * K * w;
 }
 
 /* The block holding token block b of (layer l, kv head h) in one sequence's table: K^T [hd][bs], then V [bs][hd]. */
@@ -252,22 +268,23 @@ static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, 
    itself: no barrier for it); s: this thread's room for one head's scores. 6 barriers: after each matrix, after attention, after SwiGLU. */
 static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
                   int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *hp, float *qkv,
-                  float *attn, float *g, float *act, float *s) {
-    const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I;
+                  float *attn, float *g, float *act, float *s, int64_t *ctr, const float *next_w, int64_t next_k,
+                  int64_t next_pw, int64_t next_n) {
+    const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I, nt = omp_get_num_threads();
     rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
-    gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0);
+    gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0, ctr, NULL);  /* attention comes between */
 #pragma omp for schedule(dynamic, 1)  /* one (sequence, kv head) at a time: contexts differ in length */
     for (int64_t i = 0; i < M * d->H; i++) {
         const int64_t m = i / d->H;
         attend_group(d, lw, l, m, i % d->H, qkv, pool, tables + m * tstride, pos[m], cos + m * hd, sin + m * hd, s,
                      attn);
     }
-    gemv_for(attn, M, lw->w[WO], x, d->Hq * hd, d->wo, D, 1);
+    gemv_for(attn, M, lw->w[WO], x, d->Hq * hd, d->wo, D, 1, ctr + nt, first_panel(lw->w[W13], D, d->w13, 2 * I));
     rms_norm(x, lw->w[FFN_NORM], hp, M, D, d->eps);
-    gemv_for(hp, M, lw->w[W13], g, D, d->w13, 2 * I, 0);
+    gemv_for(hp, M, lw->w[W13], g, D, d->w13, 2 * I, 0, ctr + 2 * nt, first_panel(lw->w[W2], I, d->w2, D));
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) swiglu(g + m * 2 * I, act + m * I, I);
-    gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1);
+    gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1, ctr + 3 * nt, first_panel(next_w, next_k, next_pw, next_n));
 }
 
 /* cos, sin [M][hd] of each row's position: angle pos * inv_freq[d % (hd / 2)] (transformers' default RoPE
@@ -319,7 +336,11 @@ int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int
     for (int64_t m = 0; m < M; m++) smax = pos[m] + 1 > smax ? pos[m] + 1 : smax;
     const int64_t Nqkv = (d.Hq + 2 * d.H) * d.hd;
     float *buf = malloc(sizeof(float) * (M * (nthreads * d.D + Nqkv + d.Hq * d.hd + 3 * d.I + 2 * d.hd) + nthreads * smax));
-    if (!buf) return -2;
+    int64_t *ctrs = calloc((size_t)(4 * d.L + 1) * nthreads, sizeof(int64_t));  /* gemv_for's, per matrix */
+    if (!buf || !ctrs) {
+        free(buf), free(ctrs);
+        return -2;
+    }
     float *h = buf, *qkv = h + nthreads * M * d.D, *attn = qkv + M * Nqkv, *g = attn + M * d.Hq * d.hd, *act = g + M * 2 * d.I;
     float *cos = act + M * d.I, *sin = cos + M * d.hd, *s = sin + M * d.hd;
     rope_tables(pos, addr(weights, d.L * NWEIGHTS + INV_FREQ), M, d.hd, cos, sin);
@@ -329,12 +350,15 @@ int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int
         for (int64_t l = 0; l < d.L; l++) {
             LayerW lw;
             for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = addr(weights, l * NWEIGHTS + k);
-            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, sp);
+            const int last = l + 1 == d.L;  /* after its down projection: the next layer's QKV, else the LM head */
+            layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, sp,
+                  ctrs + 4 * l * nthreads, last ? lm_head : addr(weights, (l + 1) * NWEIGHTS + WQKV), d.D,
+                  last ? d.wlm : d.wqkv, last ? d.V : Nqkv);
         }
 #pragma omp single
         rms_norm(x, norm, x, M, d.D, d.eps);
-        if (lm_head) gemv_for(x, M, lm_head, logits, d.D, d.wlm, d.V, 0);
+        if (lm_head) gemv_for(x, M, lm_head, logits, d.D, d.wlm, d.V, 0, ctrs + 4 * d.L * nthreads, NULL);
     }
-    free(buf);
+    free(buf), free(ctrs);
     return 0;
 }
