@@ -9,6 +9,9 @@ values, the native GEMV over column panels, a bmm over the same panels and torch
     torch for every M. The margin: at small shapes both take microseconds and differ by noise, and panels keep
     the fused decode step possible, which prefer_fused then measures as a whole;
   - per bucket over panels: the native GEMV or the bmm, whichever was faster.
+A verdict of [K, N] is measured again before it stands (the decode buckets, torch first this time; each path
+keeps its best time): [K, N] for one matrix turns the fused decode step off for its whole model, and one burst
+of other work during the native timing did that on a shared host (docs/benchmarks.md, CPU kernels, session 14).
 `Calibration.prefer_fused(key, fused_step, torch_step)` does the same for a whole decode step (fused.py)
 against the torch step.
 
@@ -144,7 +147,16 @@ class Calibration:
             times[M] = (self.timer("native", lambda: self.kernels.gemv(x, p), M),
                         self.timer("bmm", lambda: bmm_over_panels(x, p), M),
                         self.timer("torch", lambda: matrix_product(x, w), M))
-        return _decide(K, N, width, times)
+        plan = _decide(K, N, width, times)
+        if plan.width is None:  # [K, N]: only if a second look at the decode buckets agrees
+            for M in DECODE_ROWS:
+                x = torch.randn(M, K, generator=g)  # [M, K]
+                t_torch = self.timer("torch", lambda: matrix_product(x, w), M)
+                t_native = self.timer("native", lambda: self.kernels.gemv(x, p), M)
+                n, b, t = times[M]
+                times[M] = (min(n, t_native), b, min(t, t_torch))
+            plan = _decide(K, N, width, times)
+        return plan
 
     def prefer_fused(self, key: str, fused_step: Callable[[int], Callable[[], object]],
                      torch_step: Callable[[int], Callable[[], object]]) -> bool:
