@@ -3,7 +3,7 @@
  * The same math as model.Transformer._layer on the torch path (RMSNorm, fused QKV (+ bias), RoPE, K/V
  * written into the head-wise pool, grouped-query attention over each sequence's blocks with an optional
  * sliding window, output projection + residual, RMSNorm, SwiGLU, down projection + residual), inside ONE
- * OpenMP parallel region: the matrices are split over the threads panel by panel (gemv_panel), attention
+ * OpenMP parallel region: the matrices are split over the threads panel by panel (gemv.c's gemv_for), attention
  * by (sequence, kv head), each thread normalizes the few hidden rows itself. A batch-1 step on the torch
  * path spends ~1/4 of its time dispatching ~40 small ops per layer (docs/benchmarks.md); here a layer
  * costs its weight reads, reading its context (latency-bound: short streams from scattered blocks) and
@@ -82,37 +82,6 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd) {
         v[d] = a * cos[d] - b * sin[d];
         v[d + h] = b * cos[d + h] + a * sin[d + h];
     }
-}
-
-/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). Thread t
-   owns panels [P t / nt, P (t + 1) / nt) and takes them front to back; a thread done with its own takes the
-   rest of the others' ranges the same way (one shared counter per range, ctr: nt counters, zero before the
-   matrix), so a thread that lost its core for a while holds the others up at the barrier by a panel, not by
-   its whole range. While a panel is computed its tiles fetch the next one of the range into L2 (after the
-   range's last, `next`: the first panel of this thread's range in the matrix that follows, or NULL), so
-   memory reads overlap the arithmetic. */
-static void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add,
-                     int64_t *ctr, const float *next) {
-    const int64_t P = N / w, nt = omp_get_num_threads(), t = omp_get_thread_num();
-    for (int64_t r = 0; r < nt; r++) {  /* its own range first, then the others' */
-        const int64_t u = (t + r) % nt, lo = P * u / nt, hi = P * (u + 1) / nt;
-        for (;;) {
-            int64_t i;
-#pragma omp atomic capture
-            i = ctr[u]++;
-            const int64_t p = lo + i;
-            if (p >= hi) break;
-            gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add,
-                       p + 1 < hi ? W + (p + 1) * K * w : r == 0 ? next : NULL);
-        }
-    }
-#pragma omp barrier
-}
-
-/* The first panel of this thread's range (gemv_for) in a [K, N] matrix of w-wide panels; NULL for no matrix. */
-static const float *first_panel(const float *W, int64_t K, int64_t w, int64_t N) {
-    if (!W) return NULL;
-    return W + (N / w) * omp_get_thread_num() / omp_get_num_threads() * K * w;
 }
 
 /* The block holding token block b of (layer l, kv head h) in one sequence's table: K^T [hd][bs], then V [bs][hd]. */

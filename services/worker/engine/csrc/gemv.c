@@ -6,12 +6,14 @@
  * width's TILE_ROWS): the weight is read once, front to back, at the memory's streaming rate, and each weight
  * vector serves all R rows. More rows go through the panel R at a time while it sits in L2; gemv_panels takes
  * the rows of a large x in blocks that stay in L2 while all panels pass over them.
+ * gemv_for splits one matrix over the threads of an enclosing parallel region (the fused decode step's).
  *
  * The tiles must fit the register file: 8 x 64 floats fill AVX-512's 32 zmm registers but would spill 64 ymm
  * registers on AVX2 to the stack (16 ymm), so the AVX2 build takes 6 x 16 or 12 x 8 tiles instead (kernels.h).
  * Portable C (GCC/Clang vector extensions of VW floats). Built by native.py once per ISA with -O3, that ISA's
  * flags and -fopenmp, linked against the OpenMP runtime torch already loaded, so its threads are torch's.
  */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -116,6 +118,37 @@ void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, fl
                 memcpy(ym, a, sizeof(float) * w);
         }
     }
+}
+
+/* Matrix over the threads of the enclosing parallel region: y [M][N] (+)= x [M][K] @ W (P panels of w). Thread t
+   owns panels [P t / nt, P (t + 1) / nt) and takes them front to back; a thread done with its own takes the
+   rest of the others' ranges the same way (one shared counter per range, ctr: nt counters, zero before the
+   matrix), so a thread that lost its core for a while holds the others up at the barrier by a panel, not by
+   its whole range. While a panel is computed its tiles fetch the next one of the range into L2 (after the
+   range's last, `next`: the first panel of this thread's range in the matrix that follows, or NULL), so
+   memory reads overlap the arithmetic. */
+void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add,
+                     int64_t *ctr, const float *next) {
+    const int64_t P = N / w, nt = omp_get_num_threads(), t = omp_get_thread_num();
+    for (int64_t r = 0; r < nt; r++) {  /* its own range first, then the others' */
+        const int64_t u = (t + r) % nt, lo = P * u / nt, hi = P * (u + 1) / nt;
+        for (;;) {
+            int64_t i;
+#pragma omp atomic capture
+            i = ctr[u]++;
+            const int64_t p = lo + i;
+            if (p >= hi) break;
+            gemv_panel(x, M, W + p * K * w, y + p * w, N, K, w, add,
+                       p + 1 < hi ? W + (p + 1) * K * w : r == 0 ? next : NULL);
+        }
+    }
+#pragma omp barrier
+}
+
+/* The first panel of this thread's range (gemv_for) in a [K, N] matrix of w-wide panels; NULL for no matrix. */
+const float *first_panel(const float *W, int64_t K, int64_t w, int64_t N) {
+    if (!W) return NULL;
+    return W + (N / w) * omp_get_thread_num() / omp_get_num_threads() * K * w;
 }
 
 int gemv_check(int64_t M, int64_t w) { return width_index(w) < 0 || M < 1 ? -1 : 0; }

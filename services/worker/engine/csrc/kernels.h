@@ -42,6 +42,16 @@
 void gemv_panel(const float *x, int64_t M, const float *Wp, float *y, int64_t ldy, int64_t K, int64_t w, int add,
                 const float *next);
 
+/* Inside an OpenMP parallel region, called by every thread: y [M][N] (+)= x [M][K] @ W (N / w panels of w) over
+   the threads, in per-thread panel ranges with the next panel fetched ahead (gemv.c); ctr: one counter per
+   thread, zero before the call; next: this thread's first panel of the matrix that follows, or NULL. Ends with
+   a barrier. */
+void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add,
+              int64_t *ctr, const float *next);
+
+/* The first panel of the calling thread's range (gemv_for) in a [K, N] matrix of w-wide panels; NULL for none. */
+const float *first_panel(const float *W, int64_t K, int64_t w, int64_t N);
+
 /* 0 if a panel width (one of this build's WIDTHS) and row count (>= 1) are ones gemv_panel takes, else -1. */
 int gemv_check(int64_t M, int64_t w);
 
