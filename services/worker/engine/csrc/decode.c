@@ -234,11 +234,12 @@ static void attend_group(const Dims *d, const LayerW *lw, int64_t l, int64_t m, 
 }
 
 /* One layer, called by every thread of the region. hp: this thread's own [M][D] (each thread normalizes x
-   itself: no barrier for it); s: this thread's room for one head's scores. 6 barriers: after each matrix, after attention, after SwiGLU. */
+   itself: no barrier for it); s: this thread's room for one head's scores; ctr: gemv_for's counters for the
+   layer's 4 matrices (4 x threads, zero); next: this thread's first panel of the matrix after the layer, or NULL.
+   6 barriers: after each matrix, after attention, after SwiGLU. */
 static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t M, float *pool, const int32_t *tables,
                   int64_t tstride, const int64_t *pos, const float *cos, const float *sin, float *hp, float *qkv,
-                  float *attn, float *g, float *act, float *s, int64_t *ctr, const float *next_w, int64_t next_k,
-                  int64_t next_pw, int64_t next_n) {
+                  float *attn, float *g, float *act, float *s, int64_t *ctr, const float *next) {
     const int64_t D = d->D, hd = d->hd, Nqkv = (d->Hq + 2 * d->H) * hd, I = d->I, nt = omp_get_num_threads();
     rms_norm(x, lw->w[ATTN_NORM], hp, M, D, d->eps);
     gemv_for(hp, M, lw->w[WQKV], qkv, D, d->wqkv, Nqkv, 0, ctr, NULL);  /* attention comes between */
@@ -253,7 +254,7 @@ static void layer(const Dims *d, const LayerW *lw, int64_t l, float *x, int64_t 
     gemv_for(hp, M, lw->w[W13], g, D, d->w13, 2 * I, 0, ctr + 2 * nt, first_panel(lw->w[W2], I, d->w2, D));
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) swiglu(g + m * 2 * I, act + m * I, I);
-    gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1, ctr + 3 * nt, first_panel(next_w, next_k, next_pw, next_n));
+    gemv_for(act, M, lw->w[W2], x, I, d->w2, D, 1, ctr + 3 * nt, next);
 }
 
 /* cos, sin [M][hd] of each row's position: angle pos * inv_freq[d % (hd / 2)] (transformers' default RoPE
@@ -319,10 +320,11 @@ int decode_layers(float *x, int64_t M, const int64_t *dims, float eps, const int
         for (int64_t l = 0; l < d.L; l++) {
             LayerW lw;
             for (int k = 0; k < NWEIGHTS; k++) lw.w[k] = addr(weights, l * NWEIGHTS + k);
-            const int last = l + 1 == d.L;  /* after its down projection: the next layer's QKV, else the LM head */
+            const float *next = l + 1 < d.L  /* after the down projection: the next layer's QKV, else the LM head */
+                ? first_panel(addr(weights, (l + 1) * NWEIGHTS + WQKV), d.D, d.wqkv, Nqkv)
+                : first_panel(lm_head, d.D, d.wlm, d.V);
             layer(&d, &lw, l, x, M, pool, tables, tstride, pos, cos, sin, hp, qkv, attn, g, act, sp,
-                  ctrs + 4 * l * nthreads, last ? lm_head : addr(weights, (l + 1) * NWEIGHTS + WQKV), d.D,
-                  last ? d.wlm : d.wqkv, last ? d.V : Nqkv);
+                  ctrs + 4 * l * nthreads, next);
         }
 #pragma omp single
         rms_norm(x, norm, x, M, d.D, d.eps);
