@@ -8,12 +8,12 @@ from pathlib import Path
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import free_port
+from muxserve.netutil import WORKER_PORTS, free_ports
 
 
 def two_llm_conf(llama, qwen, cost_table) -> dict:
     """The mesh's config as a dict (callers add keys per section before `mesh_of`)."""
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
+    ports = free_ports(("redis", "router", "placer", "memmgr", "worker"), spans={"worker": WORKER_PORTS})
     conf = {
         "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
         "models": [{"name": "llama", "path": str(llama), "rate": 2.0, "cost_key": "tiny-llama"},

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import free_port
+from muxserve.netutil import WORKER_PORTS, free_ports
 from muxserve.tiny import write_tiny_checkpoint
 from muxserve.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
@@ -49,7 +49,7 @@ def _broken_checkpoints(root: Path, tiny_llama) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory, tiny_llama, tiny_qwen2, cpu_cost_table, cpu_probe_cache):
     root = tmp_path_factory.mktemp("failures")
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker", "http")}
+    ports = free_ports(("redis", "router", "placer", "memmgr", "worker", "http"), spans={"worker": WORKER_PORTS})
     models = [{"name": "llama", "path": str(tiny_llama), "rate": 2.0, "cost_key": "tiny-llama"}]
     models += [{"name": n, "path": str(p), "rate": 1.0, "cost_key": "tiny-llama"}
                for n, p in _broken_checkpoints(root, tiny_llama).items()]

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import free_port
+from muxserve.netutil import WORKER_PORTS, free_ports
 from muxserve.popularity import Arrival, PopularityStore
 from muxserve.v1 import placer_pb2, placer_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
@@ -37,7 +37,7 @@ def mesh(tmp_path_factory, tiny_llama, tiny_qwen2):
     root = tmp_path_factory.mktemp("replace")
     cost = root / "hand-cost.json"
     cost.write_text(json.dumps(_hand_cost_table()))
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
+    ports = free_ports(("redis", "router", "placer", "memmgr", "worker"), spans={"worker": WORKER_PORTS})
     conf = {
         "redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
         "models": [{"name": "a", "path": str(tiny_llama), "rate": 20.0, "cost_key": "tiny"},

@@ -12,7 +12,7 @@ import grpc
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import free_port
+from muxserve.netutil import WORKER_PORTS, free_ports
 from muxserve.v1 import router_pb2, router_pb2_grpc
 
 
@@ -34,7 +34,7 @@ async def _burst(address: str, n: int) -> list[list[router_pb2.GenerateResponse]
 
 
 def test_a_hot_llm_served_by_two_units(tmp_path, tiny_llama, cpu_cost_table):
-    ports = {s: free_port() for s in ("redis", "router", "placer", "memmgr", "worker")}
+    ports = free_ports(("redis", "router", "placer", "memmgr", "worker"), spans={"worker": WORKER_PORTS})
     conf = {"redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
             "models": [{"name": "m", "path": str(tiny_llama), "rate": 100000.0, "cost_key": "tiny-llama"}],
             "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
