@@ -2,21 +2,17 @@
 
 import socket
 
-WORKER_PORTS = (4, (0, 1000))  # free_ports span of a test mesh's workers: worker.port + i, metrics 1000 above
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on `host` a moment ago (for configs that must name ports up front)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(("port",), host)["port"]
 
 
 def free_ports(names, host: str = "127.0.0.1", spans: dict | None = None, tries: int = 100) -> dict[str, int]:
     """A port per name, free and distinct a moment ago: every chosen port stays bound until all are chosen.
 
     spans: {name: (count, offsets)}: that name's port p is one where p + o + i is free for every i < count and
-    offset o (a mesh's workers listen on worker.port + i and serve metrics 1000 above: (4, (0, 1000))).
+    offset o (a mesh's workers listen on worker.port + i and serve metrics above those: tests/meshconf.py).
     Raises OSError when no such port turns up in `tries` draws."""
     spans, held, out = spans or {}, [], {}
     try:

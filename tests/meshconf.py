@@ -8,7 +8,10 @@ from pathlib import Path
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import WORKER_PORTS, free_ports
+from muxserve.netutil import free_ports
+from services.worker.config import METRICS_PORT_OFFSET
+
+WORKER_PORTS = (4, (0, METRICS_PORT_OFFSET))  # free_ports span of a test mesh's workers: port + i, metrics
 
 
 def two_llm_conf(llama, qwen, cost_table) -> dict:

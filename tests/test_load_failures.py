@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import WORKER_PORTS, free_ports
+from muxserve.netutil import free_ports
+from tests.meshconf import WORKER_PORTS
 from muxserve.tiny import write_tiny_checkpoint
 from muxserve.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 

@@ -2,7 +2,8 @@
 
 import socket
 
-from muxserve.netutil import WORKER_PORTS, free_ports
+from muxserve.netutil import free_ports
+from tests.meshconf import WORKER_PORTS
 
 
 def test_ports_are_distinct_and_a_span_is_free_at_every_offset():

@@ -25,7 +25,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import WORKER_PORTS, free_ports
+from muxserve.netutil import free_ports
+from tests.meshconf import WORKER_PORTS
 from muxserve.popularity import Arrival, PopularityStore
 from muxserve.v1 import placer_pb2, placer_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 

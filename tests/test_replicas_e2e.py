@@ -12,7 +12,9 @@ import grpc
 import yaml
 
 from muxserve.launcher import Mesh
-from muxserve.netutil import WORKER_PORTS, free_ports
+from muxserve.netutil import free_ports
+from services.worker.config import METRICS_PORT_OFFSET
+from tests.meshconf import WORKER_PORTS
 from muxserve.v1 import router_pb2, router_pb2_grpc
 
 
@@ -52,5 +54,5 @@ def test_a_hot_llm_served_by_two_units(tmp_path, tiny_llama, cpu_cost_table):
             assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 24
             by_prompt[i % 2].add(tuple(t for c in chunks for t in c.token_ids))
         assert all(len(outs) == 1 for outs in by_prompt.values())  # same greedy tokens on either replica
-        busy = [_busy_seconds(ports["worker"] + i + 1000) for i in range(2)]
+        busy = [_busy_seconds(ports["worker"] + i + METRICS_PORT_OFFSET) for i in range(2)]
         assert all(b > 0 for b in busy), busy

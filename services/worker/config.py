@@ -35,6 +35,9 @@ class LeaseConfig:
         return cls(**section_of(Leases, raw, "worker.leases").model_dump())
 
 
+METRICS_PORT_OFFSET = 1000  # a worker's /metrics port without metrics_port: its gRPC port + this
+
+
 @dataclass
 class WorkerConfig:
     host: str = "127.0.0.1"
@@ -47,7 +50,7 @@ class WorkerConfig:
     engine: dict = field(default_factory=dict)  # the keys set in the file or environment
     drain_timeout_s: float = 120.0
     max_waiting: int = 256
-    metrics_port: int | None = None  # None: port + 1000 (services/worker/metrics.py)
+    metrics_port: int | None = None  # None: port + METRICS_PORT_OFFSET (services/worker/metrics.py)
 
     @classmethod
     def from_section(cls, sec, worker_id: str | None = None) -> "WorkerConfig":

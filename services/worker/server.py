@@ -15,7 +15,7 @@ import os
 from muxserve import config as cfg, validation
 from muxserve.serving import RunningServer, install_uvloop, serve_until_signal, start_server
 from muxserve.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.config import WorkerConfig
+from services.worker.config import METRICS_PORT_OFFSET, WorkerConfig
 from services.worker.follower import PlacementFollower, UnitAssignment
 from services.worker.kv import make_backend
 from services.worker.metrics import serve_metrics
@@ -163,7 +163,7 @@ class Worker:
 
 def start_metrics(worker: Worker, wcfg: WorkerConfig, host: str, grpc_port: int):
     """/metrics on worker.metrics_port (default: the gRPC port + 1000; -1: none)."""
-    port = wcfg.metrics_port if wcfg.metrics_port is not None else grpc_port + 1000
+    port = wcfg.metrics_port if wcfg.metrics_port is not None else grpc_port + METRICS_PORT_OFFSET
     return None if port == -1 else serve_metrics(worker, host, port)
 
 

@@ -9,9 +9,8 @@ values, the native GEMV over column panels, a bmm over the same panels and torch
     torch for every M. The margin: at small shapes both take microseconds and differ by noise, and panels keep
     the fused decode step possible, which prefer_fused then measures as a whole;
   - per bucket over panels: the native GEMV or the bmm, whichever was faster.
-A verdict of [K, N] is measured again before it stands (the decode buckets, torch first this time; each path
-keeps its best time): [K, N] for one matrix turns the fused decode step off for its whole model, and one burst
-of other work during the native timing did that on a shared host (docs/benchmarks.md, CPU kernels, session 14).
+A [K, N] verdict is measured again first (decode buckets, torch first, best time per path kept): it turns the
+whole model's fused decode step off, and one burst during a native timing once did that (docs/benchmarks.md).
 `Calibration.prefer_fused(key, fused_step, torch_step)` does the same for a whole decode step (fused.py)
 against the torch step.
 
@@ -138,23 +137,24 @@ class Calibration:
         g = torch.Generator().manual_seed(0)
         w = torch.randn(K, N, generator=g) * 0.02  # [K, N]
         p = to_panels(w, (width,))  # [N / width, K, width]
+        products = {"native": lambda x: self.kernels.gemv(x, p), "bmm": lambda x: bmm_over_panels(x, p),
+                    "torch": lambda x: matrix_product(x, w)}
+
+        def timed(paths: tuple[str, ...], M: int) -> dict[str, float]:
+            x = torch.randn(M, K, generator=g)  # [M, K]
+            return {path: self.timer(path, lambda: products[path](x), M) for path in paths}
+
         times: dict[int, tuple[float, float, float]] = {}
         t_end = time.perf_counter() + SHAPE_BUDGET_S
         for M in BUCKETS:
             if times and time.perf_counter() > t_end:
                 break
-            x = torch.randn(M, K, generator=g)  # [M, K]
-            times[M] = (self.timer("native", lambda: self.kernels.gemv(x, p), M),
-                        self.timer("bmm", lambda: bmm_over_panels(x, p), M),
-                        self.timer("torch", lambda: matrix_product(x, w), M))
+            times[M] = tuple(timed(("native", "bmm", "torch"), M).values())
         plan = _decide(K, N, width, times)
         if plan.width is None:  # [K, N]: only if a second look at the decode buckets agrees
             for M in DECODE_ROWS:
-                x = torch.randn(M, K, generator=g)  # [M, K]
-                t_torch = self.timer("torch", lambda: matrix_product(x, w), M)
-                t_native = self.timer("native", lambda: self.kernels.gemv(x, p), M)
-                n, b, t = times[M]
-                times[M] = (min(n, t_native), b, min(t, t_torch))
+                again, (n, b, t) = timed(("torch", "native"), M), times[M]
+                times[M] = (min(n, again["native"]), b, min(t, again["torch"]))
             plan = _decide(K, N, width, times)
         return plan
 

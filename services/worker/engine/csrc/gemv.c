@@ -128,7 +128,7 @@ void gemv_panel(const float *restrict x, int64_t M, const float *restrict Wp, fl
    range's last, `next`: the first panel of this thread's range in the matrix that follows, or NULL), so
    memory reads overlap the arithmetic. */
 void gemv_for(const float *x, int64_t M, const float *W, float *y, int64_t K, int64_t w, int64_t N, int add,
-                     int64_t *ctr, const float *next) {
+              int64_t *ctr, const float *next) {
     const int64_t P = N / w, nt = omp_get_num_threads(), t = omp_get_thread_num();
     for (int64_t r = 0; r < nt; r++) {  /* its own range first, then the others' */
         const int64_t u = (t + r) % nt, lo = P * u / nt, hi = P * (u + 1) / nt;
