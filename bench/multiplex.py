@@ -8,7 +8,8 @@ same run (the spatial mesh, one request at a time, before its replay). Reports p
 requests, throughput (completed / makespan, the paper's measure), output tokens/s, TTFT and TPOT
 p50/p99, p99 latency over all requests, SLO attainment at scales 1-20, the placer's plan and estimate,
 the CPU seconds each service (router, worker, its job processes, placer, memmgr, redis) and the client
-spent per replay and per 1,000 output tokens (Linux /proc); the ratios muxserve/spatial and
+spent per replay and per 1,000 output tokens (Linux /proc); the placer plans with the host CPU per token
+(placer.host_cpu_ms_per_token) that a burst of requests from another seed measured on the spatial mesh first; the ratios muxserve/spatial and
 muxserve/temporal; with --sweep, the highest rate at which 99% of requests meet the scale-8 SLO. Writes results.json and multiplex.png to --out.
 
     python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
@@ -171,24 +172,61 @@ def alone_latency(address: str, reqs: list[workload.Request], per_model: int) ->
 
 
 def run_policy(policy: str, args, work: Path, cost: Path, rates: list[float], lists: dict, need_base: bool):
-    prior = dict(zip(MODELS, workload.popularity(len(MODELS), args.alpha)))
-    config = write_config(work, policy, {m: p * args.rate for m, p in prior.items()}, cost, args.num_blocks,
-                          (args.prompt_mean, args.output_mean), args.host_cpu_ms, engine_keys(args.engine, policy))
-    planned = plan(config)
-    out = {"plan": planned, "runs": {}, "config": str(config), "num_blocks": args.num_blocks}
+    """One policy's mesh: plan, warm up, [host-term calibration and SLO base: spatial], every rate's replay."""
+    config = policy_config(policy, args, work, cost)
+    out = {"plan": plan(config), "runs": {}, "config": str(config), "num_blocks": args.num_blocks}
     with Mesh(config, work / f"{policy}.log") as mesh:
         asyncio.run(replay(mesh.address, lists[rates[0]][:4]))  # warm-up: every job has run once
+        if args.host_cpu_ms is None:
+            args.host_cpu_ms = out["host_cpu_ms"] = calibrate_host(mesh, calibration_list(args))
+            print(f"  host CPU per token (calibration burst on {policy}): {args.host_cpu_ms:.3f} ms", file=sys.stderr)
+            out["plan"] = same_layout(out["plan"], plan(policy_config(policy, args, work, cost)))
         if need_base:
             out["base"] = alone_latency(mesh.address, lists[args.rate], args.base_requests)
         out["cpu_s"] = {}
         for rate in rates:
             print(f"  {policy}: replaying {len(lists[rate])} requests at {rate} req/s", file=sys.stderr)
-            cpu0, client0 = services_cpu_s(mesh.proc.pid), time.process_time()
-            out["runs"][rate] = asyncio.run(replay(mesh.address, lists[rate]))
-            cpu1 = services_cpu_s(mesh.proc.pid)
-            out["cpu_s"][rate] = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()} | {
-                "client": round(time.process_time() - client0, 3)}
+            out["runs"][rate], out["cpu_s"][rate] = accounted_replay(mesh, lists[rate])
     return out
+
+
+def policy_config(policy: str, args, work: Path, cost: Path) -> Path:
+    prior = dict(zip(MODELS, workload.popularity(len(MODELS), args.alpha)))
+    return write_config(work, policy, {m: p * args.rate for m, p in prior.items()}, cost, args.num_blocks,
+                        (args.prompt_mean, args.output_mean), args.host_cpu_ms or 0.0, engine_keys(args.engine, policy))
+
+
+def accounted_replay(mesh: "Mesh", reqs: list[workload.Request]) -> tuple[list[dict], dict[str, float]]:
+    """The replay's results and the CPU seconds each service (and this client) spent during it."""
+    cpu0, client0 = services_cpu_s(mesh.proc.pid), time.process_time()
+    runs = asyncio.run(replay(mesh.address, reqs))
+    cpu1 = services_cpu_s(mesh.proc.pid)
+    return runs, {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()} | {
+        "client": round(time.process_time() - client0, 3)}
+
+
+def calibration_list(args) -> list[workload.Request]:
+    """A burst at the headline rate from another seed than the replays' (never the requests compared)."""
+    return workload.generate(list(MODELS), args.alpha, args.rate, args.calibration_requests, args.seed + 1000,
+                             args.prompt_mean, args.output_mean, 384)
+
+
+def calibrate_host(mesh: "Mesh", reqs: list[workload.Request]) -> float:
+    """The mesh's CPU ms per output token outside its job processes (router, worker, placer, memmgr, redis
+    and this client), measured on a burst that saturates the mesh: the placer's host term (estimator.py)."""
+    runs, cpu = accounted_replay(mesh, reqs)
+    return 1000 * sum(v for k, v in cpu.items() if k != "jobs") / max(sum(r["tokens"] for r in runs), 1)
+
+
+def same_layout(ran: dict, estimated: dict) -> dict:
+    """The plan re-estimated with the calibrated host term; the term must not change the layout the mesh runs."""
+    def layout(p: dict) -> list:
+        return [(u["devices"], u["mode"], [(m["name"], m["prefill_share"], m["decode_share"]) for m in u["llms"]])
+                for u in p["units"]]
+
+    if layout(ran) != layout(estimated):
+        raise SystemExit(f"the host term changed the layout: ran {ran['units']}, re-planned {estimated['units']}")
+    return estimated
 
 
 def main(argv=None) -> int:
@@ -213,9 +251,11 @@ def main(argv=None) -> int:
     ap.add_argument("--resimulate", default="", metavar="RESULTS_JSON",
                     help="no mesh: simulate a saved run again (its request lists, plans and --work), report to --out")
     ap.add_argument("--no-host-term", action="store_true", help="simulate without the host CPU term")
-    ap.add_argument("--host-cpu-ms", type=float, default=1.2,
-                    help="the placer's placer.host_cpu_ms_per_token (the mesh's CPU per streamed token; 1.17 ms "
-                         "measured by this script's accounting, docs/benchmarks.md); 0 leaves it out")
+    ap.add_argument("--host-cpu-ms", type=float, default=None,
+                    help="the placer's placer.host_cpu_ms_per_token (the mesh's CPU per streamed token); default: "
+                         "measured on the first mesh by a burst of --calibration-requests; 0 leaves it out")
+    ap.add_argument("--calibration-requests", type=int, default=96,
+                    help="requests of the host-term calibration burst (another seed, the headline rate)")
     ap.add_argument("--engine", action="append", default=[], metavar="[POLICY:]KEY=VALUE",
                     help="a worker.engine key for every policy's mesh, or for POLICY's only (repeatable), "
                          "e.g. muxserve#spin0:omp_spin_count=0")
