@@ -32,3 +32,23 @@ def test_a_labelled_policy_plans_as_its_policy_with_its_own_keys(tmp_path):
     wcfg = WorkerConfig.from_section(mesh.section("worker"), "w0")  # what the worker builds its engine from
     engine = EngineConfig.from_section(wcfg.engine_section(mesh.cluster.device))
     assert engine.omp_spin_count == 0 and engine.num_blocks == 1000 and engine.job_mode == "process"
+
+
+def _plan(decode_share: float, est: float) -> dict:
+    return {"units": [{"devices": [0, 1], "mode": "spatial-temporal", "est_throughput": est, "llms": [
+        {"name": "big", "prefill_share": 0.95, "decode_share": decode_share, "est_throughput": est}]}],
+            "objective": est}
+
+
+def test_the_host_term_may_change_the_estimate_but_not_the_layout_the_mesh_ran():
+    assert multiplex.same_layout(_plan(0.67, 13.2), _plan(0.67, 19.0))["objective"] == 19.0
+    with pytest.raises(SystemExit, match="changed the layout"):
+        multiplex.same_layout(_plan(0.67, 13.2), _plan(0.5, 19.0))
+
+
+def test_the_calibration_burst_is_not_a_list_that_is_compared():
+    args = multiplex.argparse.Namespace(alpha=1.9, rate=24.0, requests=40, seed=0, prompt_mean=64, output_mean=32,
+                                        calibration_requests=40)
+    compared = {(r.model, tuple(r.prompt_ids)) for r in multiplex.make_lists(args, [24.0])[24.0]}
+    burst = multiplex.calibration_list(args)
+    assert len(burst) == 40 and not compared & {(r.model, tuple(r.prompt_ids)) for r in burst}
