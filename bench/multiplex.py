@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from muxserve import workload  # noqa: E402
 from proctime import services_cpu_s  # noqa: E402
-from multiplex_report import build_report, draw, validation_lines  # noqa: E402
+from multiplex_report import build_report, draw, per_model_lines, validation_lines  # noqa: E402
 from multiplex_sim import add_simulated  # noqa: E402
 
 MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share one pool)
@@ -320,6 +320,7 @@ def write_report(raw: dict, lists: dict, rates: list[float], args) -> int:
     (out / "results.json").write_text(json.dumps({"report": report, "raw": raw}, indent=1, default=str))
     draw(report, out / "multiplex.png")
     print(json.dumps(report["headline"], indent=1))
+    print("\n".join(per_model_lines(report)))
     if args.simulate:
         print("\n".join(validation_lines(report)))
     return 0

@@ -42,6 +42,23 @@ def validation_lines(report: dict) -> list[str]:
     return lines
 
 
+def per_model_lines(report: dict) -> list[str]:
+    """Per policy, rate and model (markdown): completed, SLO@8 attainment and median TTFT / TPOT, measured and,
+    where the run was simulated, simulated: which model a policy's misses come from."""
+    lines = ["| policy | offered req/s | model | completed | SLO@8 measured / simulated | TTFT p50 (s) | "
+             "TPOT p50 (ms) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for p, v in report["policies"].items():
+        for rate, m in v["runs"].items():
+            sim = v.get("simulated", {}).get("runs", {}).get(rate, {}).get("per_model", {})
+            for model, x in m["per_model"].items():
+                y = sim.get(model)
+                pair = lambda key, f=1: f"{f * x[key]:.3g}" + (f" / {f * y[key]:.3g}" if y else "")  # noqa: E731
+                lines.append(f"| {p} | {float(rate):g} | {model} | {x['completed']}/{x['requests']} | "
+                             f"{x['slo'][8]:.3f}" + (f" / {y['slo'][8]:.3f}" if y else "") +
+                             f" | {pair('ttft_p50')} | {pair('tpot_p50', 1000)} |")
+    return lines
+
+
 def cpu_per_1k(cpu: dict[str, float], results: list[dict]) -> dict[str, float]:
     tokens = sum(r["tokens"] for r in results) or 1
     return {name: round(1000 * s / tokens, 4) for name, s in sorted(cpu.items())}

@@ -70,7 +70,7 @@ def run_one(task: tuple) -> dict:
     sim = Simulation(placement, llms, cost, SimConfig())
     base = alone_base(paper, cost, llms, (sc.prompt_len, sc.output_len))  # alone on its paper-spatial GPUs
     summary = metrics.summarize(sim.run(reqs), base, list(sc.rates))
-    summary.pop("per_model_completed")
+    summary.pop("per_model")
     return {"key": list(key), "policy": policy, "offered_rps": sum(sc.rates.values()),
             "estimate_rps": placement.objective, "units": len(placement.units),
             "modes": sorted({u.mode for u in placement.units}), "preemptions": sim.preemptions,

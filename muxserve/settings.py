@@ -228,7 +228,9 @@ ENGINE_DOCS = {
     "to 1 + this", "mode": "spatial-temporal | temporal; a placement overrides", "cores": "CPU cores of the "
     "unit; a placement overrides", "start_mps": "cuda + process jobs: start the MPS daemon if none runs",
     "omp_spin_count": "CPU process jobs: how long an idle job's OpenMP threads spin (GOMP_SPINCOUNT) before "
-    "they sleep and free the core; -1: libgomp's default (300000); a GOMP_SPINCOUNT in the environment wins"}
+    "they sleep and free the core; -1: libgomp's default (300000); a GOMP_SPINCOUNT in the environment wins",
+    "spread_cores": "CPU process jobs: cores a scheduling pass leaves free go to its dispatches (a share is the "
+    "least a job gets); false: each dispatch runs on its share's cores only"}
 
 
 class Worker(Service):

@@ -181,6 +181,14 @@ def test_scheduler_spreads_free_cores_over_what_it_planned():
     assert sorted(budget.cores_of("a", "decode") + budget.cores_of("b", "prefill")) == [0, 1], "disjoint"
 
 
+def test_without_spreading_a_dispatch_keeps_its_shares_cores():
+    budget = ComputeBudget({"a/prefill": 0.5, "a/decode": 0.5}, cores=[0, 1], spread=False)
+    sched = unit()
+    sched.add(seq(0, "a"))
+    (d,) = sched.schedule(budget.busy, budget)
+    assert budget.cores_of("a", "prefill") == [0] and budget.free_cores() == [1], "the other core stays free"
+
+
 def test_a_decode_waiting_for_cores_is_not_overtaken():
     # a's decode wants both cores, b's one; b must not keep the unit by always fitting first
     budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 0.05}, cores=[0, 1])

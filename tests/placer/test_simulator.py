@@ -150,6 +150,9 @@ def test_metrics_of_simulated_records():
     assert s["completed"] == 2 and s["throughput_rps"] == pytest.approx(2 / ((2 * P100 + 3 * D100) / 1000))
     # A took exactly its alone latency; B (alone: P + D = 12 ms) took 2P + 3D - 1 ms = 25 ms
     assert (s["slo"][1], s["slo"][2], s["slo"][3]) == (0.5, 0.5, 1.0)
+    a, b = s["per_model"]["a"], s["per_model"]["b"]
+    assert (a["requests"], a["completed"], a["slo"][1], b["slo"][2], b["slo"][3]) == (1, 1, 1.0, 0.0, 1.0)
+    assert b["ttft_p50"] == pytest.approx((2 * P100 + 2 * D100) / 1000 - 0.001)  # FCFS: A ran to its end first
 
 
 def test_unhosted_model_is_an_error():

@@ -29,7 +29,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def summarize(results: list[dict], base: dict, models) -> dict:
-    """Throughput, tokens/s, TTFT / TPOT / latency percentiles and SLO attainment at SCALES."""
+    """Throughput, tokens/s, TTFT / TPOT / latency percentiles and SLO attainment at SCALES, overall and per model."""
     done = [r for r in results if r["completed"]]
     first, last = min(r["start"] for r in results), max(r["start"] for r in results)
     makespan = max(r["end"] for r in results) - first
@@ -37,16 +37,28 @@ def summarize(results: list[dict], base: dict, models) -> dict:
     steady_tok = sum(_tokens_between(r, mid, last) for r in results) / (last - mid) if last > mid else float("nan")
     mean_out = sum(r["tokens_wanted"] for r in results) / len(results)
     lat = [r["latency"] if r["completed"] else float("inf") for r in results]
-    slo = {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / len(results)
-           for s in SCALES}
     return {"requests": len(results), "completed": len(done), "makespan_s": makespan,
             "throughput_rps": len(done) / makespan,
             "steady_output_tok_s": steady_tok, "steady_throughput_rps": steady_tok / mean_out,
             "output_tok_s": sum(r["tokens"] for r in done) / makespan,
             "ttft_p50": pct([r["ttft"] for r in done], 50), "ttft_p99": pct([r["ttft"] for r in done], 99),
             "tpot_p50": pct([r["tpot"] for r in done], 50), "tpot_p99": pct([r["tpot"] for r in done], 99),
-            "p99_latency": pct(lat, 99), "slo": slo,
-            "per_model_completed": {m: sum(r["model"] == m for r in done) for m in models}}
+            "p99_latency": pct(lat, 99), "slo": attainment(results, base),
+            "per_model": {m: per_model(results, base, m) for m in models}}
+
+
+def attainment(results: list[dict], base: dict) -> dict[int, float]:
+    """The fraction of `results` (every request: one not completed misses) within scale x its SLO base."""
+    return {s: sum(r["completed"] and r["latency"] <= s * slo_base(r, base) for r in results) / max(len(results), 1)
+            for s in SCALES}
+
+
+def per_model(results: list[dict], base: dict, model: str) -> dict:
+    """One model's requests: how many, completed, SLO attainment at SCALES, TTFT and TPOT medians."""
+    mine = [r for r in results if r["model"] == model]
+    done = [r for r in mine if r["completed"]]
+    return {"requests": len(mine), "completed": len(done), "slo": attainment(mine, base),
+            "ttft_p50": pct([r["ttft"] for r in done], 50), "tpot_p50": pct([r["tpot"] for r in done], 50)}
 
 
 def _tokens_between(r: dict, t0: float, t1: float) -> float:

@@ -10,7 +10,8 @@ With `cores` (CPU process jobs), a core runs one dispatch at a time: a job wants
 max(1, round(share x cores)) cores (all of them without a share) and is admitted only when that many
 are free, on top of the share rule; each dispatch gets its job's home cores (`home`) when they are
 free, else other free ones (`cores_of`); cores still free once a scheduling pass has planned its
-dispatches are spread over them (`spread`: work-conserving, a share is the least a job gets). OpenMP jobs that share a core wait on each other's time
+dispatches are spread over them (`spread`: work-conserving, a share is the least a job gets; off with
+`spread=False`, engine key `spread_cores`). OpenMP jobs that share a core wait on each other's time
 slices at every barrier, which costs more than the overlap gains (docs/benchmarks.md, multiplexing).
 """
 
@@ -23,13 +24,14 @@ EPS = 1e-9
 
 class ComputeBudget:
     def __init__(self, shares: dict[str, float] | None = None, allowance: float = 0.2,
-                 cores: list[int] | None = None):
+                 cores: list[int] | None = None, spread: bool = True):
         if allowance < 0:
             raise ValueError(f"overload allowance must be >= 0, got {allowance}")
         self.allowance = allowance
         self.shares: dict[str, float] = {}
         self._taken: dict[tuple[str, str], float] = {}
         self.cores = sorted(cores) if cores else None
+        self.spreads = spread  # whether spread() hands out the free cores (False: a dispatch keeps its share's)
         self.home: dict[str, list[int]] = {}
         self._held: dict[tuple[str, str], list[int]] = {}
         self.set_shares(shares or {})
@@ -71,7 +73,7 @@ class ComputeBudget:
 
     def spread(self, jobs: list[tuple[str, str]]) -> None:
         """Give the cores still free to the dispatches just taken for `jobs`, one each in turn."""
-        jobs = [j for j in jobs if j in self._held]
+        jobs = [j for j in jobs if j in self._held and self.spreads]
         free = self.free_cores() if self.cores is not None else []
         for i, core in enumerate(free if jobs else []):
             self._held[jobs[i % len(jobs)]] = sorted(self._held[jobs[i % len(jobs)]] + [core])

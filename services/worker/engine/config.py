@@ -54,6 +54,7 @@ class EngineConfig:
     cores: list[int] = field(default_factory=list)  # CPU cores of the unit; empty = all this process may use
     start_mps: bool = False  # device cuda + job_mode process: start the CUDA MPS daemon if none runs
     omp_spin_count: int = 10000  # CPU process jobs: GOMP_SPINCOUNT of each job's OpenMP threads; -1: libgomp's own
+    spread_cores: bool = True  # CPU process jobs: cores a scheduling pass leaves free go to its dispatches (compute.py)
 
     def __post_init__(self):
         for key in ("block_size", "max_num_seqs", "max_prefill_tokens"):

@@ -19,7 +19,8 @@ from services.worker.engine.config import EngineConfig
 class UnitCompute:
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.budget = ComputeBudget(config.compute_shares, config.overload_allowance, self._tracked_cores())
+        self.budget = ComputeBudget(config.compute_shares, config.overload_allowance, self._tracked_cores(),
+                                    config.spread_cores)
         self.planned: dict[str, ComputeShare] = {}  # "<llm>/<kind>" -> the job's home cores
 
     def _tracked_cores(self) -> list[int] | None:
