@@ -241,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policies", default="spatial,muxserve,temporal",
                     help="placer policies; NAME#LABEL runs NAME again as its own mesh (with --engine NAME#LABEL:...)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every policy's mesh this many times, interleaved; the report gives ratio ranges")
     ap.add_argument("--base-requests", type=int, default=6, help="alone requests per model for the SLO base")
     ap.add_argument("--num-blocks", type=int, default=24000, help="head-wise blocks of each worker's pool")
     ap.add_argument("--work", default="", help="folder for models, cost table, configs and logs (default: temp)")
@@ -267,7 +269,7 @@ def main(argv=None) -> int:
     cost = prepare_models(work, Path(args.cost_table) if args.cost_table else None)
     rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})
     lists = make_lists(args, rates)
-    policies = [p for p in args.policies.split(",") if p]
+    policies = repeated([p for p in args.policies.split(",") if p], args.repeats)
     if "spatial" not in policies:
         raise SystemExit("the SLO base is measured on the spatial units: keep spatial in --policies")
     raw = {p: run_policy(p, args, work, cost, rates, lists, p == "spatial") for p in ["spatial"] + [
@@ -277,8 +279,15 @@ def main(argv=None) -> int:
     return write_report(raw, lists, rates, args)
 
 
+def repeated(policies: list[str], n: int) -> list[str]:
+    """The policies n times over, interleaved (spatial, muxserve, temporal, spatial#r2, ...): each repeat runs
+    as its own mesh on the same request lists, so the report can give each ratio's range over repeats."""
+    return policies + [f"{p}#r{i}" for i in range(2, n + 1) for p in policies]
+
+
 def engine_keys(items: list[str], policy: str) -> dict:
-    """The --engine items that apply to `policy`, as {key: YAML value}."""
+    """The --engine items that apply to `policy`, as {key: YAML value}: unscoped ones, those scoped to it and, for
+    NAME#LABEL, those scoped to NAME."""
     import yaml
 
     keys = {}
@@ -287,7 +296,7 @@ def engine_keys(items: list[str], policy: str) -> dict:
         key, sep, value = kv.partition("=")
         if not sep:
             raise SystemExit(f"--engine {item!r}: expected [POLICY:]KEY=VALUE")
-        if scope in ("", policy):
+        if scope in ("", policy, policy.split("#")[0]):  # NAME's keys reach NAME#LABEL too
             keys[key] = yaml.safe_load(value)
     return keys
 

@@ -90,15 +90,27 @@ def build_report(raw: dict, lists: dict, rates: list[float], args, models) -> di
             sim = v["simulated"]["runs"][args.rate]
             head[p]["simulated"] = {"throughput_rps": round(sim["throughput_rps"], 3), "slo8": round(sim["slo"][8], 3),
                                     "rate_at_99pct_slo8": round(v["simulated"]["rate_at_99pct_slo8"], 3)}
-    mux = head.get("muxserve")
-    for other in ("spatial", "temporal"):
-        if mux and other in head:
-            head[f"muxserve/{other}"] = {
-                "throughput": round(mux["throughput_rps"] / head[other]["throughput_rps"], 3),
-                "rate_at_slo": round(mux["rate_at_99pct_slo8"] / head[other]["rate_at_99pct_slo8"], 3)
-                if head[other]["rate_at_99pct_slo8"] else None}
+    head.update(ratios(head, ""))
+    head["repeats"] = {label: x for label in sorted({p.partition("#")[2] for p in raw}) if (x := ratios(head, label))}
+    head["ranges"] = {key: [min(v), max(v)] for key in ("muxserve/spatial", "muxserve/temporal") if (v := [
+        r[key]["throughput"] for r in head["repeats"].values() if key in r])}
     rep["headline"] = head
     return rep
+
+
+def ratios(head: dict, label: str) -> dict:
+    """muxserve/spatial and muxserve/temporal of one repeat (policies NAME#label; "" the unlabelled ones):
+    throughput and highest rate at 99% SLO (None where the other policy never reaches 99%)."""
+    tag = f"#{label}" if label else ""
+    mux, out = head.get("muxserve" + tag), {}
+    for other in ("spatial", "temporal"):
+        o = head.get(other + tag)
+        if mux and o:
+            out[f"muxserve/{other}"] = {
+                "throughput": round(mux["throughput_rps"] / o["throughput_rps"], 3),
+                "rate_at_slo": round(mux["rate_at_99pct_slo8"] / o["rate_at_99pct_slo8"], 3)
+                if o["rate_at_99pct_slo8"] else None}
+    return out
 
 
 def draw(report: dict, path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import multiplex  # noqa: E402
+import multiplex_report  # noqa: E402
 
 from muxserve import config as cfg  # noqa: E402
 from services.worker.config import WorkerConfig  # noqa: E402
@@ -19,6 +20,7 @@ def test_engine_keys_apply_to_every_policy_or_to_the_one_named():
     assert multiplex.engine_keys(items, "muxserve#a") == {"omp_spin_count": 0, "overload_allowance": 0.5}
     assert multiplex.engine_keys(items, "muxserve") == {"omp_spin_count": 0}
     assert multiplex.engine_keys(items, "temporal") == {"omp_spin_count": 0, "max_num_seqs": 8}
+    assert multiplex.engine_keys(items, "temporal#r2") == {"omp_spin_count": 0, "max_num_seqs": 8}, "NAME's reach NAME#L"
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         multiplex.engine_keys(["muxserve:omp_spin_count"], "muxserve")
 
@@ -52,3 +54,12 @@ def test_the_calibration_burst_is_not_a_list_that_is_compared():
     compared = {(r.model, tuple(r.prompt_ids)) for r in multiplex.make_lists(args, [24.0])[24.0]}
     burst = multiplex.calibration_list(args)
     assert len(burst) == 40 and not compared & {(r.model, tuple(r.prompt_ids)) for r in burst}
+
+
+def test_repeats_interleave_and_each_gets_its_own_ratios():
+    assert multiplex.repeated(["spatial", "muxserve"], 3) == [
+        "spatial", "muxserve", "spatial#r2", "muxserve#r2", "spatial#r3", "muxserve#r3"]
+    head = {p: {"throughput_rps": t, "rate_at_99pct_slo8": r} for p, t, r in [
+        ("spatial", 10.0, 8.0), ("muxserve", 12.0, 12.0), ("spatial#r2", 10.0, 0.0), ("muxserve#r2", 15.0, 9.0)]}
+    assert multiplex_report.ratios(head, "") == {"muxserve/spatial": {"throughput": 1.2, "rate_at_slo": 1.5}}
+    assert multiplex_report.ratios(head, "r2") == {"muxserve/spatial": {"throughput": 1.5, "rate_at_slo": None}}
