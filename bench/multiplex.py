@@ -8,9 +8,11 @@ same run (the spatial mesh, one request at a time, before its replay). Reports p
 requests, throughput (completed / makespan, the paper's measure), output tokens/s, TTFT and TPOT
 p50/p99, p99 latency over all requests, SLO attainment at scales 1-20, the placer's plan and estimate,
 the CPU seconds each service (router, worker, its job processes, placer, memmgr, redis) and the client
-spent per replay and per 1,000 output tokens (Linux /proc); the placer plans with the host CPU per token
-(placer.host_cpu_ms_per_token) that a burst of requests from another seed measured on the spatial mesh first; the ratios muxserve/spatial and
-muxserve/temporal; with --sweep, the highest rate at which 99% of requests meet the scale-8 SLO. Writes results.json and multiplex.png to --out.
+spent per replay and per 1,000 output tokens (Linux /proc); the ratios muxserve/spatial and
+muxserve/temporal (with --repeats, per repeat and their range); with --sweep, the highest rate at which 99% of
+requests meet the scale-8 SLO. The placer plans with the host CPU per token (placer.host_cpu_ms_per_token)
+that a burst of requests from another seed measured on the spatial mesh first. Writes results.json and
+multiplex.png to --out.
 
     python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
     python bench/multiplex.py --rate 16 --requests 200 --alpha 1.9
