@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from muxserve import workload  # noqa: E402
+from muxserve.netutil import free_ports  # noqa: E402
+from services.worker.config import METRICS_PORT_OFFSET  # noqa: E402
 from proctime import services_cpu_s  # noqa: E402
 from multiplex_report import build_report, draw, per_model_lines, validation_lines  # noqa: E402
 from multiplex_sim import add_simulated  # noqa: E402
@@ -46,12 +47,6 @@ MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share
     "big": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8, intermediate_size=1408, seed=1),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=704, seed=2),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare_models(work: Path, cost: Path | None) -> Path:
@@ -76,7 +71,8 @@ def write_config(work: Path, policy: str, rates: dict[str, float], cost: Path, n
                  lens: tuple[float, float], host_ms: float = 0.0, engine: dict | None = None) -> Path:
     import yaml
 
-    ports = {s: free_port() for s in ("router", "placer", "memmgr", "worker", "redis")}
+    ports = free_ports(("router", "placer", "memmgr", "worker", "redis"),  # worker i: port + i, metrics above
+                       spans={"worker": (2, (0, METRICS_PORT_OFFSET))})
     cfg = {"redis_url": f"redis://127.0.0.1:{ports['redis']}/0",
            "models": [{"name": n, "path": str(work / n), "rate": round(r, 4)} for n, r in rates.items()],
            "cluster": {"device": "cpu", "nodes": 1, "devices_per_node": 2},
