@@ -51,12 +51,16 @@ def per_model_lines(report: dict) -> list[str]:
         for rate, m in v["runs"].items():
             sim = v.get("simulated", {}).get("runs", {}).get(rate, {}).get("per_model", {})
             for model, x in m["per_model"].items():
-                y = sim.get(model)
-                pair = lambda key, f=1: f"{f * x[key]:.3g}" + (f" / {f * y[key]:.3g}" if y else "")  # noqa: E731
-                lines.append(f"| {p} | {float(rate):g} | {model} | {x['completed']}/{x['requests']} | "
-                             f"{x['slo'][8]:.3f}" + (f" / {y['slo'][8]:.3f}" if y else "") +
-                             f" | {pair('ttft_p50')} | {pair('tpot_p50', 1000)} |")
+                cells = [_pair(x, sim.get(model), get, fmt) for get, fmt in (
+                    (lambda d: d["slo"][8], ".3f"), (lambda d: d["ttft_p50"], ".3g"), (lambda d: 1000 * d["tpot_p50"], ".3g"))]
+                lines.append(f"| {p} | {float(rate):g} | {model} | {x['completed']}/{x['requests']} | " +
+                             " | ".join(cells) + " |")
     return lines
+
+
+def _pair(measured: dict, simulated: dict | None, get, fmt: str) -> str:
+    """"measured / simulated" of one per-model value (only the measured one without a simulation)."""
+    return format(get(measured), fmt) + (f" / {format(get(simulated), fmt)}" if simulated else "")
 
 
 def cpu_per_1k(cpu: dict[str, float], results: list[dict]) -> dict[str, float]:

@@ -73,7 +73,9 @@ class ComputeBudget:
 
     def spread(self, jobs: list[tuple[str, str]]) -> None:
         """Give the cores still free to the dispatches just taken for `jobs`, one each in turn."""
-        jobs = [j for j in jobs if j in self._held and self.spreads]
+        if not self.spreads:
+            return
+        jobs = [j for j in jobs if j in self._held]
         free = self.free_cores() if self.cores is not None else []
         for i, core in enumerate(free if jobs else []):
             self._held[jobs[i % len(jobs)]] = sorted(self._held[jobs[i % len(jobs)]] + [core])
