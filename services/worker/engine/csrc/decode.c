@@ -36,31 +36,32 @@ typedef struct {
     const float *w[NWEIGHTS];
 } LayerW;
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16 __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(VW * 4)));    /* one vector register of the build (kernels.h) */
+typedef int32_t vi __attribute__((vector_size(VW * 4)));  /* the same register as VW int32 lanes */
 
-static inline v16 vload(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline vf vfload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vfstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
-/* exp of 16 floats, Cephes expf: 2^n * e^r with n = floor(x log2(e) + 1/2), r = x - n ln 2 (in two parts) and a
+/* exp of VW floats, Cephes expf: 2^n * e^r with n = floor(x log2(e) + 1/2), r = x - n ln 2 (in two parts) and a
    degree-6 polynomial for e^r. Within a few ulp of expf for x in [-87, 88]; 0 below -87, exp(88) above 88
-   (softmax and SiLU only need that range). */
-static inline v16 vexp(v16 x) {
-    const i16 under = x < -87.f, over = x > 88.f;
-    const v16 lo = x - x - 87.f, hi = x - x + 88.f;
-    x = (v16)(((i16)x & ~(under | over)) | ((i16)lo & under) | ((i16)hi & over));
-    const v16 fx = x * 1.44269504088896341f + 0.5f;
-    i16 n = __builtin_convertvector(fx, i16);  /* truncates: floor below */
-    n -= (i16)(__builtin_convertvector(n, v16) > fx) & 1;
-    const v16 fn = __builtin_convertvector(n, v16);
-    const v16 r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
-    v16 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+   (softmax and SiLU only need that range). The build's own vector width: wider vectors than the registers
+   (16 floats on AVX2) compile into split integer ops and stack spills. */
+static inline vf vexp(vf x) {
+    const vi under = x < -87.f, over = x > 88.f;
+    const vf lo = x - x - 87.f, hi = x - x + 88.f;
+    x = (vf)(((vi)x & ~(under | over)) | ((vi)lo & under) | ((vi)hi & over));
+    const vf fx = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(fx, vi);  /* truncates: floor below */
+    n -= (vi)(__builtin_convertvector(n, vf) > fx) & 1;
+    const vf fn = __builtin_convertvector(n, vf);
+    const vf r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.f;
-    return (v16)((i16)(p * (v16)((n + 127) << 23)) & ~under);
+    return (vf)((vi)(p * (vf)((n + 127) << 23)) & ~under);
 }
 
 /* y[m] = x[m] * rsqrt(mean(x[m]^2) + eps) * g, for M rows of D. */
@@ -103,10 +104,6 @@ static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int6
     for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
 }
 
-typedef float vf __attribute__((vector_size(VW * 4)));  /* one vector register of the build (kernels.h) */
-
-static inline vf vfload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void vfstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 /* acc[0:bs] = q[0:hd] @ K^T [hd][bs] of one block. NB = BS / VW vectors per K^T row, accumulated in
    registers (two sets, even and odd rows, for two dependency chains, where both fit in 12 registers). */
@@ -188,10 +185,10 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
     const int64_t n = pos + 1 - start;
     float sum = 0.f;
     int64_t t = 0;
-    for (; t + 16 <= n; t += 16) {
-        const v16 e = vexp(vload(s + t) - mx);
-        vstore(s + t, e);
-        for (int k = 0; k < 16; k++) sum += e[k];
+    for (; t + VW <= n; t += VW) {
+        const vf e = vexp(vfload(s + t) - mx);
+        vfstore(s + t, e);
+        for (int k = 0; k < VW; k++) sum += e[k];
     }
     for (; t < n; t++) sum += (s[t] = expf(s[t] - mx));
     const float inv = 1.f / sum;
@@ -206,9 +203,9 @@ static void attend(const Dims *d, int64_t l, int64_t qh, float *q, const float *
 /* act[0:I] = silu(gate) * up for gu = [gate (I), up (I)]. */
 static void swiglu(const float *gu, float *act, int64_t I) {
     int64_t i = 0;
-    for (; i + 16 <= I; i += 16) {
-        const v16 a = vload(gu + i);
-        vstore(act + i, a / (1.f + vexp(-a)) * vload(gu + I + i));
+    for (; i + VW <= I; i += VW) {
+        const vf a = vfload(gu + i);
+        vfstore(act + i, a / (1.f + vexp(-a)) * vfload(gu + I + i));
     }
     for (; i < I; i++) act[i] = gu[i] / (1.f + expf(-gu[i])) * gu[I + i];
 }
