@@ -37,10 +37,14 @@ def _decode_run(path, rows: int, fused: bool, monkeypatch, steps: int = 3, block
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows", [1, 8, 11])
-def test_fused_decode_equals_the_torch_path(checkpoints, rows, threads, monkeypatch):
+@pytest.mark.parametrize("isa", native.cpu_isas())
+def test_fused_decode_equals_the_torch_path(checkpoints, rows, threads, isa, monkeypatch):
+    """Every build this CPU runs (vector widths 16, 8 and 4: the exp, the score and V loops differ)."""
+    monkeypatch.setenv("MUXSERVE_NATIVE_ISA", isa)
     calls = []
     real = FusedLayers.__call__
-    monkeypatch.setattr(FusedLayers, "__call__", lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a))
+    monkeypatch.setattr(FusedLayers, "__call__",
+                        lambda self, *a: calls.append((a[0].shape[0], self.isa)) or real(self, *a))
     default = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -48,7 +52,7 @@ def test_fused_decode_equals_the_torch_path(checkpoints, rows, threads, monkeypa
         torch_d, torch_logits = _decode_run(checkpoints["qwen2"], rows, False, monkeypatch)
     finally:
         torch.set_num_threads(default)
-    assert calls == [rows] * 3
+    assert calls == [(rows, isa)] * 3
     assert torch.allclose(fused_logits, torch_logits, rtol=1e-4, atol=1e-5)
     assert torch.allclose(fused_d.pool, torch_d.pool, rtol=1e-4, atol=1e-6)  # the same K/V in the same slots
     assert [s.tokens for s in fused_d.seqs.values()] == [s.tokens for s in torch_d.seqs.values()]
