@@ -68,8 +68,15 @@ static inline vf vexp(vf x) {
 static void rms_norm(const float *x, const float *g, float *y, int64_t M, int64_t D, float eps) {
     for (int64_t m = 0; m < M; m++) {
         const float *xm = x + m * D;
+        vf acc = {0};  /* VW partial sums: a scalar sum is one chain of D dependent adds */
+        int64_t j = 0;
+        for (; j + VW <= D; j += VW) {
+            const vf v = vfload(xm + j);
+            acc += v * v;
+        }
         float ss = 0.f;
-        for (int64_t j = 0; j < D; j++) ss += xm[j] * xm[j];
+        for (int k = 0; k < VW; k++) ss += acc[k];
+        for (; j < D; j++) ss += xm[j] * xm[j];
         const float r = 1.f / sqrtf(ss / (float)D + eps);
         for (int64_t j = 0; j < D; j++) y[m * D + j] = xm[j] * r * g[j];
     }
