@@ -36,12 +36,6 @@ typedef struct {
     const float *w[NWEIGHTS];
 } LayerW;
 
-typedef float vf __attribute__((vector_size(VW * 4)));    /* one vector register of the build (kernels.h) */
-typedef int32_t vi __attribute__((vector_size(VW * 4)));  /* the same register as VW int32 lanes */
-
-static inline vf vfload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void vfstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
-
 /* exp of VW floats, Cephes expf: 2^n * e^r with n = floor(x log2(e) + 1/2), r = x - n ln 2 (in two parts) and a
    degree-6 polynomial for e^r. Within a few ulp of expf for x in [-87, 88]; 0 below -87, exp(88) above 88
    (softmax and SiLU only need that range). The build's own vector width: wider vectors than the registers
@@ -110,7 +104,6 @@ static void write_kv(const Dims *d, const LayerW *lw, int64_t l, int64_t m, int6
     const int64_t slot = pos % bs;
     for (int64_t j = 0; j < hd; j++) blk[j * bs + slot] = k[j], blk[bs * hd + slot * hd + j] = v[j];
 }
-
 
 /* acc[0:bs] = q[0:hd] @ K^T [hd][bs] of one block. NB = BS / VW vectors per K^T row, accumulated in
    registers (two sets, even and odd rows, for two dependency chains, where both fit in 12 registers). */

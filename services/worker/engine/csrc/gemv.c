@@ -19,10 +19,6 @@
 
 #include "kernels.h"
 
-typedef float vf __attribute__((vector_size(VW * 4)));
-
-static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-
 static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
 #ifndef ROW_BLOCK_BYTES
 #define ROW_BLOCK_BYTES (256 * 1024)  /* x rows per block of gemv_panels: half an L2 of 512 KiB */
@@ -42,7 +38,7 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
         for (int64_t k = 0; k < K; k++) {                                                                   \
             vf wv[NV];                                                                                      \
             if (pf) __builtin_prefetch(pf + 64 * k, 0, 2);                                                  \
-            for (int v = 0; v < NV; v++) wv[v] = load(Wp + k * VW * NV + VW * v);                          \
+            for (int v = 0; v < NV; v++) wv[v] = vfload(Wp + k * VW * NV + VW * v);                          \
             for (int m = 0; m < M; m++) {                                                                   \
                 const float xm = x[m * K + k];                                                              \
                 for (int v = 0; v < NV; v++) a[m][v] += xm * wv[v];                                         \
@@ -62,11 +58,11 @@ static const int64_t WIDTH_OF[NWIDTHS] = WIDTHS, ROWS_OF[NWIDTHS] = TILE_ROWS;
         int64_t k = 0;                                                                                      \
         for (; k + 2 <= K; k += 2)                                                                          \
             for (int v = 0; v < NV; v++) {                                                                  \
-                a[v] += x[k] * load(Wp + k * VW * NV + VW * v);                                             \
-                b[v] += x[k + 1] * load(Wp + (k + 1) * VW * NV + VW * v);                                   \
+                a[v] += x[k] * vfload(Wp + k * VW * NV + VW * v);                                             \
+                b[v] += x[k + 1] * vfload(Wp + (k + 1) * VW * NV + VW * v);                                   \
             }                                                                                               \
         for (; k < K; k++)                                                                                  \
-            for (int v = 0; v < NV; v++) a[v] += x[k] * load(Wp + k * VW * NV + VW * v);                   \
+            for (int v = 0; v < NV; v++) a[v] += x[k] * vfload(Wp + k * VW * NV + VW * v);                   \
         for (int v = 0; v < NV; v++) a[v] += b[v];                                                          \
         memcpy(out, a, sizeof a);                                                                           \
     }

@@ -11,6 +11,7 @@
 #ifndef MUXSERVE_KERNELS_H
 #define MUXSERVE_KERNELS_H
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX512F__)
 #define ISA_CODE 2
@@ -31,6 +32,12 @@
 #define WIDTHS {16, 8}
 #define TILE_ROWS {3, 6}
 #endif
+
+typedef float vf __attribute__((vector_size(VW * 4)));    /* one vector register of the build */
+typedef int32_t vi __attribute__((vector_size(VW * 4)));  /* the same register as VW int32 lanes */
+
+static inline vf vfload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }  /* unaligned */
+static inline void vfstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 #define MAX_W 64   /* widest column panel of any build */
 #define MAX_M 12   /* most rows of x in one register tile of any build */
