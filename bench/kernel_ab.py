@@ -24,6 +24,7 @@ pool's tokens per block (default: the engine's, EngineConfig.block_size).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import statistics
@@ -109,6 +110,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     isa = args.isa or native.cpu_isas()[0]
+    os.environ["MUXSERVE_NATIVE_ISA"] = isa  # the panels are packed for the ISA the libraries are built for
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     libs = {v: native.build_from(native.CSRC if v == "current" else v, isa) for v in names}
     if any(k is None for k in libs.values()):
