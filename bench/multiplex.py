@@ -17,6 +17,8 @@ multiplex.png to --out.
     python bench/multiplex.py                          # 2 LLMs, alpha 1.9, 24 req/s, 240 requests
     python bench/multiplex.py --rate 16 --requests 200 --alpha 1.9
     python bench/multiplex.py --sweep 4,8,12,16 --requests 240   # + the rate at 99% SLO (scale 8)
+    python bench/multiplex.py --big hidden_size=1024,num_layers=12,num_heads=16,num_kv_heads=16,intermediate_size=2816 \
+        --rate 6 --sweep 2,3,4 --requests 160       # a 6x bigger popular model (docs/benchmarks.md, session 17)
     python bench/multiplex.py --resimulate docs/results/multiplex-2026-12-01-s9.json --out /tmp/resim
                                                        # the simulator again on a saved run (no mesh)
 """
@@ -47,15 +49,32 @@ MODELS = {  # name -> tiny-checkpoint shape (head_dim 64 both, so they can share
     "big": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8, intermediate_size=1408, seed=1),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=704, seed=2),
 }
+SHAPE_KEYS = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+              "num_kv_heads": "num_key_value_heads", "intermediate_size": "intermediate_size"}  # -> config.json
 
 
-def prepare_models(work: Path, cost: Path | None) -> Path:
-    """Write the checkpoints (once) and measure their cost table with this engine (muxserve profile)."""
+def model_shapes(big: str = "") -> dict[str, dict]:
+    """MODELS, with `big` ("KEY=VALUE,...", keys of SHAPE_KEYS) over the big model's shape."""
+    shapes = {name: dict(shape) for name, shape in MODELS.items()}
+    for item in filter(None, (x.strip() for x in big.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SHAPE_KEYS or not value.isdigit():
+            raise SystemExit(f"--big {item!r}: expected KEY=INTEGER with KEY one of {', '.join(SHAPE_KEYS)}")
+        shapes["big"][key] = int(value)
+    return shapes
+
+
+def prepare_models(work: Path, cost: Path | None, shapes: dict[str, dict] = MODELS) -> Path:
+    """Write the checkpoints (once) and measure their cost table with this engine (muxserve profile). A work
+    folder that already holds a checkpoint of another shape is refused (its cost table is that model's)."""
     from muxserve.tiny import write_tiny_checkpoint
 
-    for name, shape in MODELS.items():
-        if not (work / name / "config.json").exists():
+    for name, shape in shapes.items():
+        found = work / name / "config.json"
+        if not found.exists():
             write_tiny_checkpoint(work / name, "llama", **shape)
+        elif any(json.loads(found.read_text())[k] != shape[s] for s, k in SHAPE_KEYS.items()):
+            raise SystemExit(f"{work / name} holds another shape than {shape}: use a new --work folder")
     if cost is not None:
         return cost
     cost = work / "cost.json"
@@ -233,6 +252,9 @@ def main(argv=None) -> int:
                     help="req/s over all models: the headline run, and the placer's prior (split by popularity)")
     ap.add_argument("--sweep", default="", help="more comma-separated rates to replay on the same meshes")
     ap.add_argument("--alpha", type=float, default=1.9)
+    ap.add_argument("--big", default="", metavar="KEY=VALUE,...",
+                    help="the big model's shape over the default, e.g. hidden_size=1024,num_layers=12,num_heads=16,"
+                         "num_kv_heads=16,intermediate_size=2816 (keys: " + ", ".join(SHAPE_KEYS) + ")")
     ap.add_argument("--requests", type=int, default=240)
     ap.add_argument("--prompt-mean", type=float, default=64)
     ap.add_argument("--output-mean", type=float, default=32)
@@ -264,7 +286,7 @@ def main(argv=None) -> int:
         return resimulate(Path(args.resimulate), args)
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    cost = prepare_models(work, Path(args.cost_table) if args.cost_table else None)
+    cost = prepare_models(work, Path(args.cost_table) if args.cost_table else None, model_shapes(args.big))
     rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})
     lists = make_lists(args, rates)
     policies = repeated([p for p in args.policies.split(",") if p], args.repeats)
@@ -309,6 +331,7 @@ def resimulate(path: Path, args) -> int:
     cost table (its --work folder must still hold the configs); the measured side is the saved one."""
     saved = json.loads(path.read_text())
     raw, old = saved["raw"], saved["report"]["args"]
+    args.big = old.get("big", "")
     for key in ("rate", "sweep", "alpha", "requests", "prompt_mean", "output_mean", "seed", "policies", "work"):
         setattr(args, key, old[key])
     rates = sorted({args.rate, *(float(x) for x in args.sweep.split(",") if x)})

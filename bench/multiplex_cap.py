@@ -14,6 +14,8 @@ and temporal: the ceiling the end-to-end benchmark can reach on these cores.
     python bench/multiplex_cap.py [--requests 150] [--rounds 2] [--configs spatial,temporal,muxserve]
     python bench/multiplex_cap.py --omp-spin-count -1     # the job processes with libgomp's default spin
     python bench/multiplex_cap.py --background 0.15       # with two processes each taking 15% of a core
+    python bench/multiplex_cap.py --big hidden_size=1024,num_layers=12,num_heads=16,num_kv_heads=16,intermediate_size=2816 \
+        --requests 60 --num-blocks 60000                  # a 6x bigger popular model
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=24.0, help="the placer's prior (as in bench/multiplex.py)")
     ap.add_argument("--configs", default="spatial,temporal,muxserve,muxserve-1c")
     ap.add_argument("--num-blocks", type=int, default=24000)
+    ap.add_argument("--big", default="", metavar="KEY=VALUE,...", help="the big model's shape (bench/multiplex.py --big)")
     ap.add_argument("--work", default="")
     ap.add_argument("--cost-table", default="")
     ap.add_argument("--background", type=float, default=0.0,
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     busy: dict[str, list] = defaultdict(list)  # config -> per round: seconds each job had a batch in flight
     work = Path(args.work or tempfile.mkdtemp(prefix="mux-cap-"))
     work.mkdir(parents=True, exist_ok=True)
-    cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None)
+    cost = multiplex.prepare_models(work, Path(args.cost_table) if args.cost_table else None,
+                                    multiplex.model_shapes(args.big))
     reqs = workload.generate(list(multiplex.MODELS), args.alpha, 1000.0, args.requests, 0, 64, 32, 384)
     shares = placer_shares(work, cost, args.alpha, args.rate, (64, 32))
     one_core = {f"{m}/{k}": 0.5 for m in multiplex.MODELS for k in ("prefill", "decode")}

@@ -63,3 +63,18 @@ def test_repeats_interleave_and_each_gets_its_own_ratios():
         ("spatial", 10.0, 8.0), ("muxserve", 12.0, 12.0), ("spatial#r2", 10.0, 0.0), ("muxserve#r2", 15.0, 9.0)]}
     assert multiplex_report.ratios(head, "") == {"muxserve/spatial": {"throughput": 1.2, "rate_at_slo": 1.5}}
     assert multiplex_report.ratios(head, "r2") == {"muxserve/spatial": {"throughput": 1.5, "rate_at_slo": None}}
+
+
+def test_the_big_shape_can_be_set_and_a_work_folder_of_another_shape_is_refused(tmp_path):
+    shapes = multiplex.model_shapes("hidden_size=128,num_layers=2")
+    assert shapes["big"]["hidden_size"] == 128 and shapes["big"]["num_layers"] == 2
+    assert shapes["small"] == multiplex.MODELS["small"] and multiplex.MODELS["big"]["hidden_size"] == 512
+    with pytest.raises(SystemExit, match="KEY=INTEGER"):
+        multiplex.model_shapes("hidden=128")
+    small = {"big": dict(shapes["big"], intermediate_size=256), "small": dict(shapes["small"], hidden_size=64,
+                                                                              intermediate_size=128)}
+    cost = tmp_path / "given.json"
+    assert multiplex.prepare_models(tmp_path, cost, small) == cost  # writes the checkpoints, profiles nothing
+    assert multiplex.prepare_models(tmp_path, cost, small) == cost  # the same shapes: taken as they are
+    with pytest.raises(SystemExit, match="another shape"):
+        multiplex.prepare_models(tmp_path, cost, dict(small, big=dict(small["big"], num_layers=3)))
