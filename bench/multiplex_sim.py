@@ -4,6 +4,10 @@ the spatial mesh's lowest rate)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 
 def host_cpu_per_token(spatial: dict) -> float:
     """CPU seconds per output token of every process but the jobs (router, worker, placer, memmgr, redis,
@@ -25,15 +29,18 @@ def simulate_runs(r: dict, lists: dict, base: dict, models: list[str], host: flo
     from services.placer.cli import load_plan_inputs
     from services.placer.placement import Placement
     from services.placer.simulator import SimConfig, simulate, sim_llms
+    from services.placer.simulator.cli import ENGINE_KEYS
     from services.memmgr.quotas import QuotaPolicy
 
     specs, _, _, pcfg, cost = load_plan_inputs(r["config"], None, None)
     placement = Placement.from_dict(r["plan"])
     over = min(max(base[m]["tpot"] - cost.decode_ms(m, 1, 1.0, 1, pcfg.avg_prompt_len) / 1000, 0.0) for m in models)
     head_block = 2 * 32 * 64 * 4  # bytes of one head-wise block (block_size 32, head_dim 64, fp32)
+    engine = yaml.safe_load(Path(r["config"]).read_text())["worker"]["engine"]  # the mesh's engine keys
     cfg = SimConfig(device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block,
                     dispatch_overhead_s=over, host_cpu_s_per_token=host,
-                    quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
+                    quota=QuotaPolicy(adapt_interval_s=0),  # kv: local, no ADBS
+                    **{k: engine[k] for k in ENGINE_KEYS if k in engine and k != "num_blocks"})
     return {rate: simulate(placement, sim_llms(specs), reqs, cost, cfg) for rate, reqs in lists.items()} | {
         "dispatch_overhead_s": over, "host_cpu_s_per_token": host}
 
