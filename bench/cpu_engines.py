@@ -59,7 +59,8 @@ def pythons(systems: list[str]) -> dict[str, str]:
 
 
 def prepare(root: Path, py: dict[str, str], workloads: list[str]) -> dict:
-    """{workload: {"model": dir, "gguf": file or None}, "requests": file}."""
+    """{workload: {"model": dir, "gguf": file or None}, "requests": file}; written to disk before it returns (the
+    writeback of a fresh 3 GB of checkpoints would otherwise share the cores with round 0's first system)."""
     root.mkdir(parents=True, exist_ok=True)
     llama_py = py.get("llamacpp", "ERROR")
     data = {"requests": str(models.requests(root))}
@@ -72,6 +73,7 @@ def prepare(root: Path, py: dict[str, str], workloads: list[str]) -> dict:
             except subprocess.CalledProcessError as e:
                 py["llamacpp"] = f"ERROR: writing the GGUF failed: {e}"
         data[w] = {"model": str(m), "gguf": g}
+    os.sync()
     return data
 
 
