@@ -11,6 +11,9 @@ values, the native GEMV over column panels, a bmm over the same panels and torch
   - per bucket over panels: the native GEMV or the bmm, whichever was faster.
 A [K, N] verdict is measured again first (decode buckets, torch first, best time per path kept): it turns the
 whole model's fused decode step off, and one burst during a native timing once did that (docs/benchmarks.md).
+While the times it rests on are still disturbed (a path slower at fewer rows than at more, by MONOTONE_SLACK),
+it is measured again after a growing pause, up to VERDICT_LOOKS looks in all: a burst of seconds (another
+process writing gigabytes) outlasts one second look.
 `Calibration.prefer_fused(key, fused_step, torch_step)` does the same for a whole decode step (fused.py)
 against the torch step.
 
@@ -55,6 +58,8 @@ FUSED_ROWS = (1, 8, 32)  # sequences of the decode steps prefer_fused times
 FUSED_CONTEXT_BLOCKS = 4  # their context: this many token blocks each
 MONOTONE_SLACK = 1.2  # a step timed this much slower than one of more rows was disturbed: measured again
 TIE_MARGIN = 1.1  # native within this factor of torch over DECODE_ROWS keeps the panels
+VERDICT_LOOKS = 4  # looks again at a [K, N] verdict while its times are disturbed ...
+VERDICT_PAUSE_S = 0.1  # ... the k-th after k x this pause
 SHAPE_BUDGET_S = 0.35  # measuring time per shape before the remaining buckets inherit the last choice
 RUN_BUDGET_S = 0.03  # one timing: repeat the call until this much time has passed (at least 2 timed calls)
 RUN_WINDOWS = 3  # ... in this many windows a few ms apart: a time slice lost to another process inflates
@@ -151,7 +156,10 @@ class Calibration:
                 break
             times[M] = tuple(timed(("native", "bmm", "torch"), M).values())
         plan = _decide(K, N, width, times)
-        if plan.width is None:  # [K, N]: only if a second look at the decode buckets agrees
+        for look in range(VERDICT_LOOKS):  # [K, N]: only if more looks at the decode buckets agree (docstring)
+            if plan.width is not None or (look and _undisturbed(times)):
+                break
+            time.sleep(VERDICT_PAUSE_S * look)
             for M in DECODE_ROWS:
                 again, (n, b, t) = timed(("torch", "native"), M), times[M]
                 times[M] = (min(n, again["native"]), b, min(t, again["torch"]))
@@ -252,6 +260,11 @@ def _decide(K: int, N: int, width: int, times: dict[int, tuple[float, float, flo
         return Plan(K, N, None, len(BUCKETS) * (False,), f"torch ([K, N]): {detail}")
     kernels = ", ".join(f"{M}: {'native' if n else 'bmm'}" for M, n in zip(BUCKETS, picks))
     return Plan(K, N, width, tuple(picks), f"panels {width} wide ({kernels}): {detail}")
+
+
+def _undisturbed(times: dict[int, tuple[float, float, float]]) -> bool:
+    """Whether the native and the torch times rise with the rows (_monotone) over the measured buckets."""
+    return all(_monotone([times[M][i] for M in sorted(times)]) for i in (0, 2))
 
 
 def _monotone(times: list[float]) -> bool:
