@@ -4,9 +4,7 @@ the spatial mesh's lowest rate)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
+from dataclasses import replace
 
 
 def host_cpu_per_token(spatial: dict) -> float:
@@ -26,21 +24,20 @@ def simulate_runs(r: dict, lists: dict, base: dict, models: list[str], host: flo
     calibrated on the alone runs (measured TPOT alone - the cost table's batch-1 decode step on that
     model's spatial unit, the smaller of the two models), and the host CPU per token (host_cpu_per_token,
     from spatial's lowest rate); never on the runs being compared."""
+    from muxserve import config as mconfig
     from services.placer.cli import load_plan_inputs
     from services.placer.placement import Placement
-    from services.placer.simulator import SimConfig, simulate, sim_llms
-    from services.placer.simulator.cli import ENGINE_KEYS
+    from services.placer.simulator import simulate, sim_llms
+    from services.placer.simulator.cli import sim_config
     from services.memmgr.quotas import QuotaPolicy
 
     specs, _, _, pcfg, cost = load_plan_inputs(r["config"], None, None)
     placement = Placement.from_dict(r["plan"])
     over = min(max(base[m]["tpot"] - cost.decode_ms(m, 1, 1.0, 1, pcfg.avg_prompt_len) / 1000, 0.0) for m in models)
     head_block = 2 * 32 * 64 * 4  # bytes of one head-wise block (block_size 32, head_dim 64, fp32)
-    engine = yaml.safe_load(Path(r["config"]).read_text())["worker"]["engine"]  # the mesh's engine keys
-    cfg = SimConfig(device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block,
-                    dispatch_overhead_s=over, host_cpu_s_per_token=host,
-                    quota=QuotaPolicy(adapt_interval_s=0),  # kv: local, no ADBS
-                    **{k: engine[k] for k in ENGINE_KEYS if k in engine and k != "num_blocks"})
+    cfg = replace(sim_config(mconfig.load(r["config"], serve=False), pcfg),  # the mesh's engine keys
+                  device="cpu", num_blocks=r["num_blocks"], sim_block_bytes=head_block, dispatch_overhead_s=over,
+                  host_cpu_s_per_token=host, quota=QuotaPolicy(adapt_interval_s=0))  # kv: local, no ADBS
     return {rate: simulate(placement, sim_llms(specs), reqs, cost, cfg) for rate, reqs in lists.items()} | {
         "dispatch_overhead_s": over, "host_cpu_s_per_token": host}
 
