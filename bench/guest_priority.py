@@ -1,5 +1,7 @@
 """A short step beside a long OpenMP job on one core: how the OS priority of the long one decides the short one's
-latency (the physics behind the engine's guests: services/worker/engine/compute.py, engine key prefill_nice).
+latency: the physics behind the "guests" that session 18 tried in the engine's admission and dropped (a small LLM's
+decode steps on the cores of a big LLM's prefill, that prefill's job process at a higher nice value; measured in
+the mesh and worse there: docs/benchmarks.md, multiplexing, session 18).
 
 The host: a 2-thread torch loop on two cores (products of a 160-token prefill of a 1024-wide model). The guest:
 a one-thread step of about 1.7 ms alone (batch-8 products of a 256-wide model) on the second core, again and
