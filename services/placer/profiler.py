@@ -118,23 +118,21 @@ def profile_share(bench: EngineBench, n: int, share: int, batches, seqs, reps: i
 
 
 def threads_of(n: int, share: int) -> int:
-    """Torch threads of a CPU share of `share`% of n cores."""
-    return max(1, round(share / 100 * n))
+    """Torch threads of a CPU share of `share`% of n cores: the cores the engine gives such a job."""
+    from services.worker.engine.compute_share import cores_for
+
+    return cores_for(share / 100, n)
 
 
 def suspects(table: dict) -> list[tuple[str, str, str, str]]:
     """(devices, share, batch, seq) of the CPU cells more than SLOWER_WITH_MORE_THREADS times slower, in
     either kind, than the same (batch, seq) measured with fewer threads."""
-    points = [(n, s, threads_of(int(n), int(s))) for n in table for s in table[n]]
-    out = set()
-    for n, s, t in points:
-        for b, by_seq in table[n][s].items():
-            for q, cell in by_seq.items():
-                for n1, s1, t1 in points:
-                    other = table[n1][s1].get(b, {}).get(q)
-                    if t1 < t and other and any(cell[k] > SLOWER_WITH_MORE_THREADS * other[k] for k in cell):
-                        out.add((n, s, b, q))
-    return sorted(out)
+    cells = [(n, s, b, q, threads_of(int(n), int(s)), cell)
+             for n in table for s in table[n] for b, by_seq in table[n][s].items() for q, cell in by_seq.items()]
+    def slower(cell, other):
+        return any(cell[k] > SLOWER_WITH_MORE_THREADS * other[k] for k in cell)
+    return sorted({(n, s, b, q) for n, s, b, q, t, cell in cells
+                   for _, _, b1, q1, t1, other in cells if (b1, q1) == (b, q) and t1 < t and slower(cell, other)})
 
 
 def recheck(table: dict, measure, pause_s: float = 0.2) -> list[tuple[str, str, str, str]]:
