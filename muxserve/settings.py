@@ -230,7 +230,9 @@ ENGINE_DOCS = {
     "omp_spin_count": "CPU process jobs: how long an idle job's OpenMP threads spin (GOMP_SPINCOUNT) before "
     "they sleep and free the core; -1: libgomp's default (300000); a GOMP_SPINCOUNT in the environment wins",
     "spread_cores": "CPU process jobs: cores a scheduling pass leaves free go to its dispatches (a share is the "
-    "least a job gets); false: each dispatch runs on its share's cores only"}
+    "least a job gets); false: each dispatch runs on its share's cores only",
+    "decode_deadline_scale": "decode jobs go in order of deadline: last return + this x their mean dispatch time "
+    "(a short step waits less behind a long one); 0: least recently dispatched first"}
 
 
 class Worker(Service):

@@ -154,18 +154,30 @@ def test_bad_shares_and_modes_are_refused():
 def test_cpu_cores_run_one_dispatch_each_and_free_cores_are_spread():
     budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 0.5, "b/prefill": 0.5, "b/decode": 0.05}, cores=[4, 5])
     budget.home = {"b/decode": [5]}
-    assert budget.wanted_cores("a", "prefill") == 2 and budget.wanted_cores("b", "decode") == 1
+    assert budget.wanted_cores("a", "prefill") == 1, "shared by two LLMs: no job waits for the whole unit"
+    assert budget.wanted_cores("b", "decode") == 1
     budget.take("b", "decode")
     assert budget.cores_of("b", "decode") == [5], "its home core"
-    assert not budget.fits("a", "prefill"), "a core runs one dispatch at a time"
-    assert budget.fits("a", "decode")
     budget.take("a", "decode")
     assert budget.cores_of("a", "decode") == [4] and budget.free_cores() == []
+    assert not budget.fits("a", "prefill") and not budget.fits("b", "prefill"), "a core runs one dispatch at a time"
     budget.give("b", "decode")
     budget.give("a", "decode")
     budget.take("b", "decode")
     budget.spread([("b", "decode")])
     assert budget.cores_of("b", "decode") == [4, 5], "alone in the unit: it gets every free core"
+
+
+def test_cores_replace_the_share_rule_and_one_llm_may_want_every_core():
+    alone = ComputeBudget({"a/prefill": 1.0, "a/decode": 0.5}, cores=[0, 1])
+    assert alone.wanted_cores("a", "prefill") == 2, "one LLM: its share's cores"
+    assert ComputeBudget({"a/prefill": 1.0, "b/decode": 0.5}, cores=[0, 1], spread=False).wanted_cores(
+        "a", "prefill") == 2, "without spreading a share is exact"
+    shared = ComputeBudget({"a/prefill": 0.95, "b/prefill": 0.95}, cores=[0, 1])
+    shared.take("a", "prefill")
+    assert shared.fits("b", "prefill"), "a free core admits a job whatever the shares add up to"
+    shared.take("b", "prefill")
+    assert shared.free_cores() == [] and not shared.fits("a", "decode")
 
 
 def test_scheduler_spreads_free_cores_over_what_it_planned():
@@ -190,8 +202,10 @@ def test_without_spreading_a_dispatch_keeps_its_shares_cores():
 
 
 def test_a_decode_waiting_for_cores_is_not_overtaken():
-    # a's decode wants both cores, b's one; b must not keep the unit by always fitting first
-    budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 0.05}, cores=[0, 1])
+    # a's decode wants both cores (exact shares: no spreading), b's one; b must not keep the unit by
+    # always fitting first
+    budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 0.05}, cores=[0, 1],
+                           spread=False)
     sched = unit()
     for i, name in enumerate("ab"):
         sched.add(seq(i, name))
@@ -205,3 +219,35 @@ def test_a_decode_waiting_for_cores_is_not_overtaken():
             complete(sched, budget, d)
         inflight = sched.schedule(budget.busy, budget)
     assert ran.count("a") >= 5 and ran.count("b") >= 5, ran
+
+
+def run_one_core(sched: Scheduler, steps: dict[str, float], passes: int) -> list[str]:
+    """Two LLMs decoding on one core, each dispatch lasting steps[llm] on the scheduler's clock: the order run."""
+    budget, now = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 1.0}, cores=[0]), [0.0]
+    sched.clock = lambda: now[0]
+    for i, name in enumerate("ab"):
+        sched.add(seq(i, name, max_tokens=1000))
+        (d,) = sched.schedule(budget.busy, budget)
+        complete(sched, budget, d)
+    ran = []
+    for _ in range(passes):
+        (d,) = sched.schedule(budget.busy, budget)
+        now[0] += steps[d.llm]
+        complete(sched, budget, d)
+        ran.append(d.llm)
+    return ran
+
+
+def test_decode_jobs_go_in_deadline_order_and_none_starves():
+    steps = {"a": 0.020, "b": 0.002}  # a's steps last 10x b's
+    bm = BlockManager(LocalBlockSource(1000), 1000, BS)
+    sched = Scheduler(bm, 64, 64, deadline_scale=3)
+    for name in "ab":
+        bm.add_llm(name, 1, 1)
+        sched.add_llm(name)
+    ran = "".join(run_one_core(sched, steps, 150))
+    runs = [len(r) for r in ran.split("a")[1:-1]]  # b's steps between two of a's
+    # b goes while its deadline (return + 3 x 2 ms) comes before a's (return + 3 x 20 ms): a waits ~54 ms
+    assert len(runs) >= 3 and all(20 <= n <= 30 for n in runs), ran
+    alternate = "".join(run_one_core(unit(), steps, 20))
+    assert alternate in ("ab" * 10, "ba" * 10), "deadline_scale 0: least recently dispatched first"

@@ -115,7 +115,7 @@ def test_placement_shares_reach_the_job_processes(ck_llama, ck_qwen2):
     shares = {"a/prefill": 0.5, "a/decode": 0.5, "b/prefill": 0.5, "b/decode": 0.5}
     eng = UnitEngine([LLMConfig("a", str(ck_llama)), LLMConfig("b", str(ck_qwen2))],
                      EngineConfig(block_size=4, num_blocks=2000, job_mode="process", cores=cores,
-                                  compute_shares=shares))
+                                  compute_shares=shares, spread_cores=False))  # exact shares: no spreading
     try:
         def affinity():
             out = {}

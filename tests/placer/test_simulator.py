@@ -107,7 +107,7 @@ def test_adbs_moves_quota_to_the_saturated_llm():
     assert u.blocks.quotas == {"a": 20, "b": 20}
     for i in range(12):  # 2 blocks each: 10 fit a's quota of 20
         u.add(Sequence(i, f"q{i}", "a", [0] * 8, SamplingParams(max_tokens=4, ignore_eos=True), arrival=0.0))
-    u.dispatch()  # a's prefill takes what its quota allows; the rest wait
+    u.dispatch(0.0)  # a's prefill takes what its quota allows; the rest wait
     assert u.scheduler.waiting["a"] and u.blocks.usage["a"] >= 0.9 * u.blocks.quotas["a"]
     u.adapt_quotas()
     assert u.blocks.quotas["a"] > 20 and u.blocks.quotas["b"] < 20 and sum(u.blocks.quotas.values()) == 40

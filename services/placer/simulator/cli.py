@@ -8,7 +8,7 @@ With --config: the placer plans the config's models at their prior rates (`place
 cost table as `muxserve plan` reads them); requests arrive per model at those rates (Poisson, or
 Gamma with --cv), lengths around placer.avg_prompt_len / avg_output_len; units run with the
 config's engine keys (worker.engine: block_size, max_num_seqs, max_prefill_tokens,
-overload_allowance, num_blocks) and memmgr.quota. A preset uses the paper's workload on 4 x 8
+overload_allowance, num_blocks, spread_cores, decode_deadline_scale) and memmgr.quota. A preset uses the paper's workload on 4 x 8
 A100-80GB with the A100 table; --policy spatial-paper is the paper's spatial sizing there.
 Prints per-policy throughput, SLO attainment (base: each model alone at batch 1 on its own unit
 of the plan) and latency percentiles; errors print one line and exit 2.
@@ -34,7 +34,8 @@ from .choose import alone_base
 from .run import Simulation
 from .unit import SimConfig
 
-ENGINE_KEYS = ("block_size", "max_num_seqs", "max_prefill_tokens", "overload_allowance", "num_blocks")
+ENGINE_KEYS = ("block_size", "max_num_seqs", "max_prefill_tokens", "overload_allowance", "num_blocks", "spread_cores",
+               "decode_deadline_scale")
 
 
 def sim_config(mesh, pcfg) -> SimConfig:

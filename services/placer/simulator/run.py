@@ -101,7 +101,7 @@ class Simulation:
                     touched += self.units
                     clock.push(now + every, ADAPT, None)
             for u in dict.fromkeys(touched):
-                for duration, d in u.dispatch():
+                for duration, d in u.dispatch(now):
                     clock.push(now + duration, DONE, (u, d))
         for req in pending.values():  # never finished: nothing more could happen to them
             recs[req.rid] = _record(req, None, now)

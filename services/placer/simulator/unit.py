@@ -30,6 +30,7 @@ from services.placer.costmodel import CostTable
 from services.placer.placement import Unit
 from services.worker.engine.block_manager import BlockManager
 from services.worker.engine.compute import ComputeBudget
+from services.worker.engine.compute_share import assign_cores
 from services.worker.engine.config import EngineConfig
 from services.worker.engine.pool import LocalBlockSource
 from services.worker.engine.scheduler import Dispatch, Scheduler
@@ -49,6 +50,8 @@ class SimConfig:
     max_num_seqs: int = _ENGINE.max_num_seqs
     max_prefill_tokens: int = _ENGINE.max_prefill_tokens
     overload_allowance: float = _ENGINE.overload_allowance
+    spread_cores: bool = _ENGINE.spread_cores
+    decode_deadline_scale: float = _ENGINE.decode_deadline_scale
     quota: quotas.QuotaPolicy = field(default_factory=quotas.QuotaPolicy)
     dispatch_overhead_s: float = 0.0
     token_overhead_s: float = 0.0
@@ -80,7 +83,10 @@ class SimUnit:
             self.blocks.add_llm(name, 1, per_token)
         self.blocks.set_quotas(quotas.initial_quotas(
             capacity, {n: m.rate for n, m in self.llms.items()}, self.per_token))
-        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode,
+                                   cfg.decode_deadline_scale)
+        self.now = 0.0  # the virtual clock, set by the loop before each call
+        self.scheduler.clock = lambda: self.now
         self.num_finished = 0  # sequences this unit completed
         self.peers: list[SimUnit] = [self]  # the units whose cores the host's processes share (module docstring)
         for name in self.llms:
@@ -88,7 +94,10 @@ class SimUnit:
         shares = {f"{m.name}/{k}": s for m in unit.llms
                   for k, s in (("prefill", m.prefill_share), ("decode", m.decode_share)) if s > 0}
         cores = list(range(self.n)) if cfg.device == "cpu" else None
-        self.budget = ComputeBudget(shares, cfg.overload_allowance, cores)
+        self.budget = ComputeBudget(shares, cfg.overload_allowance, cores, cfg.spread_cores)
+        if cores:  # each job's home cores, divided as the engine's UnitCompute.plan divides them
+            jobs = {f"{m.name}/{k}": shares.get(f"{m.name}/{k}") for m in unit.llms for k in ("prefill", "decode")}
+            self.budget.home = {j: s.cores for j, s in assign_cores(jobs, cores).items()}
 
     def _capacity(self) -> int:
         free = self.n * self.cfg.device_bytes * self.cfg.memory_utilization
@@ -104,14 +113,16 @@ class SimUnit:
     def add(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
 
-    def dispatch(self) -> list[tuple[float, Dispatch]]:
-        """Plan every idle job's next batch: [(duration in s, dispatch)]."""
+    def dispatch(self, now: float) -> list[tuple[float, Dispatch]]:
+        """Plan every idle job's next batch at time `now`: [(duration in s, dispatch)]."""
+        self.now = now
         out = self.scheduler.schedule(self.budget.busy, self.budget)
         return [(self.duration(d), d) for d in out]
 
     def complete(self, d: Dispatch, now: float) -> list[Sequence]:
         """Apply a returned dispatch at time `now`; returns the sequences that finished (their
         first_token_time is set when they sampled their first token)."""
+        self.now = now
         self.budget.give(d.llm, d.kind)
         for seq in self.scheduler.complete(d, [0] * len(d.plan)):
             if not seq.first_token_time:

@@ -6,12 +6,14 @@ overload). A job without a share is always admitted (it shares the unit's GPU wi
 time-sliced by the driver). What a dispatch took is what returns when it ends, so a change of shares
 (`set_shares`) takes effect at the next dispatch and never fails one in flight.
 
-With `cores` (CPU process jobs), a core runs one dispatch at a time: a job wants
-max(1, round(share x cores)) cores (all of them without a share) and is admitted only when that many
-are free, on top of the share rule; each dispatch gets its job's home cores (`home`) when they are
-free, else other free ones (`cores_of`); cores still free once a scheduling pass has planned its
-dispatches are spread over them (`spread`: work-conserving, a share is the least a job gets; off with
-`spread=False`, engine key `spread_cores`). OpenMP jobs that share a core wait on each other's time
+With `cores` (CPU process jobs), a core runs one dispatch at a time and the cores are the compute
+units: a job wants max(1, round(share x cores)) cores (all of them without a share) and is admitted
+when that many are free (this replaces the share rule); each dispatch gets its job's home cores
+(`home`) when they are free, else other free ones (`cores_of`); cores still free once a scheduling
+pass has planned its dispatches are spread over them (`spread`: work-conserving, a share is the least
+a job gets; off with `spread=False`, engine key `spread_cores`). While spreading, in a unit shared by
+several LLMs a job wants at most all cores but one: none waits for the whole unit to drain (nor holds
+it while another LLM's short step waits), and it still gets every core that is free when it starts. OpenMP jobs that share a core wait on each other's time
 slices at every barrier, which costs more than the overlap gains (docs/benchmarks.md, multiplexing).
 """
 
@@ -42,6 +44,7 @@ class ComputeBudget:
             if not 0 < float(share) <= 1:
                 raise ValueError(f"compute share of {job!r} must be in (0, 1], got {share}")
         self.shares = {job: float(s) for job, s in shares.items()}
+        self._shared = len({job.split("/")[0] for job in self.shares}) > 1  # jobs of several LLMs
 
     def share(self, llm: str, kind: str) -> float:
         return self.shares.get(f"{llm}/{kind}", 0.0)
@@ -51,15 +54,17 @@ class ComputeBudget:
         return sum(self._taken.values())
 
     def wanted_cores(self, llm: str, kind: str) -> int:
-        return cores_for(self.share(llm, kind), len(self.cores or ()))
+        n = len(self.cores or ())
+        want = cores_for(self.share(llm, kind), n)
+        return min(want, n - 1) if self.spreads and self._shared and n > 1 else want
 
     def free_cores(self) -> list[int]:
         held = {c for cs in self._held.values() for c in cs}
         return [c for c in self.cores or () if c not in held]
 
     def fits(self, llm: str, kind: str) -> bool:
-        if self.cores is not None and len(self.free_cores()) < self.wanted_cores(llm, kind):
-            return False
+        if self.cores is not None:
+            return len(self.free_cores()) >= self.wanted_cores(llm, kind)
         return self.used + self.share(llm, kind) <= 1.0 + self.allowance + EPS
 
     def take(self, llm: str, kind: str) -> None:

@@ -55,6 +55,7 @@ class EngineConfig:
     start_mps: bool = False  # device cuda + job_mode process: start the CUDA MPS daemon if none runs
     omp_spin_count: int = 10000  # CPU process jobs: GOMP_SPINCOUNT of each job's OpenMP threads; -1: libgomp's own
     spread_cores: bool = True  # CPU process jobs: cores a scheduling pass leaves free go to its dispatches (compute.py)
+    decode_deadline_scale: float = 3.0  # decode jobs in deadline order (scheduler.py); 0: least recently dispatched
 
     def __post_init__(self):
         for key in ("block_size", "max_num_seqs", "max_prefill_tokens"):
@@ -71,6 +72,8 @@ class EngineConfig:
             raise EngineConfigError(f"device must be cpu or cuda[:i], got {self.device!r}")
         if self.mode not in UNIT_MODES:
             raise EngineConfigError(f"mode must be one of {UNIT_MODES}, got {self.mode!r}")
+        if float(self.decode_deadline_scale) < 0:
+            raise EngineConfigError(f"decode_deadline_scale must be >= 0, got {self.decode_deadline_scale}")
         if not 0 <= float(self.overload_allowance) <= 1:
             raise EngineConfigError(f"overload_allowance must be in [0, 1], got {self.overload_allowance}")
         if int(self.omp_spin_count) < -1:

@@ -78,7 +78,7 @@ class UnitEngine:
         self.blocks = BlockManager(self.block_source, capacity, self.config.block_size)
         self.blocks.wake = self._wake  # a memmgr refill arrived: plan again
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_prefill_tokens,
-                                   self.config.mode)
+                                   self.config.mode, self.config.decode_deadline_scale)
         self.compute = UnitCompute(self.config)
         self.budget = self.compute.budget
         self._inflight: dict[tuple[str, str], tuple[Dispatch, Future]] = {}  # (llm, kind): one per job
