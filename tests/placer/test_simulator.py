@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -227,3 +228,19 @@ def test_the_papers_temporal_baseline_keeps_muxserves_colocation():
     reqs = [req("A", "a", 0.0, out=3), req("B", "b", 0.001, out=2)]
     a, b = simulate(tm, LLMS, reqs, flat_table(), cfg())
     assert b["end"] == pytest.approx((2 * P100 + 3 * D100) / 1000)  # one job at a time, FCFS
+
+
+def test_sim_config_takes_the_mesh_engine_keys(tmp_path):
+    from types import SimpleNamespace
+
+    from muxserve import config as mconfig
+    from services.placer.simulator.cli import sim_config
+
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump({"cluster": {"device": "cpu", "devices_per_node": 2}, "worker": {"engine": {
+        "decode_deadline_scale": 0, "spread_cores": False, "max_prefill_tokens": 64}}}))
+    pcfg = SimpleNamespace(device_memory_gb=1, memory_utilization=0.9)
+    sim = sim_config(mconfig.load(path, serve=False), pcfg)
+    assert (sim.decode_deadline_scale, sim.spread_cores, sim.max_prefill_tokens) == (0.0, False, 64)
+    u = SimUnit(unit("spatial-temporal", (0.5, 0.5)).units[0], LLMS, flat_table(), replace(sim, num_blocks=40))
+    assert u.scheduler.deadline_scale == 0.0 and u.budget.spreads is False, "the unit runs with them"

@@ -13,8 +13,9 @@ when that many are free (this replaces the share rule); each dispatch gets its j
 pass has planned its dispatches are spread over them (`spread`: work-conserving, a share is the least
 a job gets; off with `spread=False`, engine key `spread_cores`). While spreading, in a unit shared by
 several LLMs a job wants at most all cores but one: none waits for the whole unit to drain (nor holds
-it while another LLM's short step waits), and it still gets every core that is free when it starts. OpenMP jobs that share a core wait on each other's time
-slices at every barrier, which costs more than the overlap gains (docs/benchmarks.md, multiplexing).
+it while another LLM's short step waits), and it still gets every core that is free when it starts.
+OpenMP jobs that share a core wait on each other's time slices at every barrier, which costs more than
+the overlap gains (docs/benchmarks.md, multiplexing).
 """
 
 from __future__ import annotations
