@@ -237,7 +237,8 @@ def test_sim_config_takes_the_mesh_engine_keys(tmp_path):
     from services.placer.simulator.cli import sim_config
 
     path = tmp_path / "mesh.yaml"
-    path.write_text(yaml.safe_dump({"cluster": {"device": "cpu", "devices_per_node": 2}, "worker": {"engine": {
+    path.write_text(yaml.safe_dump({"models": [{"name": "a", "path": str(tmp_path)}],
+                                    "cluster": {"device": "cpu", "devices_per_node": 2}, "worker": {"engine": {
         "decode_deadline_scale": 0, "spread_cores": False, "max_prefill_tokens": 64}}}))
     pcfg = SimpleNamespace(device_memory_gb=1, memory_utilization=0.9)
     sim = sim_config(mconfig.load(path, serve=False), pcfg)
