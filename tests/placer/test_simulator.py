@@ -244,4 +244,4 @@ def test_sim_config_takes_the_mesh_engine_keys(tmp_path):
     sim = sim_config(mconfig.load(path, serve=False), pcfg)
     assert (sim.decode_deadline_scale, sim.spread_cores, sim.max_prefill_tokens) == (0.0, False, 64)
     u = SimUnit(unit("spatial-temporal", (0.5, 0.5)).units[0], LLMS, flat_table(), replace(sim, num_blocks=40))
-    assert u.scheduler.deadline_scale == 0.0 and u.budget.spreads is False, "the unit runs with them"
+    assert u.scheduler.order.scale == 0.0 and u.budget.spreads is False, "the unit runs with them"

@@ -86,7 +86,7 @@ class SimUnit:
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_prefill_tokens, unit.mode,
                                    cfg.decode_deadline_scale)
         self.now = 0.0  # the virtual clock, set by the loop before each call
-        self.scheduler.clock = lambda: self.now
+        self.scheduler.order.clock = lambda: self.now
         self.num_finished = 0  # sequences this unit completed
         self.peers: list[SimUnit] = [self]  # the units whose cores the host's processes share (module docstring)
         for name in self.llms:

@@ -28,6 +28,7 @@ from operator import attrgetter
 
 from services.worker.engine.block_manager import BlockManager, LLMBlocks
 from services.worker.engine.compute import ComputeBudget
+from services.worker.engine.job_order import JobOrder
 from services.worker.engine.sequence import Sequence, SeqStatus
 from services.worker.engine.types import CapacityError, EngineError, PoolLostError
 
@@ -58,13 +59,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.finished: list[Sequence] = []  # finished since the engine last drained this
         self.wait_for_cache: set[str] = set()  # LLMs preempted since their last sequence finished
-        self._dispatches = 0
-        self._last: dict[tuple[str, str], int] = {}  # (llm, kind) -> number of its latest dispatch
-        self.deadline_scale = deadline_scale  # > 0: decode jobs by deadline (_decode_key)
-        self.clock = time.monotonic  # seconds; the simulator sets its virtual clock
-        self._started: dict[tuple[str, str], float] = {}  # (llm, kind) -> when its dispatch in flight was planned
-        self._returned: dict[tuple[str, str], float] = {}  # (llm, kind) -> when its latest dispatch returned
-        self._mean: dict[tuple[str, str], float] = {}  # (llm, kind) -> moving mean of its dispatch seconds
+        self.order = JobOrder(deadline_scale)  # decode order; the simulator sets order.clock to its virtual clock
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -140,8 +135,8 @@ class Scheduler:
 
     def _schedule_multiplexed(self, order: list[str], busy: frozenset, budget: ComputeBudget) -> list[Dispatch]:
         """Prefill first (round-robin); decode held back while a prefill is pending that compute does
-        not admit; then decode in _decode_key order. No job overtakes one that waits for compute (the
-        first that does not fit ends the pass), so none starves."""
+        not admit; then decode. No job overtakes one that waits for compute (the
+        first that does not fit ends the pass), so none starves; decode jobs in JobOrder's order."""
         out, hold = [], False
         for name in order:
             if (name, "prefill") in busy or not self.prefill_pending(name):
@@ -156,7 +151,7 @@ class Scheduler:
         if hold:
             return self._stamp(out)
         planned = {s for d in out for s in d.plan}
-        for name in sorted(order, key=self._decode_key):
+        for name in sorted(order, key=lambda n: self.order.key((n, "decode"))):
             if (name, "decode") in busy or not self._decodable(name, planned):
                 continue
             if not budget.fits(name, "decode"):
@@ -166,15 +161,6 @@ class Scheduler:
                 budget.take(name, "decode")
                 out.append(d)
         return self._stamp(out)
-
-    def _decode_key(self, name: str) -> float:
-        """Decode order: by deadline, its latest return + deadline_scale x its mean dispatch time (a job of
-        short steps, whose latency alone is short, has less slack; one that waited long goes first, so
-        none starves); with deadline_scale 0, least recently dispatched first."""
-        job = (name, "decode")
-        if self.deadline_scale <= 0:
-            return self._last.get(job, -1)
-        return self._returned.get(job, float("-inf")) + self.deadline_scale * self._mean.get(job, 0.0)
 
     def _decodable(self, name: str, planned: set[Sequence]) -> bool:
         return any(self._wants_decode(s, planned) for s in self.running[name])
@@ -187,11 +173,8 @@ class Scheduler:
         return done != 0 and len(seq.prompt_token_ids) + len(seq.output_token_ids) - done <= 1
 
     def _stamp(self, out: list[Dispatch]) -> list[Dispatch]:
-        now = self.clock()
         for d in out:
-            self._started[(d.llm, d.kind)] = now
-            self._dispatches += 1
-            self._last[(d.llm, d.kind)] = self._dispatches
+            self.order.started((d.llm, d.kind))
         return out
 
     def _schedule_temporal(self, busy: frozenset) -> list[Dispatch]:
@@ -300,7 +283,7 @@ class Scheduler:
     def complete(self, d: Dispatch, token_ids: list[int | None]) -> list[Sequence]:
         """Apply a returned dispatch; returns the live sequences that sampled a new token."""
         sampled, finished = [], SeqStatus.FINISHED
-        self._timed(d)
+        self.order.returned((d.llm, d.kind))
         for (seq, n), tok in zip(d.plan.items(), token_ids):  # (per sequence per step: properties inlined)
             seq.in_flight = False
             if seq.status is finished:  # aborted while in flight: its blocks return only now
@@ -312,12 +295,6 @@ class Scheduler:
                 out.append(tok)
                 sampled.append(seq)
         return sampled
-
-    def _timed(self, d: Dispatch) -> None:
-        job, now = (d.llm, d.kind), self.clock()
-        took = now - self._started.get(job, now)
-        self._mean[job] = took if job not in self._mean else 0.7 * self._mean[job] + 0.3 * took
-        self._returned[job] = now
 
     def fail(self, d: Dispatch, error: EngineError) -> None:
         """The dispatch's job failed: finish each of its sequences with the error."""
