@@ -223,7 +223,8 @@ def test_a_decode_waiting_for_cores_is_not_overtaken():
 
 def run_one_core(sched: Scheduler, steps: dict[str, float], passes: int) -> list[str]:
     """Two LLMs decoding on one core, each dispatch lasting steps[llm] on the scheduler's clock: the order run."""
-    budget, now = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 1.0}, cores=[0]), [0.0]
+    budget = ComputeBudget({"a/prefill": 1.0, "a/decode": 1.0, "b/prefill": 1.0, "b/decode": 1.0}, cores=[0])
+    now = [0.0]
     sched.order.clock = lambda: now[0]
     for i, name in enumerate("ab"):
         sched.add(seq(i, name, max_tokens=1000))

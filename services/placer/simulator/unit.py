@@ -30,11 +30,11 @@ from services.placer.costmodel import CostTable
 from services.placer.placement import Unit
 from services.worker.engine.block_manager import BlockManager
 from services.worker.engine.compute import ComputeBudget
-from services.worker.engine.compute_share import assign_cores
 from services.worker.engine.config import EngineConfig
 from services.worker.engine.pool import LocalBlockSource
 from services.worker.engine.scheduler import Dispatch, Scheduler
 from services.worker.engine.sequence import Sequence
+from services.worker.engine.unit_compute import job_homes
 
 _ENGINE = EngineConfig()
 
@@ -95,9 +95,9 @@ class SimUnit:
                   for k, s in (("prefill", m.prefill_share), ("decode", m.decode_share)) if s > 0}
         cores = list(range(self.n)) if cfg.device == "cpu" else None
         self.budget = ComputeBudget(shares, cfg.overload_allowance, cores, cfg.spread_cores)
-        if cores:  # each job's home cores, divided as the engine's UnitCompute.plan divides them
-            jobs = {f"{m.name}/{k}": shares.get(f"{m.name}/{k}") for m in unit.llms for k in ("prefill", "decode")}
-            self.budget.home = {j: s.cores for j, s in assign_cores(jobs, cores).items()}
+        if cores:  # each job's home cores, as the engine's UnitCompute.plan divides them
+            homes = job_homes(shares, [m.name for m in unit.llms], cores)
+            self.budget.home = {job: share.cores for job, share in homes.items()}
 
     def _capacity(self) -> int:
         free = self.n * self.cfg.device_bytes * self.cfg.memory_utilization

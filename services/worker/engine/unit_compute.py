@@ -34,8 +34,7 @@ class UnitCompute:
         """CPU: each job's cores, the unit's cores divided among ALL jobs of `names` by share."""
         if self.config.device != "cpu":
             return {}
-        jobs = [f"{n}/{k}" for n in names for k in ("prefill", "decode")]
-        return assign_cores({j: self.budget.shares.get(j) for j in jobs}, self.config.cores)
+        return job_homes(self.budget.shares, names, self.config.cores)
 
     def set_plan(self, plan: dict[str, ComputeShare]) -> None:
         self.planned = plan
@@ -50,3 +49,10 @@ class UnitCompute:
         if cores:
             return ComputeShare(cores=cores, threads=len(cores))
         return self.planned.get(f"{llm}/{kind}")
+
+
+def job_homes(shares: dict[str, float], names: list[str], cores: list[int] | None) -> dict[str, ComputeShare]:
+    """Each job's home cores: `cores` divided among the prefill and decode jobs of `names`, in that order, by
+    their shares ({"<llm>/<kind>": share}; a job without one gets every core)."""
+    jobs = [f"{n}/{k}" for n in names for k in ("prefill", "decode")]
+    return assign_cores({j: shares.get(j) for j in jobs}, cores)
